@@ -1,0 +1,278 @@
+"""
+CGI/1.1 on both sides of a FastCGI request, as pure functions.
+
+Outbound: the parameters php-fpm needs (the set nginx's ``fastcgi.conf``
+sends), built from a plain description of an HTTP request so that nothing
+here knows about twisted.web. Inbound: the CGI header block a script prints
+before its body, turned into an HTTP status and headers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "MAX_HEADER_BLOCK",
+    "CGIRequest",
+    "CGIResponseHead",
+    "MalformedResponse",
+    "ResponseHeadParser",
+    "headerParams",
+    "parseResponseHead",
+]
+
+# Request headers whose values reach PHP some other way, or must not reach it:
+# CONTENT_TYPE/CONTENT_LENGTH carry the first two (the length of the body as
+# forwarded, which differs from the header for chunked uploads); a ``Proxy:``
+# header would become HTTP_PROXY, which many HTTP libraries read as their proxy
+# setting (httpoxy); the body is no longer chunked when PHP reads it.
+_HEADERS_NOT_FORWARDED = frozenset(
+    {b"content-type", b"content-length", b"proxy", b"transfer-encoding"}
+)
+
+# Only letters, digits and dashes: ``X_Forwarded_For`` or ``X.Forwarded.For``
+# would otherwise alias HTTP_X_FORWARDED_FOR, which applications trust.
+_VALID_HEADER_NAME = re.compile(rb"[A-Za-z0-9-]+\Z")
+
+
+def headerParams(rawHeaders: Iterable[tuple[bytes, Sequence[bytes]]]) -> list[tuple[bytes, bytes]]:
+    """
+    Turn request headers into ``HTTP_*`` parameters.
+
+    Repeated headers are joined into one value (``Cookie`` with ``; `` as
+    RFC 6265 wants, the others with ``, ``) rather than keeping only the
+    last, which is what a CGI environment can hold.
+
+    @param rawHeaders: pairs of header name and all of its values, as
+        L{twisted.web.http_headers.Headers.getAllRawHeaders} gives them.
+    """
+    joined: dict[bytes, list[bytes]] = {}
+    for name, values in rawHeaders:
+        lowerName = name.lower()
+        if lowerName in _HEADERS_NOT_FORWARDED or not _VALID_HEADER_NAME.match(name):
+            continue
+        key = b"HTTP_" + name.upper().replace(b"-", b"_")
+        joined.setdefault(key, []).extend(values)
+    return [
+        (key, (b"; " if key == b"HTTP_COOKIE" else b", ").join(values))
+        for key, values in joined.items()
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class CGIRequest:
+    """
+    Everything the CGI parameters of one request are computed from.
+
+    Paths are already decoded and resolved by the caller (the resource knows
+    the document root and the mount point); text values are C{str}, raw wire
+    values are C{bytes}.
+    """
+
+    method: bytes
+    requestURI: bytes
+    queryString: bytes
+    scriptFilename: str
+    scriptName: str
+    pathInfo: str
+    documentURI: str
+    documentRoot: str
+    serverProtocol: bytes
+    https: bool
+    remoteAddr: str
+    remotePort: int | None
+    serverAddr: str
+    serverPort: int | None
+    serverName: bytes
+    contentType: bytes | None
+    contentLength: int | None
+    headers: Sequence[tuple[bytes, Sequence[bytes]]]
+
+    def params(
+        self, serverSoftware: bytes, extra: Mapping[bytes, bytes] = {}
+    ) -> list[tuple[bytes, bytes]]:
+        """
+        The FastCGI parameters for this request.
+
+        @param serverSoftware: the value of SERVER_SOFTWARE.
+        @param extra: operator-configured parameters; they win over every
+            computed parameter and every header of the same name, so a
+            client can never set them.
+        """
+        params: dict[bytes, bytes] = {
+            b"GATEWAY_INTERFACE": b"CGI/1.1",
+            b"SERVER_SOFTWARE": serverSoftware,
+            b"REQUEST_METHOD": self.method,
+            b"REQUEST_URI": self.requestURI,
+            b"QUERY_STRING": self.queryString,
+            b"SCRIPT_FILENAME": _encode(self.scriptFilename),
+            b"SCRIPT_NAME": _encode(self.scriptName),
+            b"PATH_INFO": _encode(self.pathInfo),
+            b"DOCUMENT_URI": _encode(self.documentURI),
+            b"DOCUMENT_ROOT": _encode(self.documentRoot),
+            b"SERVER_PROTOCOL": self.serverProtocol,
+            b"REQUEST_SCHEME": b"https" if self.https else b"http",
+            b"REMOTE_ADDR": _encode(self.remoteAddr),
+            b"REMOTE_PORT": _encodePort(self.remotePort),
+            b"SERVER_ADDR": _encode(self.serverAddr),
+            b"SERVER_PORT": _encodePort(self.serverPort),
+            b"SERVER_NAME": self.serverName,
+            b"CONTENT_TYPE": self.contentType or b"",
+            b"CONTENT_LENGTH": b"" if self.contentLength is None else b"%d" % self.contentLength,
+            # PHP built with --enable-force-cgi-redirect refuses to run without it.
+            b"REDIRECT_STATUS": b"200",
+        }
+        if self.pathInfo:
+            params[b"PATH_TRANSLATED"] = _encode(self.documentRoot + self.pathInfo)
+        if self.https:
+            # Absent rather than "off" on plain HTTP: WordPress and others
+            # test isset() or empty() and both are right when it is missing.
+            params[b"HTTPS"] = b"on"
+        for key, value in headerParams(self.headers):
+            params.setdefault(key, value)
+        params.update(extra)
+        return list(params.items())
+
+
+def _encode(text: str) -> bytes:
+    """
+    Encode a decoded path or address the way the filesystem and PHP see it.
+
+    C{surrogateescape} gives back the original bytes of a name that is not
+    valid UTF-8, so SCRIPT_FILENAME always names the file that was found.
+    """
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _encodePort(port: int | None) -> bytes:
+    return b"" if port is None else b"%d" % port
+
+
+MAX_HEADER_BLOCK = 65536
+"""Largest CGI header block accepted, as nginx's default buffers allow."""
+
+
+class MalformedResponse(Exception):
+    """
+    The script's output does not start with a valid CGI header block.
+
+    The message says what is wrong, for the log: the HTTP client only ever
+    sees a 502.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class CGIResponseHead:
+    """The HTTP status and headers a CGI header block asks for."""
+
+    code: int
+    reason: bytes | None
+    headers: tuple[tuple[bytes, bytes], ...]
+    contentLength: int | None
+
+
+# Headers that describe one HTTP connection, not the response: the front end
+# has its own connection with the client and frames the body itself.
+_HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+_HEADER_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+)[ \t]*:[ \t]*(.*?)[ \t]*\Z")
+_STATUS_VALUE = re.compile(rb"([1-5][0-9][0-9])(?:[ \t:]+(.*))?\Z")
+_LINE_END = re.compile(rb"\r?\n")
+
+
+def parseResponseHead(block: bytes) -> CGIResponseHead:
+    """
+    Parse a CGI header block (without the blank line that ends it).
+
+    ``Status`` is accepted as ``404``, ``404 Not Found``, ``404: Not Found``
+    and with or without a space after the colon, before or after
+    ``Location``; it is consumed, never forwarded. ``Location`` without
+    ``Status`` means 302, as CGI/1.1 says for a client redirect. Lines may end
+    with CRLF or a bare LF.
+
+    @raise MalformedResponse: for a line that is not a header, a status that is
+        not a number from 100 to 599, or a Content-Length that is not a number.
+    """
+    code: int | None = None
+    reason: bytes | None = None
+    headers: list[tuple[bytes, bytes]] = []
+    contentLength: int | None = None
+    hasLocation = False
+    for line in _LINE_END.split(block) if block else ():
+        match = _HEADER_LINE.match(line)
+        if match is None:
+            raise MalformedResponse(f"invalid header line from the script: {line[:80]!r}")
+        name, value = match.groups()
+        lowerName = name.lower()
+        if lowerName == b"status":
+            status = _STATUS_VALUE.match(value)
+            if status is None:
+                raise MalformedResponse(f"invalid Status header from the script: {value[:80]!r}")
+            code = int(status.group(1))
+            reason = status.group(2) or None
+        elif lowerName in _HOP_BY_HOP:
+            continue
+        else:
+            if lowerName == b"content-length":
+                if not value.isdigit():
+                    raise MalformedResponse(
+                        f"invalid Content-Length from the script: {value[:80]!r}"
+                    )
+                contentLength = int(value)
+            elif lowerName == b"location":
+                hasLocation = True
+            headers.append((name, value))
+    if code is None:
+        code = 302 if hasLocation else 200
+    return CGIResponseHead(code, reason, tuple(headers), contentLength)
+
+
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+
+
+class ResponseHeadParser:
+    """
+    Find the header block at the start of a script's output, fed in pieces.
+
+    FastCGI cuts STDOUT into records wherever it likes, so the blank line
+    that ends the headers may be split across records.
+    """
+
+    def __init__(self, maxSize: int = MAX_HEADER_BLOCK) -> None:
+        self._buffer = b""
+        self._maxSize = maxSize
+
+    def feed(self, data: bytes) -> tuple[CGIResponseHead, bytes] | None:
+        """
+        Add output; once the header block is complete, parse it.
+
+        @return: L{None} while the header block is incomplete, then the parsed
+            head and the body bytes that followed it in C{data}.
+        @raise MalformedResponse: the block is invalid or longer than allowed.
+        """
+        # Search only the new bytes plus enough of the old ones to find a
+        # terminator that straddles the two.
+        searchFrom = max(len(self._buffer) - 3, 0)
+        self._buffer += data
+        end = _HEAD_END.search(self._buffer, searchFrom)
+        headSize = len(self._buffer) if end is None else end.start()
+        if headSize > self._maxSize:
+            raise MalformedResponse(
+                f"the script sent a header block over {self._maxSize} bytes (too big header)"
+            )
+        if end is None:
+            return None
+        head = parseResponseHead(self._buffer[: end.start()])
+        return head, self._buffer[end.end() :]

@@ -1,0 +1,217 @@
+"""
+A pool of kept-alive FastCGI connections to one backend.
+
+php-fpm binds a worker to each open connection, idle or not, and leaves new
+connections in its listen backlog while all workers are bound. A pool that
+opened a connection whenever none was idle could therefore starve itself
+behind its own idle connections. This one caps open connections, queues the
+requests beyond the cap in arrival order, and hands a freed connection to the
+oldest waiting request before anything opens another.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
+from twisted.internet.endpoints import connectProtocol
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from txfastcgi.client import FastCGIClientProtocol
+
+__all__ = ["BackendUnavailable", "ConnectionPool", "PoolStatistics", "QueueTimeout"]
+
+
+class BackendUnavailable(Exception):
+    """No connection to the backend could be made (refused, or timed out)."""
+
+
+class QueueTimeout(Exception):
+    """A request waited longer than the queue timeout for a free connection."""
+
+
+@dataclass(frozen=True)
+class PoolStatistics:
+    """A snapshot of a pool, for the status resource and for tests."""
+
+    open: int
+    idle: int
+    busy: int
+    connecting: int
+    waiting: int
+
+
+class ConnectionPool:
+    """
+    Connections to one FastCGI backend, at most C{maxConnections} at once.
+
+    @param endpoint: where the backend listens.
+    @param connectTimeout: seconds a connect may take before the request
+        fails with L{BackendUnavailable}.
+    @param readTimeout: seconds the backend may stay silent during a request.
+    @param idleTimeout: seconds an idle kept connection stays open.
+    @param queueTimeout: seconds a request may wait for a connection before
+        it fails with L{QueueTimeout}.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        endpoint: IStreamClientEndpoint,
+        *,
+        maxConnections: int = 8,
+        connectTimeout: float = 5.0,
+        readTimeout: float = 60.0,
+        idleTimeout: float = 5.0,
+        queueTimeout: float = 30.0,
+    ) -> None:
+        self._reactor = reactor
+        self._endpoint = endpoint
+        self.maxConnections = maxConnections
+        self._connectTimeout = connectTimeout
+        self._readTimeout = readTimeout
+        self._idleTimeout = idleTimeout
+        self._queueTimeout = queueTimeout
+        self._connections: set[FastCGIClientProtocol] = set()
+        self._idle: list[FastCGIClientProtocol] = []
+        self._idleTimers: dict[FastCGIClientProtocol, IDelayedCall] = {}
+        self._connecting = 0
+        self._waiting: deque[Deferred[FastCGIClientProtocol]] = deque()
+
+    def statistics(self) -> PoolStatistics:
+        """How many connections are open, idle, busy and being made, and how many requests wait."""
+        return PoolStatistics(
+            open=len(self._connections),
+            idle=len(self._idle),
+            busy=len(self._connections) - len(self._idle),
+            connecting=self._connecting,
+            waiting=len(self._waiting),
+        )
+
+    def acquire(self) -> Deferred[FastCGIClientProtocol]:
+        """
+        A connection for one request, all to the caller until L{release}.
+
+        The most recently used idle connection is reused first, so that the
+        others age out; failing that a new one is opened under the cap;
+        failing that the request waits in line.
+        """
+        if self._idle:
+            return succeed(self._takeIdle())
+        if self._hasRoom():
+            return self._connect()
+        waiter: Deferred[FastCGIClientProtocol] = Deferred(self._forget)
+        self._waiting.append(waiter)
+        waiter.addTimeout(self._queueTimeout, self._reactor)
+        waiter.addErrback(self._queueTimedOut)
+        return waiter
+
+    def _forget(self, waiter: Deferred[FastCGIClientProtocol]) -> None:
+        # A waiter already handed a connection is no longer in line.
+        if waiter in self._waiting:
+            self._waiting.remove(waiter)
+
+    def _queueTimedOut(self, reason: Failure) -> Failure:
+        if reason.check(TimeoutError):
+            self.log.warn(
+                "FastCGI pool saturated: a request waited {timeout} s for one of "
+                "{maxConnections} connections",
+                timeout=self._queueTimeout,
+                maxConnections=self.maxConnections,
+            )
+            return Failure(
+                QueueTimeout(f"no FastCGI connection free within {self._queueTimeout} s")
+            )
+        return reason
+
+    def release(self, protocol: FastCGIClientProtocol) -> None:
+        """
+        Give back a connection. One that cannot carry another request (an
+        error, an aborted response, a backend that did not keep it) is
+        closed; a good one goes to the oldest waiting request, or idles.
+        """
+        if not protocol.reusable:
+            protocol.abort()
+            return
+        if self._waiting:
+            self._waiting.popleft().callback(protocol)
+            return
+        self._idle.append(protocol)
+        self._idleTimers[protocol] = self._reactor.callLater(
+            self._idleTimeout, protocol.abort
+        )
+
+    def close(self) -> None:
+        """Close the idle connections, for shutdown; busy ones close when released."""
+        for protocol in list(self._idle):
+            protocol.abort()
+
+    def _hasRoom(self) -> bool:
+        return len(self._connections) + self._connecting < self.maxConnections
+
+    def _takeIdle(self) -> FastCGIClientProtocol:
+        protocol = self._idle.pop()
+        self._idleTimers.pop(protocol).cancel()
+        return protocol
+
+    def _connect(self) -> Deferred[FastCGIClientProtocol]:
+        self._connecting += 1
+        protocol = FastCGIClientProtocol(self._reactor, self._readTimeout)
+        connecting: Deferred[FastCGIClientProtocol] = connectProtocol(self._endpoint, protocol)
+        connecting.addTimeout(self._connectTimeout, self._reactor)
+
+        def connected(protocol: FastCGIClientProtocol) -> FastCGIClientProtocol:
+            self._connecting -= 1
+            self._connections.add(protocol)
+            protocol.whenClosed.addCallback(lambda _: self._closed(protocol))
+            return protocol
+
+        def failed(reason: Failure) -> Failure:
+            self._connecting -= 1
+            if reason.check(CancelledError):
+                return reason
+            message = (
+                f"connect timed out after {self._connectTimeout} s"
+                if reason.check(TimeoutError)
+                else reason.getErrorMessage()
+            )
+            self.log.error(
+                "cannot connect to FastCGI backend {endpoint}: {message}",
+                endpoint=self._endpoint,
+                message=message,
+            )
+            self._serveWaiting()
+            return Failure(BackendUnavailable(message))
+
+        return connecting.addCallbacks(connected, failed)
+
+    def _closed(self, protocol: FastCGIClientProtocol) -> None:
+        self._connections.discard(protocol)
+        if protocol in self._idleTimers:
+            self._idleTimers.pop(protocol).cancel()
+            self._idle.remove(protocol)
+        self._serveWaiting()
+
+    def _serveWaiting(self) -> None:
+        """Open connections for waiting requests while there is room."""
+        while self._waiting and self._hasRoom():
+            waiter = self._waiting.popleft()
+            self._connect().addCallbacks(
+                lambda protocol, waiter=waiter: self._deliver(waiter, protocol),
+                lambda reason, waiter=waiter: None if waiter.called else waiter.errback(reason),
+            )
+
+    def _deliver(
+        self, waiter: Deferred[FastCGIClientProtocol], protocol: FastCGIClientProtocol
+    ) -> None:
+        if waiter.called:
+            # The request gave up (its client left, or its queue time ran out)
+            # while the connection was being made: keep it for the next one.
+            self.release(protocol)
+        else:
+            waiter.callback(protocol)

@@ -1,0 +1,575 @@
+"""
+A sans-IO codec for FastCGI 1.0 records, and the client side of a connection.
+
+Nothing here does I/O or imports Twisted: encoders return the bytes to write and
+decoders take whatever bytes arrived and return events, in the style of h11.
+That keeps the wire format testable on its own and the Twisted layer thin.
+
+The format is described in the FastCGI Specification, Open Market, 1996.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import ClassVar, TypeAlias
+
+FCGI_VERSION_1 = 1
+FCGI_HEADER_LEN = 8
+MAX_CONTENT_LENGTH = 65535
+NULL_REQUEST_ID = 0
+FCGI_KEEP_CONN = 1
+
+# The largest multiple of 8 that fits in a record: a long stream cut into chunks
+# of this size needs no padding except in its last record.  php-fpm cuts its
+# STDOUT the same way.
+_STREAM_CHUNK_LENGTH = 65528
+
+_MAX_NAME_VALUE_LENGTH = 0x7FFFFFFF
+_LONG_LENGTH_FLAG = 0x80000000
+
+_HEADER_FORMAT = "!BBHHBx"  # version, type, requestId, contentLength, paddingLength
+_HEADER = struct.Struct(_HEADER_FORMAT)
+_BEGIN_REQUEST_BODY = struct.Struct("!HB5x")  # role, flags
+_END_REQUEST_BODY = struct.Struct("!LB3x")  # appStatus, protocolStatus
+_UNKNOWN_TYPE_BODY = struct.Struct("!B7x")  # type
+# Fixed-size records packed header and body in one call: they are sent for
+# every request, and their 8-byte bodies need no padding.
+_BEGIN_REQUEST_RECORD = struct.Struct(_HEADER_FORMAT + _BEGIN_REQUEST_BODY.format[1:])
+_END_REQUEST_RECORD = struct.Struct(_HEADER_FORMAT + _END_REQUEST_BODY.format[1:])
+_UNKNOWN_TYPE_RECORD = struct.Struct(_HEADER_FORMAT + _UNKNOWN_TYPE_BODY.format[1:])
+_LONG_LENGTH = struct.Struct("!L")
+_PADDING = bytes(7)
+
+
+class RecordType(IntEnum):
+    BEGIN_REQUEST = 1
+    ABORT_REQUEST = 2
+    END_REQUEST = 3
+    PARAMS = 4
+    STDIN = 5
+    STDOUT = 6
+    STDERR = 7
+    DATA = 8
+    GET_VALUES = 9
+    GET_VALUES_RESULT = 10
+    UNKNOWN_TYPE = 11
+
+
+class Role(IntEnum):
+    RESPONDER = 1
+    AUTHORIZER = 2
+    FILTER = 3
+
+
+class ProtocolStatus(IntEnum):
+    REQUEST_COMPLETE = 0
+    CANT_MPX_CONN = 1
+    OVERLOADED = 2
+    UNKNOWN_ROLE = 3
+
+
+class ProtocolError(Exception):
+    """
+    The peer broke the FastCGI protocol; the connection cannot be trusted any
+    more and should be closed.
+    """
+
+
+class UnsupportedVersion(ProtocolError):
+    """A record header carries a version other than FastCGI 1."""
+
+
+class MalformedRecord(ProtocolError):
+    """A record's lengths contradict its type or its own content."""
+
+
+class UnexpectedRecord(ProtocolError):
+    """A well-formed record that this side must not receive at this point."""
+
+
+def _encodeRecord(recordType: int, requestId: int, content: bytes) -> bytes:
+    """
+    Frame C{content} as one record, padded to a multiple of 8 bytes as the
+    specification recommends.  The caller keeps C{content} within
+    L{MAX_CONTENT_LENGTH}.
+    """
+    paddingLength = -len(content) % 8
+    header = _HEADER.pack(FCGI_VERSION_1, recordType, requestId, len(content), paddingLength)
+    return b"".join((header, content, _PADDING[:paddingLength]))
+
+
+def _encodeStream(recordType: int, requestId: int, data: bytes) -> bytes:
+    """
+    Cut C{data} into as many records as it needs, without a terminator: the
+    stream may continue in a later call.  Empty C{data} gives no bytes at all,
+    because an empty record would end the stream.  Data that fits in one
+    record takes one record; longer data is cut at L{_STREAM_CHUNK_LENGTH}.
+    """
+    if len(data) <= MAX_CONTENT_LENGTH:
+        return _encodeRecord(recordType, requestId, data) if data else b""
+    view = memoryview(data)
+    parts: list[bytes | memoryview] = []
+    for start in range(0, len(data), _STREAM_CHUNK_LENGTH):
+        chunk = view[start : start + _STREAM_CHUNK_LENGTH]
+        paddingLength = -len(chunk) % 8
+        header = _HEADER.pack(FCGI_VERSION_1, recordType, requestId, len(chunk), paddingLength)
+        parts += (header, chunk, _PADDING[:paddingLength])
+    return b"".join(parts)
+
+
+def _encodeLength(length: int) -> bytes:
+    if length < 0x80:
+        return bytes((length,))
+    if length > _MAX_NAME_VALUE_LENGTH:
+        raise ValueError(f"name-value pair length {length} does not fit in 31 bits")
+    return _LONG_LENGTH.pack(length | _LONG_LENGTH_FLAG)
+
+
+def encodeNameValuePairs(pairs: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """
+    Encode pairs as the body of PARAMS or GET_VALUES(_RESULT): each length is
+    one byte below 128, else four bytes with the high bit set.
+    """
+    parts: list[bytes] = []
+    for name, value in pairs:
+        parts += (_encodeLength(len(name)), _encodeLength(len(value)), name, value)
+    return b"".join(parts)
+
+
+def _decodeLength(data: bytes, offset: int) -> tuple[int, int]:
+    """Return the length that starts at C{offset} and the offset after it."""
+    if offset >= len(data):
+        raise MalformedRecord("name-value pair truncated in its lengths")
+    length = data[offset]
+    if length < 0x80:
+        return length, offset + 1
+    if offset + 4 > len(data):
+        raise MalformedRecord("name-value pair truncated in a four-byte length")
+    (length,) = _LONG_LENGTH.unpack_from(data, offset)
+    return length & _MAX_NAME_VALUE_LENGTH, offset + 4
+
+
+def decodeNameValuePairs(data: bytes) -> list[tuple[bytes, bytes]]:
+    """
+    Decode a whole name-value pair body, in order and keeping duplicates, since
+    their meaning is up to the application.
+    """
+    pairs: list[tuple[bytes, bytes]] = []
+    offset = 0
+    while offset < len(data):
+        nameLength, offset = _decodeLength(data, offset)
+        valueLength, offset = _decodeLength(data, offset)
+        valueStart = offset + nameLength
+        valueEnd = valueStart + valueLength
+        if valueEnd > len(data):
+            raise MalformedRecord(
+                f"name-value pair of {nameLength}+{valueLength} bytes overruns its"
+                f" {len(data)}-byte body"
+            )
+        pairs.append((data[offset:valueStart], data[valueStart:valueEnd]))
+        offset = valueEnd
+    return pairs
+
+
+def encodeParams(requestId: int, pairs: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """
+    Encode a whole PARAMS stream, terminator included.  The pairs form one byte
+    stream that is cut into records wherever it must be, so a single pair can
+    span several records.
+    """
+    stream = _encodeStream(RecordType.PARAMS, requestId, encodeNameValuePairs(pairs))
+    return stream + _encodeRecord(RecordType.PARAMS, requestId, b"")
+
+
+@dataclass(frozen=True, slots=True)
+class BeginRequest:
+    requestId: int
+    role: int = Role.RESPONDER
+    flags: int = 0
+
+    @property
+    def keepConnection(self) -> bool:
+        """Whether the application must keep the connection open afterwards."""
+        return bool(self.flags & FCGI_KEEP_CONN)
+
+    def encode(self) -> bytes:
+        return _BEGIN_REQUEST_RECORD.pack(
+            FCGI_VERSION_1, RecordType.BEGIN_REQUEST, self.requestId, 8, 0, self.role, self.flags
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AbortRequest:
+    requestId: int
+
+    def encode(self) -> bytes:
+        return _HEADER.pack(FCGI_VERSION_1, RecordType.ABORT_REQUEST, self.requestId, 0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class EndRequest:
+    requestId: int
+    appStatus: int
+    protocolStatus: int
+
+    def encode(self) -> bytes:
+        return _END_REQUEST_RECORD.pack(
+            FCGI_VERSION_1,
+            RecordType.END_REQUEST,
+            self.requestId,
+            8,
+            0,
+            self.appStatus,
+            self.protocolStatus,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _StreamRecord:
+    """
+    One record of a byte stream; empty C{data} is the record that ends the
+    stream.  L{encode} cuts data longer than L{MAX_CONTENT_LENGTH} into several
+    records, so one event can carry a whole body.
+    """
+
+    _recordType: ClassVar[RecordType]
+
+    requestId: int
+    data: bytes
+
+    def encode(self) -> bytes:
+        if not self.data:
+            return _encodeRecord(self._recordType, self.requestId, b"")
+        return _encodeStream(self._recordType, self.requestId, self.data)
+
+
+@dataclass(frozen=True, slots=True)
+class Params(_StreamRecord):
+    _recordType = RecordType.PARAMS
+
+
+@dataclass(frozen=True, slots=True)
+class Stdin(_StreamRecord):
+    _recordType = RecordType.STDIN
+
+
+@dataclass(frozen=True, slots=True)
+class Stdout(_StreamRecord):
+    _recordType = RecordType.STDOUT
+
+
+@dataclass(frozen=True, slots=True)
+class Stderr(_StreamRecord):
+    _recordType = RecordType.STDERR
+
+
+@dataclass(frozen=True, slots=True)
+class Data(_StreamRecord):
+    _recordType = RecordType.DATA
+
+
+def _encodeManagementRecord(recordType: int, content: bytes) -> bytes:
+    """Management records are single records: they cannot be cut up."""
+    if len(content) > MAX_CONTENT_LENGTH:
+        raise ValueError(f"{len(content)}-byte body does not fit in one record")
+    return _encodeRecord(recordType, NULL_REQUEST_ID, content)
+
+
+@dataclass(frozen=True, slots=True)
+class GetValues:
+    names: tuple[bytes, ...]
+
+    def encode(self) -> bytes:
+        body = encodeNameValuePairs((name, b"") for name in self.names)
+        return _encodeManagementRecord(RecordType.GET_VALUES, body)
+
+
+@dataclass(frozen=True, slots=True)
+class GetValuesResult:
+    values: tuple[tuple[bytes, bytes], ...]
+
+    def encode(self) -> bytes:
+        body = encodeNameValuePairs(self.values)
+        return _encodeManagementRecord(RecordType.GET_VALUES_RESULT, body)
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownType:
+    recordType: int
+
+    def encode(self) -> bytes:
+        return _UNKNOWN_TYPE_RECORD.pack(
+            FCGI_VERSION_1, RecordType.UNKNOWN_TYPE, NULL_REQUEST_ID, 8, 0, self.recordType
+        )
+
+
+Record: TypeAlias = (
+    BeginRequest
+    | AbortRequest
+    | EndRequest
+    | Params
+    | Stdin
+    | Stdout
+    | Stderr
+    | Data
+    | GetValues
+    | GetValuesResult
+    | UnknownType
+)
+
+
+def _decodeBeginRequest(requestId: int, content: bytes) -> BeginRequest:
+    role, flags = _BEGIN_REQUEST_BODY.unpack(content)
+    return BeginRequest(requestId, role, flags)
+
+
+def _decodeEndRequest(requestId: int, content: bytes) -> EndRequest:
+    appStatus, protocolStatus = _END_REQUEST_BODY.unpack(content)
+    return EndRequest(requestId, appStatus, protocolStatus)
+
+
+def _decodeGetValues(requestId: int, content: bytes) -> GetValues:
+    # The specification says the values are empty; they carry nothing to keep.
+    return GetValues(tuple(name for name, _ in decodeNameValuePairs(content)))
+
+
+# Content decoders by type, called with the request id and the content bytes.
+_DECODERS: dict[int, Callable[[int, bytes], Record]] = {
+    RecordType.BEGIN_REQUEST: _decodeBeginRequest,
+    RecordType.ABORT_REQUEST: lambda requestId, content: AbortRequest(requestId),
+    RecordType.END_REQUEST: _decodeEndRequest,
+    RecordType.PARAMS: Params,
+    RecordType.STDIN: Stdin,
+    RecordType.STDOUT: Stdout,
+    RecordType.STDERR: Stderr,
+    RecordType.DATA: Data,
+    RecordType.GET_VALUES: _decodeGetValues,
+    RecordType.GET_VALUES_RESULT: lambda requestId, content: GetValuesResult(
+        tuple(decodeNameValuePairs(content))
+    ),
+    RecordType.UNKNOWN_TYPE: lambda requestId, content: UnknownType(
+        _UNKNOWN_TYPE_BODY.unpack(content)[0]
+    ),
+}
+_FIXED_CONTENT_LENGTHS: dict[int, int] = {
+    RecordType.BEGIN_REQUEST: _BEGIN_REQUEST_BODY.size,
+    RecordType.ABORT_REQUEST: 0,
+    RecordType.END_REQUEST: _END_REQUEST_BODY.size,
+    RecordType.UNKNOWN_TYPE: _UNKNOWN_TYPE_BODY.size,
+}
+_MANAGEMENT_TYPES = frozenset(
+    (RecordType.GET_VALUES, RecordType.GET_VALUES_RESULT, RecordType.UNKNOWN_TYPE)
+)
+
+
+def _checkHeader(version: int, recordType: int, requestId: int, contentLength: int) -> None:
+    """
+    Reject a record from its header alone, so that garbage fails at once
+    instead of after up to 64 KiB of buffering.
+    """
+    if version != FCGI_VERSION_1:
+        raise UnsupportedVersion(f"FastCGI version {version}; only version 1 is supported")
+    if recordType not in _DECODERS:
+        raise UnexpectedRecord(f"record type {recordType} is not defined by FastCGI 1.0")
+    if recordType in _MANAGEMENT_TYPES and requestId != NULL_REQUEST_ID:
+        raise UnexpectedRecord(
+            f"management record {RecordType(recordType).name} for request {requestId}"
+        )
+    expectedLength = _FIXED_CONTENT_LENGTHS.get(recordType)
+    if expectedLength is not None and contentLength != expectedLength:
+        raise MalformedRecord(
+            f"{RecordType(recordType).name} with {contentLength} content bytes,"
+            f" expected {expectedLength}"
+        )
+
+
+class RecordDecoder:
+    """
+    Incremental decoder: bytes split anywhere in, L{Record} events out.
+
+    Input is appended to one buffer that is trimmed once per call, so each
+    byte is copied a bounded number of times however large the stream is.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._error: ProtocolError | None = None
+
+    @property
+    def pendingBytes(self) -> int:
+        """How many bytes of an incomplete record are buffered."""
+        return len(self._buffer)
+
+    def receiveData(self, data: bytes) -> list[Record]:
+        """
+        Return every record completed by C{data}, in order.
+
+        @raise ProtocolError: on malformed input.  The stream cannot be
+            resynchronised after that, so every later call raises the same
+            error again.
+        """
+        if self._error is not None:
+            raise self._error.with_traceback(None)
+        buffer = self._buffer
+        buffer += data
+        records: list[Record] = []
+        offset = 0
+        try:
+            with memoryview(buffer) as view:
+                while len(view) - offset >= FCGI_HEADER_LEN:
+                    version, recordType, requestId, contentLength, paddingLength = (
+                        _HEADER.unpack_from(view, offset)
+                    )
+                    _checkHeader(version, recordType, requestId, contentLength)
+                    contentStart = offset + FCGI_HEADER_LEN
+                    contentEnd = contentStart + contentLength
+                    if contentEnd + paddingLength > len(view):
+                        break
+                    content = bytes(view[contentStart:contentEnd])
+                    records.append(_DECODERS[recordType](requestId, content))
+                    offset = contentEnd + paddingLength
+        except ProtocolError as error:
+            self._error = error
+            self._buffer = bytearray()
+            raise
+        del buffer[:offset]
+        return records
+
+
+class ClientConnection:
+    """
+    The client side of one FastCGI connection, one request at a time: php-fpm
+    never multiplexes (it answers FCGI_MPXS_CONNS=0), so neither do we.
+
+    Sans-IO: the request methods return the bytes to write and
+    L{receiveData} returns the response events.  Misuse by the caller raises
+    L{RuntimeError}; misbehaviour by the peer raises L{ProtocolError}, after
+    which the connection is dead and must be closed.
+    """
+
+    def __init__(self, requestId: int = 1) -> None:
+        if not 1 <= requestId <= 0xFFFF:
+            raise ValueError(f"request id {requestId} is not in 1..65535")
+        self._requestId = requestId
+        self._decoder = RecordDecoder()
+        self._error: ProtocolError | None = None
+        self._started = False
+        self._bodyOpen = False
+        self._complete = False
+        self._endedStreams: set[type[Stdout | Stderr]] = set()
+
+    @property
+    def requestComplete(self) -> bool:
+        """Whether END_REQUEST has been received for the current request."""
+        return self._complete
+
+    def startRequest(
+        self,
+        params: Iterable[tuple[bytes, bytes]],
+        keepConnection: bool,
+        body: bytes | None = None,
+    ) -> bytes:
+        """
+        Return BEGIN_REQUEST for a responder and the whole PARAMS stream.
+
+        With C{body}, also return the whole STDIN stream, so that a small
+        request goes out in one write.  Without it, follow with any number of
+        L{sendBody} calls and one L{endBody}.
+        """
+        if self._started:
+            raise RuntimeError("startRequest() called twice; reset() after END_REQUEST first")
+        self._started = True
+        flags = FCGI_KEEP_CONN if keepConnection else 0
+        parts = [
+            BeginRequest(self._requestId, Role.RESPONDER, flags).encode(),
+            encodeParams(self._requestId, params),
+        ]
+        if body is None:
+            self._bodyOpen = True
+        else:
+            parts += (
+                _encodeStream(RecordType.STDIN, self._requestId, body),
+                _encodeRecord(RecordType.STDIN, self._requestId, b""),
+            )
+        return b"".join(parts)
+
+    def sendBody(self, data: bytes) -> bytes:
+        """
+        Return STDIN records for C{data}; empty C{data} gives no bytes rather
+        than a terminator, so callers can pass along empty reads.
+        """
+        self._checkBodyOpen("sendBody")
+        return _encodeStream(RecordType.STDIN, self._requestId, data)
+
+    def endBody(self) -> bytes:
+        """Return the empty STDIN record that ends the request body."""
+        self._checkBodyOpen("endBody")
+        self._bodyOpen = False
+        return _encodeRecord(RecordType.STDIN, self._requestId, b"")
+
+    def _checkBodyOpen(self, method: str) -> None:
+        if not self._bodyOpen:
+            raise RuntimeError(
+                f"{method}() is only allowed between startRequest(body=None) and endBody()"
+            )
+
+    def receiveData(self, data: bytes) -> list[Stdout | Stderr | EndRequest]:
+        """
+        Return the STDOUT data, STDERR data and END_REQUEST events completed by
+        C{data}.  Stream terminators are left out: END_REQUEST ends everything.
+
+        @raise ProtocolError: if the peer sends anything else, or anything at
+            all while no request is in progress; every later call raises the
+            same error again.
+        """
+        if self._error is not None:
+            raise self._error.with_traceback(None)
+        try:
+            events = [
+                event
+                for record in self._decoder.receiveData(data)
+                if (event := self._acceptRecord(record)) is not None
+            ]
+            if self._decoder.pendingBytes and not self._awaitingResponse:
+                raise UnexpectedRecord("data received while no request is in progress")
+        except ProtocolError as error:
+            self._error = error
+            raise
+        return events
+
+    @property
+    def _awaitingResponse(self) -> bool:
+        return self._started and not self._complete
+
+    def _acceptRecord(self, record: Record) -> Stdout | Stderr | EndRequest | None:
+        """Check one record against the state, returning the event to report if any."""
+        name = type(record).__name__
+        if not self._awaitingResponse:
+            raise UnexpectedRecord(f"{name} record received while no request is in progress")
+        if not isinstance(record, (Stdout, Stderr, EndRequest)):
+            raise UnexpectedRecord(f"a FastCGI client must not receive {name} records")
+        if record.requestId != self._requestId:
+            raise UnexpectedRecord(
+                f"{name} record for request {record.requestId}, expected {self._requestId}"
+            )
+        if isinstance(record, EndRequest):
+            self._complete = True
+            return record
+        if not record.data:
+            self._endedStreams.add(type(record))
+            return None
+        if type(record) in self._endedStreams:
+            raise UnexpectedRecord(f"{name} data after the end of its stream")
+        return record
+
+    def reset(self) -> None:
+        """Get ready for the next request on a kept connection."""
+        if not self._complete:
+            raise RuntimeError("reset() before END_REQUEST: the request is still in progress")
+        self._started = False
+        self._bodyOpen = False
+        self._complete = False
+        self._endedStreams.clear()

@@ -1,0 +1,403 @@
+"""
+L{FastCGIResource}: a twisted.web resource that serves a PHP document root.
+
+Static files are served by L{twisted.web.static.File}; scripts run in
+php-fpm over FastCGI, and their output is streamed back as it arrives.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Protocol as TypingProtocol
+from typing import cast, runtime_checkable
+
+import twisted
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.interfaces import IAddress, IReactorTime, IStreamClientEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http, pages
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.static import File
+
+from txfastcgi._version import __version__
+from txfastcgi.cgi import CGIRequest, MalformedResponse, ResponseHeadParser
+from txfastcgi.client import BackendClosed, BackendTimeout, FastCGIClientProtocol
+from txfastcgi.pool import BackendUnavailable, ConnectionPool, QueueTimeout
+from txfastcgi.records import ProtocolError, ProtocolStatus
+from txfastcgi.routing import Redirect, Refused, Router, Script, StaticFile
+
+__all__ = ["ConnectionSource", "FastCGIResource"]
+
+SERVER_SOFTWARE = f"txfastcgi/{__version__} Twisted/{twisted.__version__}".encode()
+
+# Requests that may be sent twice without harm (RFC 9110 idempotent methods
+# that carry no body worth worrying about).
+_IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
+
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@runtime_checkable
+class ConnectionSource(TypingProtocol):
+    """Where FastCGI connections come from: a L{ConnectionPool} or a balancer of several."""
+
+    def acquire(self) -> Deferred[FastCGIClientProtocol]:
+        """A connection for one request."""
+
+    def release(self, protocol: FastCGIClientProtocol) -> None:
+        """Give back a connection acquired before."""
+
+
+class FastCGIResource(Resource):
+    """
+    Serve the PHP application in C{documentRoot}, mounted anywhere in a
+    resource tree.
+
+    @param endpoint: where php-fpm listens: any L{IStreamClientEndpoint}
+        (a pool of kept-alive connections is made for it), or a
+        L{ConnectionSource} built by the caller.
+    @param documentRoot: the directory with the scripts and static files.
+    @param index: the script that serves a directory.
+    @param frontController: the URL path (below the mount point) that
+        serves paths naming no file, or L{None} to answer those with 404.
+    @param params: extra FastCGI params; they override every computed
+        param and every request header.
+    @param https: send HTTPS=on even for plain HTTP requests, for a server
+        behind a TLS terminator.
+    """
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(
+        self,
+        endpoint: IStreamClientEndpoint | ConnectionSource,
+        documentRoot: str,
+        index: str = "index.php",
+        frontController: str | None = "/index.php",
+        params: Mapping[bytes | str, bytes | str] = {},
+        *,
+        https: bool = False,
+        reactor: IReactorTime | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(endpoint, ConnectionSource):
+            self._connections: ConnectionSource = endpoint
+        else:
+            if reactor is None:
+                from twisted.internet import reactor as globalReactor
+
+                reactor = cast(IReactorTime, globalReactor)
+            self._connections = ConnectionPool(reactor, endpoint)
+        self._router = Router(documentRoot, index, frontController)
+        self.documentRoot = self._router.documentRoot
+        self._params = {_toBytes(name): _toBytes(value) for name, value in params.items()}
+        self._https = https
+
+    def render(self, request: Request) -> bytes | int:
+        if not request.postpath:
+            # The mount point itself, without its trailing slash.
+            return _redirectToDirectory(request)
+        route = self._router.route(b"/" + b"/".join(request.postpath))
+        if isinstance(route, Script):
+            ensureDeferred(_Exchange(self, request, route).run())
+            return NOT_DONE_YET
+        if isinstance(route, StaticFile):
+            return _serveFile(request, route.filename)
+        if isinstance(route, Redirect):
+            return _redirectToDirectory(request)
+        return _errorPage(request, route)
+
+    def _cgiRequest(self, request: Request, script: Script, bodyLength: int) -> CGIRequest:
+        prefix = b"/".join([b"", *(request.prepath or ())]).decode("utf-8", "surrogateescape")
+        scriptName = prefix + script.scriptName
+        remoteAddr, remotePort = _hostAndPort(request.getClientAddress())
+        serverAddr, serverPort = _hostAndPort(request.getHost())
+        hasBody = bodyLength > 0 or request.requestHeaders.hasHeader(b"content-length")
+        return CGIRequest(
+            method=request.method,
+            requestURI=request.uri,
+            queryString=request.uri.partition(b"?")[2],
+            scriptFilename=script.filename,
+            scriptName=scriptName,
+            pathInfo=script.pathInfo,
+            documentURI=scriptName + script.pathInfo,
+            documentRoot=self.documentRoot,
+            serverProtocol=request.clientproto,
+            https=self._https or request.isSecure(),
+            remoteAddr=remoteAddr,
+            remotePort=remotePort,
+            serverAddr=serverAddr,
+            serverPort=serverPort,
+            serverName=request.getRequestHostname(),
+            contentType=request.getHeader(b"content-type"),
+            contentLength=bodyLength if hasBody else None,
+            headers=list(request.requestHeaders.getAllRawHeaders()),
+        )
+
+
+class _Exchange:
+    """
+    One HTTP request proxied to php-fpm, and the response streamed back.
+
+    It is the L{ResponseReceiver} of the FastCGI request: it parses the CGI
+    header block, then writes the body to the HTTP request with the FastCGI
+    connection registered as its producer, so that a slow client slows
+    php-fpm down instead of filling memory.
+    """
+
+    log = Logger()
+
+    def __init__(self, resource: FastCGIResource, request: Request, script: Script) -> None:
+        self._resource = resource
+        self._request = request
+        self._script = script
+        self._protocol: FastCGIClientProtocol | None = None
+        self._acquiring: Deferred[FastCGIClientProtocol] | None = None
+        self._outcome: Deferred[int] = Deferred()
+        self._headParser: ResponseHeadParser | None = ResponseHeadParser()
+        self._bodyRemaining: int | None = None
+        self._clientGone = False
+
+    async def run(self) -> None:
+        request = self._request
+        request.notifyFinish().addErrback(self._lostClient)
+        body = request.content
+        assert body is not None, "twisted.web spools every request body before render"
+        body.seek(0, os.SEEK_END)
+        bodyLength = body.tell()
+        params = self._resource._cgiRequest(request, self._script, bodyLength).params(
+            SERVER_SOFTWARE, self._resource._params
+        )
+        retryable = request.method in _IDEMPOTENT_METHODS
+        while not self._clientGone:
+            connections = self._resource._connections
+            try:
+                self._acquiring = connections.acquire()
+                protocol = self._protocol = await self._acquiring
+            except CancelledError:
+                return
+            except BackendUnavailable as e:
+                self._fail(http.BAD_GATEWAY, "The PHP backend is unavailable.", str(e))
+                return
+            except QueueTimeout as e:
+                request.setHeader(b"retry-after", b"5")
+                self._fail(http.SERVICE_UNAVAILABLE, "The PHP backend is overloaded.", str(e))
+                return
+            finally:
+                self._acquiring = None
+            self._outcome = Deferred()
+            body.seek(0)
+            protocol.sendRequest(params, body, bodyLength, self, keepConnection=True)
+            try:
+                protocolStatus = await self._outcome
+            except CancelledError:
+                return
+            except BackendClosed as e:
+                if retryable and e.beforeResponse and e.reusedConnection:
+                    self.log.info(
+                        "FastCGI connection closed by the backend before a response; "
+                        "retrying {method} {uri} on a new connection",
+                        method=request.method,
+                        uri=request.uri,
+                    )
+                    retryable = False
+                    continue
+                self._fail(http.BAD_GATEWAY, "The PHP backend closed the connection.", str(e))
+                return
+            except BackendTimeout as e:
+                self._fail(http.GATEWAY_TIMEOUT, "The PHP backend did not answer in time.", str(e))
+                return
+            except (ProtocolError, MalformedResponse) as e:
+                self._fail(http.BAD_GATEWAY, "The PHP backend sent an invalid response.", str(e))
+                return
+            finally:
+                self._protocol = None
+                connections.release(protocol)
+            self._finish(protocolStatus)
+            return
+
+    # ResponseReceiver
+
+    def stdoutReceived(self, data: bytes) -> None:
+        if self._headParser is not None:
+            try:
+                parsed = self._headParser.feed(data)
+            except MalformedResponse:
+                self._outcome.errback()
+                return
+            if parsed is None:
+                return
+            self._headParser = None
+            head, data = parsed
+            request = self._request
+            request.setResponseCode(head.code, head.reason)
+            _copyHeaders(head.headers, request)
+            self._bodyRemaining = head.contentLength
+            assert self._protocol is not None
+            request.registerProducer(self._protocol, True)
+        self._writeBody(data)
+
+    def stderrReceived(self, data: bytes) -> None:
+        for line in data.decode("utf-8", "backslashreplace").splitlines():
+            self.log.warn(
+                "PHP stderr for {uri}: {line}",
+                uri=self._request.uri.decode("ascii", "replace"),
+                line=_CONTROL_CHARACTERS.sub(_escapeCharacter, line),
+            )
+
+    def requestEnded(self, appStatus: int, protocolStatus: int) -> None:
+        self._outcome.callback(protocolStatus)
+
+    def requestFailed(self, reason: Failure) -> None:
+        self._outcome.errback(reason)
+
+    # Writing the response
+
+    def _writeBody(self, data: bytes) -> None:
+        if self._bodyRemaining is not None:
+            if len(data) > self._bodyRemaining:
+                self.log.error(
+                    "PHP sent more body than its Content-Length for {uri}; surplus dropped",
+                    uri=self._request.uri.decode("ascii", "replace"),
+                )
+                data = data[: self._bodyRemaining]
+            self._bodyRemaining -= len(data)
+        if data:
+            self._request.write(data)
+
+    def _finish(self, protocolStatus: int) -> None:
+        request = self._request
+        if self._clientGone:
+            return
+        if protocolStatus != ProtocolStatus.REQUEST_COMPLETE:
+            reason = _protocolStatusName(protocolStatus)
+            if protocolStatus == ProtocolStatus.OVERLOADED:
+                self._fail(http.SERVICE_UNAVAILABLE, "The PHP backend is overloaded.", reason)
+            else:
+                self._fail(http.BAD_GATEWAY, "The PHP backend refused the request.", reason)
+            return
+        if self._headParser is not None:
+            self._fail(
+                http.BAD_GATEWAY,
+                "The PHP backend sent an invalid response.",
+                "the script's output ended before its header block did",
+            )
+            return
+        request.unregisterProducer()
+        if self._bodyRemaining:
+            self.log.error(
+                "PHP sent {missing} bytes less than its Content-Length for {uri}; "
+                "closing the client connection",
+                missing=self._bodyRemaining,
+                uri=request.uri.decode("ascii", "replace"),
+            )
+            request.loseConnection()
+            return
+        request.finish()
+
+    def _fail(self, code: int, brief: str, detail: str) -> None:
+        """
+        Answer with an error page if no response has started yet, or cut the
+        client connection so that it cannot take a partial body as complete.
+        """
+        request = self._request
+        self.log.error(
+            "{code} for {method} {uri}: {detail}",
+            code=code,
+            method=request.method.decode("ascii", "replace"),
+            uri=request.uri.decode("ascii", "replace"),
+            detail=detail,
+        )
+        if self._clientGone:
+            return
+        if self._headParser is None:
+            # The script's status and headers are set already.
+            request.unregisterProducer()
+            request.loseConnection()
+            return
+        request.write(pages.errorPage(code, http.RESPONSES[code].decode(), brief).render(request))
+        request.finish()
+
+    def _lostClient(self, reason: Failure) -> None:
+        """The HTTP client went away: stop the script by closing its connection."""
+        self._clientGone = True
+        if self._acquiring is not None:
+            self._acquiring.cancel()
+        if self._protocol is not None and not self._outcome.called:
+            self._protocol.abort()
+            self._outcome.errback(Failure(CancelledError()))
+
+
+def _copyHeaders(headers: tuple[tuple[bytes, bytes], ...], request: Request) -> None:
+    """
+    Put the script's headers on the response. A name the script sends
+    replaces twisted.web's own default (Date, Server); repeated names, such
+    as several Set-Cookie, are all kept.
+    """
+    responseHeaders = request.responseHeaders
+    seen: set[bytes] = set()
+    for name, value in headers:
+        lowerName = name.lower()
+        if lowerName in seen:
+            responseHeaders.addRawHeader(name, value)
+        else:
+            seen.add(lowerName)
+            responseHeaders.setRawHeaders(name, [value])
+    if b"content-type" not in seen:
+        # Leave the response without a type, as the script did.
+        request.defaultContentType = None
+
+
+def _serveFile(request: Request, filename: str) -> bytes | int:
+    """
+    Serve a static file with twisted.web's File: content type, Range,
+    HEAD and Last-Modified, plus a strong ETag for If-None-Match.
+    """
+    info = os.stat(filename)
+    if request.setETag(b'"%x-%x"' % (info.st_mtime_ns, info.st_size)) is http.CACHED:
+        return b""
+    result: bytes | int = File(filename).render(request)
+    return result
+
+
+def _redirectToDirectory(request: Request) -> bytes:
+    path, question, query = request.uri.partition(b"?")
+    request.setResponseCode(http.MOVED_PERMANENTLY)
+    request.setHeader(b"location", path + b"/" + question + query)
+    request.setHeader(b"content-type", b"text/html; charset=utf-8")
+    return b'<a href="%s/">Moved here</a>\n' % path.replace(b'"', b"%22")
+
+
+def _errorPage(request: Request, refused: Refused) -> bytes:
+    page = pages.errorPage(
+        refused.code, http.RESPONSES[refused.code].decode(), refused.reason
+    ).render(request)
+    assert isinstance(page, bytes)
+    return page
+
+
+def _hostAndPort(address: IAddress) -> tuple[str, int | None]:
+    if isinstance(address, IPv4Address | IPv6Address):
+        return address.host, address.port
+    return "unix:", None
+
+
+def _protocolStatusName(protocolStatus: int) -> str:
+    try:
+        return f"END_REQUEST protocol status {ProtocolStatus(protocolStatus).name}"
+    except ValueError:
+        return f"END_REQUEST with unknown protocol status {protocolStatus}"
+
+
+def _escapeCharacter(match: re.Match[str]) -> str:
+    return f"\\x{ord(match.group()):02x}"
+
+
+def _toBytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode("utf-8")
