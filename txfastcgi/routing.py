@@ -58,9 +58,10 @@ SCRIPT_SUFFIX = ".php"
 
 _NOT_FOUND = Refused(404, "No such page.")
 
-# Files that hold PHP source under other names, or are PHP scripts to a
-# filesystem that ignores case (``X.PHP``): never served as they are.
-_SOURCE_FILE = re.compile(r"\.(php\d*|phtml|phar|phps|inc)\Z", re.IGNORECASE)
+# Files that hold PHP source under other names: other PHP extensions, scripts
+# to a filesystem that ignores case (``X.PHP``), editor and backup copies
+# (``wp-config.php.bak``, ``index.php~``). Never served as they are.
+_SOURCE_FILE = re.compile(r"\.(?:(?:php\d*|phtml|phar|phps)(?:[.~].*)?|inc)\Z", re.IGNORECASE)
 
 # A decoded path with a control character is an attack or a mistake, never a
 # file name a site means to serve (CVE-2019-11043 puts "\n" in PATH_INFO).

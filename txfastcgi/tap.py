@@ -9,14 +9,17 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import NoReturn, cast
 
 from twisted.application import strports
 from twisted.application.service import IService, MultiService
 from twisted.internet import endpoints
-from twisted.internet.interfaces import IReactorCore, IReactorTime
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.testing import MemoryReactor
+from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from txfastcgi.phpfpm import PHPFPMNotFound, PHPFPMService, findPHPFPM
@@ -146,11 +149,12 @@ def _checkEndpoint(parse: Callable[[object, str], object], description: str, opt
 
 def makeService(options: Options) -> IService:
     """The proxy: a php-fpm to spawn if asked, the resource, and its listeners."""
-    from twisted.internet import reactor
+    from twisted.internet import reactor as globalReactor
 
-    assert isinstance(reactor, IReactorTime) and isinstance(reactor, IReactorCore)
+    reactor = cast(IReactorTime, globalReactor)
     service = MultiService()
     (backend,) = options["php-fpm"]
+    phpFPM = None
     if backend == SPAWN:
         phpFPM = PHPFPMService(
             options["path"],
@@ -178,6 +182,44 @@ def makeService(options: Options) -> IService:
     )
     accessLog = options["access-log"]
     site = Site(resource, logPath="/dev/stdout" if accessLog == "-" else accessLog)
+    listeners = MultiService() if phpFPM is None else _StartAfter(phpFPM.whenListening)
+    listeners.setServiceParent(service)
     for description in options["listen"]:
-        strports.service(description, site).setServiceParent(service)
+        strports.service(description, site).setServiceParent(listeners)
     return service
+
+
+class _StartAfter(MultiService):
+    """
+    Services that start once something is ready: the listeners wait for a
+    spawned php-fpm, so that the first requests are not answered with 502.
+    If it never gets ready they start anyway, and requests get a 502 that the
+    log explains.
+    """
+
+    log = Logger()
+
+    def __init__(self, ready: Callable[[], Deferred[None]]) -> None:
+        super().__init__()
+        self._ready = ready
+        self._waiting: Deferred[None] | None = None
+
+    def startService(self) -> None:
+        self._waiting = self._ready()
+        self._waiting.addCallbacks(self._startChildren, self._notReady)
+
+    def _startChildren(self, ignored: object = None) -> None:
+        super().startService()
+
+    def _notReady(self, reason: Failure) -> None:
+        if not reason.check(CancelledError):
+            self.log.failure("starting to listen although php-fpm is not ready", reason)
+            self._startChildren()
+
+    def stopService(self) -> Deferred[None]:
+        if self._waiting is not None and not self._waiting.called:
+            self._waiting.cancel()
+        if not self.running:
+            return succeed(None)
+        stopped: Deferred[None] = super().stopService()
+        return stopped

@@ -1,0 +1,309 @@
+"""
+The shipped PHP application, used through the real ``twist fastcgi-proxy``
+process in front of a real php-fpm, by a client that behaves like a browser:
+it keeps cookies and follows redirects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import http.cookiejar
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from email.message import Message
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Proxy:
+    """A running ``twist fastcgi-proxy``."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    logPath: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.logPath.read_text(errors="replace")
+
+
+def freePort() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def startProxy(arguments: list[str], logPath: Path, cwd: Path = REPOSITORY) -> Proxy:
+    """
+    Start ``twist fastcgi-proxy`` (from this checkout) on a free port and
+    wait until it accepts connections.
+    """
+    port = freePort()
+    environment = dict(os.environ, PYTHONPATH=str(REPOSITORY))
+    log = logPath.open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "twisted", "fastcgi-proxy", "--listen", f"tcp:{port}", *arguments],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=environment,
+        cwd=cwd,
+    )
+    proxy = Proxy(process, port, logPath)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"twist fastcgi-proxy exited with {process.returncode}:\n{proxy.log()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proxy
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    pytest.fail(f"twist fastcgi-proxy did not listen within 20 s:\n{proxy.log()}")
+
+
+def stopProxy(proxy: Proxy) -> None:
+    proxy.process.terminate()
+    try:
+        proxy.process.wait(10)
+    except subprocess.TimeoutExpired:
+        proxy.process.kill()
+        proxy.process.wait()
+
+
+@pytest.fixture(scope="module")
+def proxy(php_fpm: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
+    logPath = tmp_path_factory.mktemp("proxy") / "twist.log"
+    running = startProxy(
+        ["--php-fpm", php_fpm.endpointDescription, "--path", str(php_fpm.documentRoot)], logPath
+    )
+    yield running
+    stopProxy(running)
+
+
+@dataclass
+class Response:
+    status: int
+    headers: Message
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Browser:
+    """urllib with a cookie jar: cookies kept, redirects followed."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.cookies = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.cookies))
+
+    def request(
+        self,
+        path: str,
+        data: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        method: str | None = None,
+    ) -> Response:
+        request = urllib.request.Request(
+            self.base + path, data=data, headers=headers or {}, method=method
+        )
+        try:
+            with self.opener.open(request, timeout=30) as answer:
+                return Response(answer.status, answer.headers, answer.read())
+        except urllib.error.HTTPError as error:
+            return Response(error.code, error.headers, error.read())
+
+
+@pytest.fixture
+def browser(proxy: Proxy) -> Browser:
+    return Browser(proxy.url)
+
+
+def rawRequest(proxy: Proxy, method: str, path: str, **headers: str) -> http.client.HTTPResponse:
+    connection = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
+    connection.request(method, path, headers=headers)
+    return connection.getresponse()
+
+
+def test_the_home_page_links_every_page(browser: Browser) -> None:
+    home = browser.request("/")
+    assert home.status == 200
+    assert home.headers["Content-Type"] == "text/html; charset=utf-8"
+    for link in ["/hello/world", "/form", "/session", "/redirect", "/upload", "/api/info"]:
+        assert f'href="{link}"'.encode() in home.body
+
+
+def test_a_pretty_url_reaches_the_front_controller(browser: Browser) -> None:
+    page = browser.request("/hello/Ada%20%3Cb%3E")
+    assert page.status == 200
+    assert b"Hello, Ada &lt;b&gt;!" in page.body
+
+
+def test_a_posted_form_comes_back(browser: Browser) -> None:
+    assert b'method="post"' in browser.request("/form").body
+    page = browser.request("/form", data=b"name=Ada&message=caf%C3%A9+%26+cr%C3%A8me")
+    assert page.status == 200
+    assert "<dd>café &amp; crème</dd>".encode() in page.body
+    assert b"<dd>Ada</dd>" in page.body
+
+
+def test_a_session_cookie_keeps_a_counter(browser: Browser) -> None:
+    counts = [browser.request("/session").body for _ in range(3)]
+    assert [b'id="count">%d<' % n in body for n, body in enumerate(counts, 1)] == [True] * 3
+    assert any(cookie.name == "PHPSESSID" for cookie in browser.cookies)
+
+
+def test_a_redirect_is_followed_to_its_target(browser: Browser, proxy: Proxy) -> None:
+    answer = rawRequest(proxy, "GET", "/redirect")
+    assert answer.status == 302
+    assert answer.getheader("Location") == "/hello/redirected"
+    assert b"Hello, redirected!" in browser.request("/redirect").body
+
+
+def test_a_file_upload_of_several_megabytes_arrives_intact(browser: Browser) -> None:
+    content = os.urandom(5 * 1024 * 1024)
+    boundary = "txfastcgi-test-boundary"
+    body = (
+        f"--{boundary}\r\n"
+        'Content-Disposition: form-data; name="file"; filename="random.bin"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode() + content + f"\r\n--{boundary}--\r\n".encode()
+    page = browser.request(
+        "/upload",
+        data=body,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert page.status == 200, page.body
+    assert b'id="size">5242880<' in page.body
+    assert f'id="sha256">{hashlib.sha256(content).hexdigest()}<'.encode() in page.body
+
+
+def test_the_json_endpoint_sees_the_cgi_variables(browser: Browser, proxy: Proxy) -> None:
+    info = browser.request("/api/info?x=1&y=%20", headers={"X-Custom": "yes"}).json()
+    assert info["REQUEST_URI"] == "/api/info?x=1&y=%20"
+    assert info["QUERY_STRING"] == "x=1&y=%20"
+    assert info["SCRIPT_NAME"] == "/index.php"
+    assert info["PHP_SELF"] == "/index.php"
+    assert info["SERVER_PORT"] == str(proxy.port)
+    assert info["HTTP_X_CUSTOM"] == "yes"
+    assert info["HTTPS"] is None
+    assert info["get"] == {"x": "1", "y": " "}
+
+
+def test_a_script_gets_its_path_info(browser: Browser, php_fpm: Any) -> None:
+    info = browser.request("/info.php/extra/path?x=1").json()
+    assert info["SCRIPT_NAME"] == "/info.php"
+    assert info["PATH_INFO"] == "/extra/path"
+    assert info["SCRIPT_FILENAME"] == os.path.join(os.path.realpath(php_fpm.documentRoot), "info.php")
+
+
+def test_a_directory_index_and_static_files(browser: Browser, proxy: Proxy) -> None:
+    assert b"sub index" in browser.request("/sub/").body
+    moved = rawRequest(proxy, "GET", "/sub?a=1")
+    assert (moved.status, moved.getheader("Location")) == (301, "/sub/?a=1")
+    css = browser.request("/style.css")
+    assert css.status == 200
+    assert css.headers["Content-Type"] == "text/css"
+    assert browser.request("/logo.svg").headers["Content-Type"] == "image/svg+xml"
+
+
+def test_php_source_is_never_served(browser: Browser) -> None:
+    for path in ["/lib/server_info.php", "/info.php"]:
+        assert b"<?php" not in browser.request(path).body
+
+
+def test_an_unknown_page_is_the_applications_404(browser: Browser) -> None:
+    page = browser.request("/nowhere")
+    assert page.status == 404
+    assert b"Nothing here" in page.body
+
+
+def test_the_access_log_has_each_request(browser: Browser, proxy: Proxy) -> None:
+    browser.request("/hello/logged")
+    deadline = time.monotonic() + 5
+    while '"GET /hello/logged HTTP/1.1" 200' not in proxy.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert '"GET /hello/logged HTTP/1.1" 200' in proxy.log()
+
+
+def test_the_demo_runs_with_a_spawned_php_fpm(tmp_path: Path, php_fpm: Any) -> None:
+    """
+    README's first command: ``--php-fpm spawn`` with the shipped site. It
+    listens only once its php-fpm is ready, and takes php-fpm down with it.
+    """
+    spawned = startProxy(
+        ["--php-fpm", "spawn", "--path", str(php_fpm.documentRoot)], tmp_path / "twist.log"
+    )
+    try:
+        browser = Browser(spawned.url)
+        assert b"Hello, spawned!" in browser.request("/hello/spawned").body
+        browser.request("/session")
+        assert b'id="count">2<' in browser.request("/session").body
+        phpFPMs = phpFPMProcessesUnder(spawned.process.pid)
+        assert phpFPMs, "no php-fpm child found"
+    finally:
+        stopProxy(spawned)
+    assert spawned.process.returncode in (0, -signal.SIGTERM)
+    assert "Traceback" not in spawned.log()
+    assert not [pid for pid in phpFPMs if os.path.exists(f"/proc/{pid}")]
+
+
+def phpFPMProcessesUnder(parent: int) -> list[int]:
+    """The php-fpm processes whose parent is C{parent}."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(
+                line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line
+            )
+        except OSError:
+            continue
+        if fields.get("PPid") == str(parent) and fields.get("Name", "").startswith("php-fpm"):
+            found.append(int(status.parent.name))
+    return found
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--php-fpm", "bogus:thing"], "--php-fpm 'bogus:thing' is not a valid endpoint"),
+        (["--listen", "tcp:notaport"], "--listen 'tcp:notaport' is not a valid endpoint"),
+        (["--path", "/does/not/exist"], "--path '/does/not/exist' is not a directory"),
+        (["--max-connections", "many"], "'many' is not a number"),
+        (["--read-timeout", "0"], "'0' is below"),
+        (["--param", "NOEQUALS"], "--param wants NAME=VALUE"),
+    ],
+)
+def test_a_bad_option_exits_2_with_one_clear_line(arguments: list[str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "twisted", "fastcgi-proxy", *arguments],
+        capture_output=True,
+        env=dict(os.environ, PYTHONPATH=str(REPOSITORY)),
+        timeout=60,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0]
+    assert b"Traceback" not in result.stdout + result.stderr

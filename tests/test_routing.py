@@ -1,0 +1,122 @@
+"""
+Which URL paths run a script, which serve a file, and which go to the front
+controller: nginx's try_files and fastcgi_split_path_info, without ever
+running a file that is not an existing ``*.php`` inside the document root.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from txfastcgi.routing import Redirect, Refused, Router, Script, StaticFile
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    site = tmp_path / "site"
+    for name in ["index.php", "a.php", "dir/index.php", "empty/.keep", "uploads/evil.jpg"]:
+        (site / name).parent.mkdir(parents=True, exist_ok=True)
+        (site / name).write_text("x")
+    (site / "style.css").write_text("body{}")
+    for name in ["config.php.bak", "config.php~", "lib.inc", "a.phtml"]:
+        (site / name).write_text("<?php secret")
+    (site / "X.PHP").write_text("<?php secret")
+    (site / ".env").write_text("SECRET=1")
+    (tmp_path / "outside.php").write_text("<?php")
+    (site / "link.php").symlink_to(tmp_path / "outside.php")
+    return site
+
+
+def router(root: Path, frontController: str | None = "/index.php") -> Router:
+    return Router(str(root), "index.php", frontController)
+
+
+def script(root: Path, relative: str, scriptName: str, pathInfo: str = "") -> Script:
+    return Script(os.path.join(str(root), relative), scriptName, pathInfo)
+
+
+def test_an_existing_script_runs(root: Path) -> None:
+    assert router(root).route(b"/a.php") == script(root, "a.php", "/a.php")
+
+
+def test_path_info_after_a_script_is_split_off(root: Path) -> None:
+    assert router(root).route(b"/a.php/extra/path") == script(
+        root, "a.php", "/a.php", "/extra/path"
+    )
+    assert router(root).route(b"/a.php/") == script(root, "a.php", "/a.php", "/")
+    assert router(root).route(b"/a.php/x/") == script(root, "a.php", "/a.php", "/x/")
+
+
+def test_a_static_file_is_served(root: Path) -> None:
+    assert router(root).route(b"/style.css") == StaticFile(str(root / "style.css"))
+
+
+def test_a_directory_runs_its_index_and_needs_its_trailing_slash(root: Path) -> None:
+    assert router(root).route(b"/dir/") == script(root, "dir/index.php", "/dir/index.php")
+    assert router(root).route(b"/dir") == Redirect()
+    assert router(root).route(b"/") == script(root, "index.php", "/index.php")
+
+
+def test_a_directory_without_index_is_forbidden(root: Path) -> None:
+    assert router(root).route(b"/empty/") == Refused(403, "This directory has no index.")
+
+
+def test_a_path_naming_nothing_goes_to_the_front_controller(root: Path) -> None:
+    assert router(root).route(b"/2024/01/hello-world/") == script(
+        root, "index.php", "/index.php"
+    )
+    assert router(root).route(b"/missing.php") == script(root, "index.php", "/index.php")
+
+
+def test_without_a_front_controller_a_path_naming_nothing_is_404(root: Path) -> None:
+    assert router(root, None).route(b"/nothing") == Refused(404, "No such page.")
+
+
+def test_a_missing_front_controller_is_404(root: Path) -> None:
+    assert router(root, "/gone.php").route(b"/nothing") == Refused(404, "No such page.")
+
+
+def test_a_file_used_as_a_directory_never_runs_as_a_script(root: Path) -> None:
+    # cgi.fix_pathinfo: php-fpm would run evil.jpg if asked for /uploads/evil.jpg/x.php.
+    route = router(root, None).route(b"/uploads/evil.jpg/x.php")
+    assert route == Refused(404, "No such page.")
+
+
+def test_dot_segments_are_resolved_and_cannot_leave_the_root(root: Path) -> None:
+    assert router(root).route(b"/dir/../a.php") == script(root, "a.php", "/a.php")
+    assert router(root).route(b"/./a.php") == script(root, "a.php", "/a.php")
+    assert router(root).route(b"/../site/a.php") == Refused(
+        400, "The request path leaves the document root."
+    )
+
+
+def test_a_symbolic_link_out_of_the_root_is_not_run(root: Path) -> None:
+    assert router(root, None).route(b"/link.php") == Refused(404, "No such page.")
+
+
+@pytest.mark.parametrize("character", [b"\x00", b"\n", b"\r", b"\x1f", b"\x7f"])
+def test_control_characters_in_the_path_are_a_bad_request(root: Path, character: bytes) -> None:
+    # CVE-2019-11043: /index.php/PHP%0Ais_the_shittiest_lang.php
+    route = router(root).route(b"/index.php/PHP" + character + b"is.php")
+    assert route == Refused(400, "The request path contains a control character.")
+
+
+@pytest.mark.parametrize(
+    "path", [b"/config.php.bak", b"/X.PHP", b"/config.php~", b"/lib.inc", b"/a.phtml"]
+)
+def test_php_source_under_other_names_is_never_served(root: Path, path: bytes) -> None:
+    assert router(root).route(path) == Refused(403, "Script source is not served.")
+
+
+def test_only_an_ascii_php_suffix_makes_a_script(root: Path) -> None:
+    (root / "shell.\uff50hp").write_text("<?php")
+    assert router(root).route("/shell.\uff50hp".encode()) == StaticFile(
+        str(root / "shell.\uff50hp")
+    )
+
+
+def test_hidden_files_are_refused(root: Path) -> None:
+    assert router(root).route(b"/.env") == Refused(403, "Hidden files are not served.")
