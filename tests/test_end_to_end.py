@@ -27,6 +27,8 @@ from typing import Any
 import pytest
 
 REPOSITORY = Path(__file__).resolve().parent.parent
+# twistd, run by this interpreter (its module has no ``__main__``).
+TWISTD = ["-c", "from twisted.scripts.twistd import run; run()"]
 
 
 @dataclass
@@ -52,33 +54,40 @@ def freePort() -> int:
         return port
 
 
-def startProxy(arguments: list[str], logPath: Path, cwd: Path = REPOSITORY) -> Proxy:
-    """
-    Start ``twist fastcgi-proxy`` (from this checkout) on a free port and
-    wait until it accepts connections.
-    """
+def startProxy(arguments: list[str], logPath: Path) -> Proxy:
+    """Start ``twist fastcgi-proxy`` (from this checkout) on a free port."""
     port = freePort()
-    environment = dict(os.environ, PYTHONPATH=str(REPOSITORY))
+    command = ["-m", "twisted", "fastcgi-proxy", "--listen", f"tcp:{port}", *arguments]
+    return startServer(command, port, logPath)
+
+
+def startServer(
+    arguments: list[str], port: int, logPath: Path, environment: dict[str, str] | None = None
+) -> Proxy:
+    """
+    Run Python with C{arguments} and this checkout on its path, and wait
+    until it accepts connections on C{port}.
+    """
     log = logPath.open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "twisted", "fastcgi-proxy", "--listen", f"tcp:{port}", *arguments],
+        [sys.executable, *arguments],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env=environment,
-        cwd=cwd,
+        env=dict(os.environ, PYTHONPATH=str(REPOSITORY), **(environment or {})),
+        cwd=logPath.parent,
     )
     proxy = Proxy(process, port, logPath)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            pytest.fail(f"twist fastcgi-proxy exited with {process.returncode}:\n{proxy.log()}")
+            pytest.fail(f"{arguments} exited with {process.returncode}:\n{proxy.log()}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return proxy
         except OSError:
             time.sleep(0.05)
     process.kill()
-    pytest.fail(f"twist fastcgi-proxy did not listen within 20 s:\n{proxy.log()}")
+    pytest.fail(f"{arguments} did not listen within 20 s:\n{proxy.log()}")
 
 
 def stopProxy(proxy: Proxy) -> None:
@@ -307,3 +316,47 @@ def test_a_bad_option_exits_2_with_one_clear_line(arguments: list[str], message:
     assert len(lines) == 1, result.stderr
     assert message in lines[0]
     assert b"Traceback" not in result.stdout + result.stderr
+
+
+def test_the_embedding_tac_example_serves_php_under_blog(tmp_path: Path, php_fpm: Any) -> None:
+    """docs/examples/blog.tac: the site mounted under /blog/ of a larger application."""
+    port = freePort()
+    server = startServer(
+        [*TWISTD, "-ny", str(REPOSITORY / "docs/examples/blog.tac")],
+        port,
+        tmp_path / "twistd.log",
+        {
+            "BLOG_PHP_FPM": php_fpm.endpointDescription,
+            "BLOG_ROOT": php_fpm.documentRoot,
+            "BLOG_LISTEN": f"tcp:{port}:interface=127.0.0.1",
+        },
+    )
+    try:
+        browser = Browser(server.url)
+        assert b'href="/blog/"' in browser.request("/").body
+        page = browser.request("/blog/hello/tac")
+        assert b"Hello, tac!" in page.body
+        assert b'href="/blog/style.css"' in page.body
+        assert browser.request("/blog/api/info").json()["SCRIPT_NAME"] == "/blog/index.php"
+    finally:
+        stopProxy(server)
+
+
+def test_the_options_tac_example_builds_the_command_lines_service(
+    tmp_path: Path, php_fpm: Any
+) -> None:
+    port = freePort()
+    server = startServer(
+        [*TWISTD, "-ny", str(REPOSITORY / "docs/examples/proxy.tac")],
+        port,
+        tmp_path / "twistd.log",
+        {
+            "PROXY_PHP_FPM": php_fpm.endpointDescription,
+            "PROXY_ROOT": php_fpm.documentRoot,
+            "PROXY_LISTEN": f"tcp:{port}:interface=127.0.0.1",
+        },
+    )
+    try:
+        assert b"Hello, options!" in Browser(server.url).request("/hello/options").body
+    finally:
+        stopProxy(server)

@@ -29,7 +29,7 @@ from txfastcgi.cgi import CGIRequest, MalformedResponse, ResponseHeadParser
 from txfastcgi.client import BackendClosed, BackendTimeout, FastCGIClientProtocol
 from txfastcgi.pool import BackendUnavailable, ConnectionPool, QueueTimeout
 from txfastcgi.records import ProtocolError, ProtocolStatus
-from txfastcgi.routing import Redirect, Refused, Router, Script, StaticFile
+from txfastcgi.routing import Redirect, Router, Script, StaticFile
 
 __all__ = ["ConnectionSource", "FastCGIResource"]
 
@@ -111,7 +111,7 @@ class FastCGIResource(Resource):
             return _serveFile(request, route.filename)
         if isinstance(route, Redirect):
             return _redirectToDirectory(request)
-        return _errorPage(request, route)
+        return _renderError(request, route.code, route.reason)
 
     def _cgiRequest(self, request: Request, script: Script, bodyLength: int) -> CGIRequest:
         prefix = b"/".join([b"", *(request.prepath or ())]).decode("utf-8", "surrogateescape")
@@ -321,8 +321,7 @@ class _Exchange:
             request.unregisterProducer()
             request.loseConnection()
             return
-        request.write(pages.errorPage(code, http.RESPONSES[code].decode(), brief).render(request))
-        request.finish()
+        _renderError(request, code, brief)
 
     def _lostClient(self, reason: Failure) -> None:
         """The HTTP client went away: stop the script by closing its connection."""
@@ -374,12 +373,10 @@ def _redirectToDirectory(request: Request) -> bytes:
     return b'<a href="%s/">Moved here</a>\n' % path.replace(b'"', b"%22")
 
 
-def _errorPage(request: Request, refused: Refused) -> bytes:
-    page = pages.errorPage(
-        refused.code, http.RESPONSES[refused.code].decode(), refused.reason
-    ).render(request)
-    assert isinstance(page, bytes)
-    return page
+def _renderError(request: Request, code: int, detail: str) -> int:
+    """Answer with a small HTML error page; it finishes the request itself."""
+    pages.errorPage(code, http.RESPONSES[code].decode(), detail).render(request)
+    return NOT_DONE_YET
 
 
 def _hostAndPort(address: IAddress) -> tuple[str, int | None]:

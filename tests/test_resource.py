@@ -1,0 +1,296 @@
+"""
+FastCGIResource inside a Twisted web server, in front of a real php-fpm:
+what an HTTP client gets, and what PHP sees.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import pytest
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import UNIXClientEndpoint
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Protocol
+from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, Response, readBody
+from twisted.web.http_headers import Headers
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from twisted.web.static import Data
+
+from txfastcgi import FastCGIResource
+from txfastcgi.pool import ConnectionPool
+
+
+@pytest.fixture(autouse=True)
+def _phpFPM(request: pytest.FixtureRequest, php_fpm: Any) -> None:
+    """Hand the session's php-fpm to the trial test case."""
+    request.instance.phpFPM = php_fpm
+
+
+class ServedSiteTests(TestCase):
+    """
+    A resource tree with the PHP site at the root and again under /blog/,
+    beside a resource of the application's own.
+    """
+
+    phpFPM: Any
+
+    def setUp(self) -> None:
+        self.pool = ConnectionPool(reactor, self.endpoint(), maxConnections=4)
+        self.resource = FastCGIResource(self.pool, self.phpFPM.documentRoot)
+        root = Resource()
+        root.putChild(b"blog", FastCGIResource(self.pool, self.phpFPM.documentRoot))
+        root.putChild(b"about", Data(b"an application page", "text/plain"))
+        self.port = self.listen(Site(self.resource))
+        self.mounted = self.listen(Site(root))
+        self.agent = Agent(reactor)
+        self.events: list[LogEvent] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.addCleanup(self.pool.close)
+
+    def endpoint(self) -> UNIXClientEndpoint:
+        return UNIXClientEndpoint(reactor, self.phpFPM.socketPath)
+
+    def listen(self, site: Site) -> IListeningPort:
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return port
+
+    def url(self, path: str, port: IListeningPort | None = None) -> bytes:
+        return f"http://127.0.0.1:{(port or self.port).getHost().port}{path}".encode()
+
+    @inlineCallbacks
+    def fetch(
+        self,
+        path: str,
+        method: bytes = b"GET",
+        headers: dict[bytes, list[bytes]] | None = None,
+        body: bytes | None = None,
+        port: IListeningPort | None = None,
+    ) -> Any:
+        from twisted.web.client import FileBodyProducer
+        from io import BytesIO
+
+        producer = None if body is None else FileBodyProducer(BytesIO(body))
+        response: Response = yield self.agent.request(
+            method, self.url(path, port), Headers(headers or {}), producer
+        )
+        content: bytes = yield readBody(response)
+        return response, content
+
+    @inlineCallbacks
+    def info(self, path: str, port: IListeningPort | None = None, **kwargs: Any) -> Any:
+        response, content = yield self.fetch(path, port=port, **kwargs)
+        self.assertEqual(response.code, 200, content)
+        return json.loads(content)
+
+    def logged(self) -> str:
+        return "\n".join(formatEvent(event) for event in self.events)
+
+    @inlineCallbacks
+    def test_mounted_under_a_prefix_script_name_and_request_uri_carry_it(self) -> Any:
+        info = yield self.info("/blog/info.php/more?q=1", port=self.mounted)
+        self.assertEqual(info["SCRIPT_NAME"], "/blog/info.php")
+        self.assertEqual(info["PHP_SELF"], "/blog/info.php/more")
+        self.assertEqual(info["PATH_INFO"], "/more")
+        self.assertEqual(info["REQUEST_URI"], "/blog/info.php/more?q=1")
+        self.assertEqual(info["DOCUMENT_URI"], "/blog/info.php/more")
+        self.assertEqual(info["DOCUMENT_ROOT"], os.path.realpath(self.phpFPM.documentRoot))
+
+    @inlineCallbacks
+    def test_mounted_front_controller_routes_pretty_urls(self) -> Any:
+        response, content = yield self.fetch("/blog/hello/mounted", port=self.mounted)
+        self.assertEqual(response.code, 200)
+        self.assertIn(b"Hello, mounted!", content)
+        self.assertIn(b'href="/blog/style.css"', content)
+        info = yield self.info("/blog/api/info", port=self.mounted)
+        self.assertEqual(info["SCRIPT_NAME"], "/blog/index.php")
+        self.assertEqual(info["REQUEST_URI"], "/blog/api/info")
+
+    @inlineCallbacks
+    def test_the_applications_own_resources_are_untouched(self) -> Any:
+        response, content = yield self.fetch("/about", port=self.mounted)
+        self.assertEqual((response.code, content), (200, b"an application page"))
+        response, _ = yield self.fetch("/blog", port=self.mounted)
+        self.assertEqual(response.code, 301)
+        self.assertEqual(response.headers.getRawHeaders(b"location"), [b"/blog/"])
+
+    @inlineCallbacks
+    def test_cgi_variables_for_a_post(self) -> Any:
+        info = yield self.info(
+            "/api/info?a=1",
+            method=b"POST",
+            headers={
+                b"Content-Type": [b"application/x-www-form-urlencoded"],
+                b"Cookie": [b"a=1", b"b=2"],
+                b"Authorization": [b"Basic dXNlcjpwYXNz"],
+                b"Proxy": [b"http://evil.example:3128"],
+            },
+            body=b"field=value",
+        )
+        self.assertEqual(info["REQUEST_METHOD"], "POST")
+        self.assertEqual(info["CONTENT_TYPE"], "application/x-www-form-urlencoded")
+        self.assertEqual(info["CONTENT_LENGTH"], "11")
+        self.assertEqual(info["post"], {"field": "value"})
+        self.assertEqual(info["cookie"], {"a": "1", "b": "2"})
+        self.assertEqual(info["HTTP_AUTHORIZATION"], "Basic dXNlcjpwYXNz")
+        self.assertNotIn("HTTP_PROXY", info)
+        self.assertEqual(info["GATEWAY_INTERFACE"], "CGI/1.1")
+        self.assertEqual(info["SERVER_PROTOCOL"], "HTTP/1.1")
+        self.assertEqual(info["REQUEST_SCHEME"], "http")
+        self.assertIsNone(info["HTTPS"])
+        self.assertEqual(info["REDIRECT_STATUS"], "200")
+        self.assertEqual(info["REMOTE_ADDR"], "127.0.0.1")
+        self.assertEqual(info["SERVER_ADDR"], "127.0.0.1")
+        self.assertEqual(info["SERVER_PORT"], str(self.port.getHost().port))
+        self.assertEqual(info["SERVER_NAME"], "127.0.0.1")
+        self.assertTrue(info["SERVER_SOFTWARE"].startswith("txfastcgi/"))
+
+    @inlineCallbacks
+    def test_configured_params_and_https_reach_php(self) -> Any:
+        resource = FastCGIResource(
+            self.pool,
+            self.phpFPM.documentRoot,
+            params={"SERVER_NAME": "www.example.com", "APP_ENV": "test"},
+            https=True,
+        )
+        port = self.listen(Site(resource))
+        info = yield self.info("/info.php", port=port, headers={b"Host": [b"spoofed"]})
+        self.assertEqual(info["SERVER_NAME"], "www.example.com")
+        self.assertEqual(info["HTTPS"], "on")
+        self.assertEqual(info["REQUEST_SCHEME"], "https")
+
+    @inlineCallbacks
+    def test_a_large_body_is_streamed_to_php_intact(self) -> Any:
+        body = os.urandom(3 * 1024 * 1024 + 17)
+        info = yield self.info(
+            "/info.php",
+            method=b"PUT",
+            headers={b"Content-Type": [b"application/octet-stream"]},
+            body=body,
+        )
+        self.assertEqual(info["body_length"], len(body))
+        self.assertEqual(info["CONTENT_LENGTH"], str(len(body)))
+
+    @inlineCallbacks
+    def test_a_large_response_is_streamed_back_intact(self) -> Any:
+        size = 5 * 1024 * 1024 + 3
+        response, content = yield self.fetch(f"/stream.php?bytes={size}&chunk=100000")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(len(content), size)
+        expected = (b"abcdefghijklmnopqrstuvwxyz" * (size // 26 + 1))[:size]
+        self.assertEqual(content, expected)
+
+    @inlineCallbacks
+    def test_status_header_variants(self) -> Any:
+        for query, code, phrase in [
+            ("code=404", 404, b"Not Found"),
+            ("code=418", 418, b"I'm a teapot"),
+            ("code=201&reason=Made+It", 201, b"Made It"),
+        ]:
+            response, content = yield self.fetch(f"/status.php?{query}")
+            self.assertEqual((response.code, response.phrase), (code, phrase))
+            self.assertFalse(response.headers.hasHeader(b"status"))
+            self.assertEqual(content, b"status %d\n" % code)
+
+    @inlineCallbacks
+    def test_every_set_cookie_and_custom_header_arrive(self) -> Any:
+        response, _ = yield self.fetch("/headers.php")
+        cookies = response.headers.getRawHeaders(b"set-cookie")
+        self.assertEqual(len(cookies), 2)
+        self.assertTrue(cookies[0].startswith(b"first=one"))
+        self.assertTrue(cookies[1].startswith(b"second=two"))
+        self.assertEqual(response.headers.getRawHeaders(b"x-txfastcgi-demo"), [b"custom header"])
+
+    @inlineCallbacks
+    def test_stderr_is_logged_escaped_and_never_in_the_body(self) -> Any:
+        response, content = yield self.fetch("/stderr.php?message=evil%1b[31mred")
+        self.assertEqual(content, b"wrote to stderr: evil\x1b[31mred\n")
+        self.assertIn("evil\\x1b[31mred", self.logged())
+        self.assertNotIn("evil\x1b", self.logged())
+
+    @inlineCallbacks
+    def test_head_gets_headers_and_no_body(self) -> Any:
+        response, content = yield self.fetch("/info.php", method=b"HEAD")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(content, b"")
+        self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"application/json"])
+
+    @inlineCallbacks
+    def test_static_files_support_conditional_get_and_ranges(self) -> Any:
+        response, content = yield self.fetch("/style.css")
+        self.assertEqual(response.code, 200)
+        etag = response.headers.getRawHeaders(b"etag")[0]
+        lastModified = response.headers.getRawHeaders(b"last-modified")[0]
+        response, _ = yield self.fetch("/style.css", headers={b"If-None-Match": [etag]})
+        self.assertEqual(response.code, 304)
+        response, _ = yield self.fetch(
+            "/style.css", headers={b"If-Modified-Since": [lastModified]}
+        )
+        self.assertEqual(response.code, 304)
+        response, part = yield self.fetch("/style.css", headers={b"Range": [b"bytes=0-3"]})
+        self.assertEqual(response.code, 206)
+        self.assertEqual(part, content[:4])
+
+    @inlineCallbacks
+    def test_php_unreachable_is_a_502_page_and_source_is_still_never_served(self) -> Any:
+        down = FastCGIResource(
+            UNIXClientEndpoint(reactor, self.phpFPM.socketPath + ".missing"),
+            self.phpFPM.documentRoot,
+        )
+        port = self.listen(Site(down))
+        for path in ["/info.php", "/hello/x", "/lib/server_info.php"]:
+            response, content = yield self.fetch(path, port=port)
+            self.assertEqual(response.code, 502, path)
+            self.assertIn(b"Bad Gateway", content)
+            self.assertNotIn(b"<?php", content)
+        self.assertIn("cannot connect to FastCGI backend", self.logged())
+
+    @inlineCallbacks
+    def test_a_client_that_leaves_mid_response_closes_the_fastcgi_connection(self) -> Any:
+        """
+        The script is stopped (its connection closed) rather than the
+        connection going back to the pool with a response still on it.
+        """
+        gone: Deferred[None] = Deferred()
+
+        class HangUpAfterFirstBytes(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                self.transport.abortConnection()
+
+            def connectionLost(self, reason: Failure) -> None:
+                gone.callback(None)
+
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+        client = HangUpAfterFirstBytes()
+        yield connectProtocol(
+            TCP4ClientEndpoint(reactor, "127.0.0.1", self.port.getHost().port), client
+        )
+        client.transport.write(
+            b"GET /stream.php?bytes=50000000&chunk=65536&delay=5 HTTP/1.1\r\n"
+            b"Host: x\r\n\r\n"
+        )
+        yield gone
+        for _ in range(100):
+            if self.pool.statistics().open == 0:
+                break
+            yield deferLater(0.02)
+        self.assertEqual(self.pool.statistics().open, 0)
+        # The pool still serves the next request.
+        response, _ = yield self.fetch("/info.php")
+        self.assertEqual(response.code, 200)
+
+
+def deferLater(seconds: float) -> Deferred[None]:
+    from twisted.internet.task import deferLater as later
+
+    return later(reactor, seconds, lambda: None)
