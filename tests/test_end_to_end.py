@@ -194,10 +194,14 @@ def test_a_file_upload_of_several_megabytes_arrives_intact(browser: Browser) -> 
     content = os.urandom(5 * 1024 * 1024)
     boundary = "txfastcgi-test-boundary"
     body = (
-        f"--{boundary}\r\n"
-        'Content-Disposition: form-data; name="file"; filename="random.bin"\r\n'
-        "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode() + content + f"\r\n--{boundary}--\r\n".encode()
+        (
+            f"--{boundary}\r\n"
+            'Content-Disposition: form-data; name="file"; filename="random.bin"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + content
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     page = browser.request(
         "/upload",
         data=body,
@@ -224,7 +228,8 @@ def test_a_script_gets_its_path_info(browser: Browser, php_fpm: Any) -> None:
     info = browser.request("/info.php/extra/path?x=1").json()
     assert info["SCRIPT_NAME"] == "/info.php"
     assert info["PATH_INFO"] == "/extra/path"
-    assert info["SCRIPT_FILENAME"] == os.path.join(os.path.realpath(php_fpm.documentRoot), "info.php")
+    documentRoot = os.path.realpath(php_fpm.documentRoot)
+    assert info["SCRIPT_FILENAME"] == os.path.join(documentRoot, "info.php")
 
 
 def test_a_directory_index_and_static_files(browser: Browser, proxy: Proxy) -> None:

@@ -7,18 +7,21 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from io import BytesIO
+from typing import Any, cast
 
 import pytest
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.endpoints import UNIXClientEndpoint
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint, connectProtocol
+from twisted.internet.interfaces import IListeningPort, ITCPTransport
 from twisted.internet.protocol import Protocol
-from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from twisted.internet.task import deferLater
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
-from twisted.web.client import Agent, Response, readBody
+from twisted.web.client import Agent, FileBodyProducer, Response, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -52,20 +55,21 @@ class ServedSiteTests(TestCase):
         self.mounted = self.listen(Site(root))
         self.agent = Agent(reactor)
         self.events: list[LogEvent] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        observer = cast(ILogObserver, self.events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
         self.addCleanup(self.pool.close)
 
     def endpoint(self) -> UNIXClientEndpoint:
         return UNIXClientEndpoint(reactor, self.phpFPM.socketPath)
 
     def listen(self, site: Site) -> IListeningPort:
-        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")  # type: ignore[arg-type]
         self.addCleanup(port.stopListening)
         return port
 
     def url(self, path: str, port: IListeningPort | None = None) -> bytes:
-        return f"http://127.0.0.1:{(port or self.port).getHost().port}{path}".encode()
+        return f"http://127.0.0.1:{portNumber(port or self.port)}{path}".encode()
 
     @inlineCallbacks
     def fetch(
@@ -76,9 +80,6 @@ class ServedSiteTests(TestCase):
         body: bytes | None = None,
         port: IListeningPort | None = None,
     ) -> Any:
-        from twisted.web.client import FileBodyProducer
-        from io import BytesIO
-
         producer = None if body is None else FileBodyProducer(BytesIO(body))
         response: Response = yield self.agent.request(
             method, self.url(path, port), Headers(headers or {}), producer
@@ -150,7 +151,7 @@ class ServedSiteTests(TestCase):
         self.assertEqual(info["REDIRECT_STATUS"], "200")
         self.assertEqual(info["REMOTE_ADDR"], "127.0.0.1")
         self.assertEqual(info["SERVER_ADDR"], "127.0.0.1")
-        self.assertEqual(info["SERVER_PORT"], str(self.port.getHost().port))
+        self.assertEqual(info["SERVER_PORT"], str(portNumber(self.port)))
         self.assertEqual(info["SERVER_NAME"], "127.0.0.1")
         self.assertTrue(info["SERVER_SOFTWARE"].startswith("txfastcgi/"))
 
@@ -212,7 +213,7 @@ class ServedSiteTests(TestCase):
 
     @inlineCallbacks
     def test_stderr_is_logged_escaped_and_never_in_the_body(self) -> Any:
-        response, content = yield self.fetch("/stderr.php?message=evil%1b[31mred")
+        _, content = yield self.fetch("/stderr.php?message=evil%1b[31mred")
         self.assertEqual(content, b"wrote to stderr: evil\x1b[31mred\n")
         self.assertIn("evil\\x1b[31mred", self.logged())
         self.assertNotIn("evil\x1b", self.logged())
@@ -232,9 +233,7 @@ class ServedSiteTests(TestCase):
         lastModified = response.headers.getRawHeaders(b"last-modified")[0]
         response, _ = yield self.fetch("/style.css", headers={b"If-None-Match": [etag]})
         self.assertEqual(response.code, 304)
-        response, _ = yield self.fetch(
-            "/style.css", headers={b"If-Modified-Since": [lastModified]}
-        )
+        response, _ = yield self.fetch("/style.css", headers={b"If-Modified-Since": [lastModified]})
         self.assertEqual(response.code, 304)
         response, part = yield self.fetch("/style.css", headers={b"Range": [b"bytes=0-3"]})
         self.assertEqual(response.code, 206)
@@ -264,33 +263,30 @@ class ServedSiteTests(TestCase):
 
         class HangUpAfterFirstBytes(Protocol):
             def dataReceived(self, data: bytes) -> None:
-                self.transport.abortConnection()
+                cast(ITCPTransport, self.transport).abortConnection()
 
-            def connectionLost(self, reason: Failure) -> None:
+            def connectionLost(self, reason: Failure | None = None) -> None:
                 gone.callback(None)
-
-        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
         client = HangUpAfterFirstBytes()
         yield connectProtocol(
-            TCP4ClientEndpoint(reactor, "127.0.0.1", self.port.getHost().port), client
+            TCP4ClientEndpoint(reactor, "127.0.0.1", portNumber(self.port)), client
         )
-        client.transport.write(
-            b"GET /stream.php?bytes=50000000&chunk=65536&delay=5 HTTP/1.1\r\n"
-            b"Host: x\r\n\r\n"
+        cast(ITCPTransport, client.transport).write(
+            b"GET /stream.php?bytes=50000000&chunk=65536&delay=5 HTTP/1.1\r\nHost: x\r\n\r\n"
         )
         yield gone
         for _ in range(100):
             if self.pool.statistics().open == 0:
                 break
-            yield deferLater(0.02)
+            yield deferLater(reactor, 0.02, lambda: None)
         self.assertEqual(self.pool.statistics().open, 0)
         # The pool still serves the next request.
         response, _ = yield self.fetch("/info.php")
         self.assertEqual(response.code, 200)
 
 
-def deferLater(seconds: float) -> Deferred[None]:
-    from twisted.internet.task import deferLater as later
-
-    return later(reactor, seconds, lambda: None)
+def portNumber(port: IListeningPort) -> int:
+    address = port.getHost()
+    assert isinstance(address, IPv4Address)
+    return address.port

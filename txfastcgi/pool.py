@@ -142,9 +142,7 @@ class ConnectionPool:
             self._waiting.popleft().callback(protocol)
             return
         self._idle.append(protocol)
-        self._idleTimers[protocol] = self._reactor.callLater(
-            self._idleTimeout, protocol.abort
-        )
+        self._idleTimers[protocol] = self._reactor.callLater(self._idleTimeout, protocol.abort)
 
     def close(self) -> None:
         """Close the idle connections, for shutdown; busy ones close when released."""

@@ -1,0 +1,7 @@
+<?php
+// Two Set-Cookie headers and a custom one: a proxy must keep repeated headers.
+setcookie('first', 'one');
+setcookie('second', 'two', ['path' => '/', 'httponly' => true]);
+header('X-Txfastcgi-Demo: custom header');
+header('Content-Type: text/plain');
+echo "two cookies and a custom header\n";
