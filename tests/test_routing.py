@@ -65,9 +65,7 @@ def test_a_directory_without_index_is_forbidden(root: Path) -> None:
 
 
 def test_a_path_naming_nothing_goes_to_the_front_controller(root: Path) -> None:
-    assert router(root).route(b"/2024/01/hello-world/") == script(
-        root, "index.php", "/index.php"
-    )
+    assert router(root).route(b"/2024/01/hello-world/") == script(root, "index.php", "/index.php")
     assert router(root).route(b"/missing.php") == script(root, "index.php", "/index.php")
 
 
