@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -365,3 +366,32 @@ def test_the_options_tac_example_builds_the_command_lines_service(
         assert b"Hello, options!" in Browser(server.url).request("/hello/options").body
     finally:
         stopProxy(server)
+
+
+def test_sigterm_stops_accepting_and_finishes_requests_in_progress(
+    tmp_path: Path, php_fpm: Any
+) -> None:
+    """
+    Graceful shutdown, with a spawned php-fpm that must outlive the request:
+    the slow download started before SIGTERM completes, new connections are
+    refused at once.
+    """
+    proxy = startProxy(
+        ["--php-fpm", "spawn", "--path", str(php_fpm.documentRoot)], tmp_path / "twist.log"
+    )
+    results: list[tuple[int, bytes]] = []
+
+    def download() -> None:
+        answer = rawRequest(proxy, "GET", "/stream.php?bytes=20000&chunk=1000&delay=50")
+        results.append((answer.status, answer.read()))
+
+    downloading = threading.Thread(target=download)
+    downloading.start()
+    time.sleep(0.3)
+    proxy.process.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", proxy.port), timeout=1)
+    downloading.join(10)
+    proxy.process.wait(10)
+    assert [(status, len(body)) for status, body in results] == [(200, 20000)], proxy.log()

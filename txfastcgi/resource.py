@@ -15,7 +15,7 @@ from typing import cast, runtime_checkable
 
 import twisted
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
 from twisted.internet.interfaces import IAddress, IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -98,6 +98,8 @@ class FastCGIResource(Resource):
         self.documentRoot = self._router.documentRoot
         self._params = {_toBytes(name): _toBytes(value) for name, value in params.items()}
         self._https = https
+        self._inFlight = 0
+        self._idleWaiters: list[Deferred[None]] = []
 
     def render(self, request: Request) -> bytes | int:
         if not request.postpath:
@@ -105,13 +107,32 @@ class FastCGIResource(Resource):
             return _redirectToDirectory(request)
         route = self._router.route(b"/" + b"/".join(request.postpath))
         if isinstance(route, Script):
-            ensureDeferred(_Exchange(self, request, route).run())
+            self._inFlight += 1
+            ensureDeferred(_Exchange(self, request, route).run()).addCallback(self._requestDone)
             return NOT_DONE_YET
         if isinstance(route, StaticFile):
             return _serveFile(request, route.filename)
         if isinstance(route, Redirect):
             return _redirectToDirectory(request)
         return _renderError(request, route.code, route.reason)
+
+    def whenIdle(self) -> Deferred[None]:
+        """
+        Fires once no script request is in progress, for a graceful shutdown:
+        stop listening, wait for this, then stop php-fpm.
+        """
+        if not self._inFlight:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._idleWaiters.append(waiter)
+        return waiter
+
+    def _requestDone(self, ignored: None) -> None:
+        self._inFlight -= 1
+        if not self._inFlight:
+            waiters, self._idleWaiters = self._idleWaiters, []
+            for waiter in waiters:
+                waiter.callback(None)
 
     def _cgiRequest(self, request: Request, script: Script, bodyLength: int) -> CGIRequest:
         prefix = b"/".join([b"", *(request.prepath or ())]).decode("utf-8", "surrogateescape")
@@ -165,6 +186,14 @@ class _Exchange:
         self._clientGone = False
 
     async def run(self) -> None:
+        """Proxy the request; whatever goes wrong, the client gets an answer."""
+        try:
+            await self._proxy()
+        except Exception:
+            self.log.failure("unexpected error proxying {uri}", uri=self._request.uri)
+            self._fail(http.INTERNAL_SERVER_ERROR, "Internal error.", "unexpected error")
+
+    async def _proxy(self) -> None:
         request = self._request
         request.notifyFinish().addErrback(self._lostClient)
         body = request.content
@@ -314,7 +343,7 @@ class _Exchange:
             uri=request.uri.decode("ascii", "replace"),
             detail=detail,
         )
-        if self._clientGone:
+        if self._clientGone or request.finished:
             return
         if self._headParser is None:
             # The script's status and headers are set already.

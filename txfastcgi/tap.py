@@ -12,9 +12,9 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn, cast
 
 from twisted.application import strports
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet import endpoints
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.testing import MemoryReactor
 from twisted.logger import Logger
@@ -75,6 +75,13 @@ class Options(usage.Options):
         ["read-timeout", None, 60.0, "Seconds to wait for backend output (then 504).", _seconds],
         ["idle-timeout", None, 5.0, "Seconds a kept FastCGI connection may stay idle.", _seconds],
         ["queue-timeout", None, 30.0, "Seconds to wait for a connection (then 503).", _seconds],
+        [
+            "shutdown-timeout",
+            None,
+            30.0,
+            "On SIGTERM, seconds to let requests in progress finish.",
+            _seconds,
+        ],
     ]
 
     def __init__(self) -> None:
@@ -152,7 +159,9 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor as globalReactor
 
     reactor = cast(IReactorTime, globalReactor)
-    service = MultiService()
+    # Stopped last to first: stop listening, let requests in progress finish,
+    # and only then stop a spawned php-fpm.
+    service = _StopInReverseOrder()
     (backend,) = options["php-fpm"]
     phpFPM = None
     if backend == SPAWN:
@@ -182,11 +191,52 @@ def makeService(options: Options) -> IService:
     )
     accessLog = options["access-log"]
     site = Site(resource, logPath="/dev/stdout" if accessLog == "-" else accessLog)
+    _Drain(resource, reactor, options["shutdown-timeout"]).setServiceParent(service)
     listeners = MultiService() if phpFPM is None else _StartAfter(phpFPM.whenListening)
     listeners.setServiceParent(service)
     for description in options["listen"]:
         strports.service(description, site).setServiceParent(listeners)
     return service
+
+
+class _StopInReverseOrder(MultiService):
+    """A MultiService that stops each child only once the next one has stopped."""
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        return Deferred.fromCoroutine(self._stopChildren())
+
+    async def _stopChildren(self) -> None:
+        for child in reversed(list(self)):
+            await maybeDeferred(child.stopService)
+
+
+class _Drain(Service):
+    """
+    On shutdown, wait until the requests in progress are answered, but no
+    longer than C{timeout} seconds.
+    """
+
+    log = Logger()
+
+    def __init__(self, resource: FastCGIResource, clock: IReactorTime, timeout: float) -> None:
+        self._resource = resource
+        self._clock = clock
+        self._timeout = timeout
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        idle = self._resource.whenIdle()
+        idle.addTimeout(self._timeout, self._clock)
+        idle.addErrback(self._timedOut)
+        return idle
+
+    def _timedOut(self, reason: Failure) -> None:
+        reason.trap(TimeoutError)
+        self.log.warn(
+            "shutting down with requests still in progress after {timeout} s",
+            timeout=self._timeout,
+        )
 
 
 class _StartAfter(MultiService):
