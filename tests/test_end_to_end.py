@@ -275,28 +275,13 @@ def test_the_demo_runs_with_a_spawned_php_fpm(tmp_path: Path, php_fpm: Any) -> N
         assert b"Hello, spawned!" in browser.request("/hello/spawned").body
         browser.request("/session")
         assert b'id="count">2<' in browser.request("/session").body
-        phpFPMs = phpFPMProcessesUnder(spawned.process.pid)
+        phpFPMs = childrenRunning(spawned.process.pid, "php-fpm")
         assert phpFPMs, "no php-fpm child found"
     finally:
         stopProxy(spawned)
     assert spawned.process.returncode in (0, -signal.SIGTERM)
     assert "Traceback" not in spawned.log()
     assert not [pid for pid in phpFPMs if os.path.exists(f"/proc/{pid}")]
-
-
-def phpFPMProcessesUnder(parent: int) -> list[int]:
-    """The php-fpm processes whose parent is C{parent}."""
-    found = []
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            fields = dict(
-                line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line
-            )
-        except OSError:
-            continue
-        if fields.get("PPid") == str(parent) and fields.get("Name", "").startswith("php-fpm"):
-            found.append(int(status.parent.name))
-    return found
 
 
 @pytest.mark.parametrize(
@@ -395,3 +380,63 @@ def test_sigterm_stops_accepting_and_finishes_requests_in_progress(
     downloading.join(10)
     proxy.process.wait(10)
     assert [(status, len(body)) for status, body in results] == [(200, 20000)], proxy.log()
+
+
+def cpuTicks(pid: int) -> int:
+    """User and system CPU time of a process so far, in clock ticks."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def test_workers_share_the_listening_socket(tmp_path: Path, php_fpm: Any) -> None:
+    """
+    ``--workers 2``: a second process serves the same port, and both get
+    requests; SIGTERM stops them both.
+    """
+    proxy = startProxy(
+        [
+            "--php-fpm",
+            php_fpm.endpointDescription,
+            "--path",
+            php_fpm.documentRoot,
+            "--workers",
+            "2",
+        ],
+        tmp_path / "twist.log",
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not (workers := childrenRunning(proxy.process.pid, "txfastcgi.worker")):
+            assert time.monotonic() < deadline, proxy.log()
+            time.sleep(0.05)
+        (worker,) = workers
+        before = {pid: cpuTicks(pid) for pid in (proxy.process.pid, worker)}
+
+        def load() -> None:
+            for _ in range(60):
+                assert rawRequest(proxy, "GET", "/style.css").status == 200
+
+        loaders = [threading.Thread(target=load) for _ in range(6)]
+        for thread in loaders:
+            thread.start()
+        for thread in loaders:
+            thread.join()
+        busy = {pid: cpuTicks(pid) - ticks for pid, ticks in before.items()}
+        assert all(ticks > 0 for ticks in busy.values()), busy
+    finally:
+        stopProxy(proxy)
+    assert not os.path.exists(f"/proc/{worker}/stat")
+
+
+def childrenRunning(parent: int, marker: str) -> list[int]:
+    """Processes whose parent is C{parent} and whose command line contains C{marker}."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parentOfThis = int(status.read_text().rpartition(")")[2].split()[1])
+            commandLine = (status.parent / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if parentOfThis == parent and marker.encode() in commandLine:
+            found.append(int(status.parent.name))
+    return found

@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import Cooperator
 from twisted.python.failure import Failure
 from twisted.web.client import FileBodyProducer
 from zope.interface import implementer
@@ -151,7 +152,12 @@ class FastCGIClientProtocol(Protocol):
             self._bodySent = True
             return
         self.transport.write(self._connection.startRequest(params, keepConnection))
-        self._bodyProducer = FileBodyProducer(body, readSize=_BODY_READ_SIZE)
+        # Read on our own reactor, not the global one that
+        # FileBodyProducer uses by default.
+        cooperator = Cooperator(scheduler=lambda step: self._reactor.callLater(0, step))
+        self._bodyProducer = FileBodyProducer(
+            _Unclosable(body), cooperator=cooperator, readSize=_BODY_READ_SIZE
+        )
         IConsumer(self.transport).registerProducer(self._bodyProducer, True)
         self._bodyProducer.startProducing(_StdinWriter(self)).addCallbacks(
             self._bodyDone, self._bodyFailed
@@ -199,10 +205,12 @@ class FastCGIClientProtocol(Protocol):
             # Output nobody asked for, on an idle connection.
             self._fail(Failure(ProtocolError("data received with no request outstanding")))
             return
+        # Any byte, even of stderr or of an unfinished record, shows that the
+        # backend took the request: sending it again would run it twice.
+        self._responseStarted = True
         self._restartTimeout()
         for event in events:
             if isinstance(event, Stdout):
-                self._responseStarted = True
                 receiver.stdoutReceived(event.data)
             elif isinstance(event, Stderr):
                 receiver.stderrReceived(event.data)
@@ -321,6 +329,29 @@ class FastCGIClientProtocol(Protocol):
 
     def stopProducing(self) -> None:
         self.abort()
+
+
+class _Unclosable:
+    """
+    The request body as L{FileBodyProducer} sees it. That producer closes
+    the file it reads when done or stopped, but the body is the caller's,
+    who may seek back and send it again on a new connection.
+    """
+
+    def __init__(self, body: IO[bytes]) -> None:
+        self._body = body
+
+    def read(self, size: int) -> bytes:
+        return self._body.read(size)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._body.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._body.tell()
+
+    def close(self) -> None:
+        pass
 
 
 class _StdinWriter:

@@ -101,8 +101,13 @@ class ConnectionPool:
         others age out; failing that a new one is opened under the cap;
         failing that the request waits in line.
         """
-        if self._idle:
-            return succeed(self._takeIdle())
+        while self._idle:
+            protocol = self._takeIdle()
+            if protocol.reusable:
+                return succeed(protocol)
+            # It broke while idle (the backend sent stray bytes) and its
+            # close has not completed yet.
+            protocol.abort()
         if self._hasRoom():
             return self._connect()
         waiter: Deferred[FastCGIClientProtocol] = Deferred(self._forget)
@@ -142,20 +147,37 @@ class ConnectionPool:
             self._waiting.popleft().callback(protocol)
             return
         self._idle.append(protocol)
-        self._idleTimers[protocol] = self._reactor.callLater(self._idleTimeout, protocol.abort)
+        self._idleTimers[protocol] = self._reactor.callLater(
+            self._idleTimeout, self._closeIdle, protocol
+        )
 
     def close(self) -> None:
         """Close the idle connections, for shutdown; busy ones close when released."""
         for protocol in list(self._idle):
-            protocol.abort()
+            self._closeIdle(protocol)
 
     def _hasRoom(self) -> bool:
         return len(self._connections) + self._connecting < self.maxConnections
 
     def _takeIdle(self) -> FastCGIClientProtocol:
-        protocol = self._idle.pop()
-        self._idleTimers.pop(protocol).cancel()
+        protocol = self._idle[-1]
+        self._removeIdle(protocol)
         return protocol
+
+    def _removeIdle(self, protocol: FastCGIClientProtocol) -> None:
+        """Take C{protocol} off the idle list, with its timer, which may have fired."""
+        self._idle.remove(protocol)
+        timer = self._idleTimers.pop(protocol)
+        if timer.active():
+            timer.cancel()
+
+    def _closeIdle(self, protocol: FastCGIClientProtocol) -> None:
+        """
+        Close an idle connection.  It leaves the idle list now rather than
+        when the close completes, so that no request is handed it meanwhile.
+        """
+        self._removeIdle(protocol)
+        protocol.abort()
 
     def _connect(self) -> Deferred[FastCGIClientProtocol]:
         self._connecting += 1
@@ -171,6 +193,8 @@ class ConnectionPool:
 
         def failed(reason: Failure) -> Failure:
             self._connecting -= 1
+            # Whatever the reason, there is room again for a waiting request.
+            self._serveWaiting()
             if reason.check(CancelledError):
                 return reason
             message = (
@@ -183,7 +207,6 @@ class ConnectionPool:
                 endpoint=self._endpoint,
                 message=message,
             )
-            self._serveWaiting()
             return Failure(BackendUnavailable(message))
 
         return connecting.addCallbacks(connected, failed)
@@ -191,8 +214,7 @@ class ConnectionPool:
     def _closed(self, protocol: FastCGIClientProtocol) -> None:
         self._connections.discard(protocol)
         if protocol in self._idleTimers:
-            self._idleTimers.pop(protocol).cancel()
-            self._idle.remove(protocol)
+            self._removeIdle(protocol)
         self._serveWaiting()
 
     def _serveWaiting(self) -> None:

@@ -6,16 +6,34 @@ The same L{makeService} builds the service for a C{.tac} file.
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import sys
-from collections.abc import Callable, Sequence
-from typing import NoReturn, cast
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from typing import Any, NoReturn, cast
 
-from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet import endpoints
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError, maybeDeferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    TimeoutError,
+    maybeDeferred,
+    succeed,
+)
+from twisted.internet.error import ProcessDone, ProcessExitedAlready
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProcessTransport,
+    IReactorProcess,
+    IReactorSocket,
+    IReactorTime,
+)
+from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.testing import MemoryReactor
 from twisted.logger import Logger
 from twisted.python import usage
@@ -29,6 +47,13 @@ from txfastcgi.resource import FastCGIResource
 __all__ = ["Options", "makeService"]
 
 SPAWN = "spawn"
+
+# How the main process hands its parsed options to worker processes.
+WORKER_OPTIONS_VARIABLE = "TXFASTCGI_WORKER_OPTIONS"
+
+# Listeners whose sockets worker processes can adopt as they are; a TLS
+# listener would need its TLS context rebuilt in each worker.
+_SHAREABLE = frozenset({"tcp", "tcp6", "unix"})
 
 
 def _number(kind: type[int] | type[float], minimum: float) -> Callable[[str], float]:
@@ -75,6 +100,7 @@ class Options(usage.Options):
         ["read-timeout", None, 60.0, "Seconds to wait for backend output (then 504).", _seconds],
         ["idle-timeout", None, 5.0, "Seconds a kept FastCGI connection may stay idle.", _seconds],
         ["queue-timeout", None, 30.0, "Seconds to wait for a connection (then 503).", _seconds],
+        ["workers", None, 1, "Processes sharing the listening sockets.", _count],
         [
             "shutdown-timeout",
             None,
@@ -126,6 +152,12 @@ class Options(usage.Options):
                 raise usage.UsageError(str(e)) from None
         if not self["listen"]:
             self["listen"] = ["tcp:8080"]
+        if self["workers"] > 1:
+            for description in self["listen"]:
+                if description.partition(":")[0] not in _SHAREABLE:
+                    raise usage.UsageError(
+                        f"--workers shares only tcp, tcp6 and unix listeners, not {description!r}"
+                    )
         if self["no-front-controller"]:
             self["front-controller"] = None
 
@@ -155,15 +187,18 @@ def _checkEndpoint(parse: Callable[[object, str], object], description: str, opt
 
 
 def makeService(options: Options) -> IService:
-    """The proxy: a php-fpm to spawn if asked, the resource, and its listeners."""
+    """
+    The proxy: a php-fpm to spawn if asked, the resource, its listeners and,
+    with C{--workers}, the worker processes that share them.
+    """
     from twisted.internet import reactor as globalReactor
 
     reactor = cast(IReactorTime, globalReactor)
-    # Stopped last to first: stop listening, let requests in progress finish,
-    # and only then stop a spawned php-fpm.
+    # Stopped last to first: stop the workers and listening, let requests in
+    # progress finish, and only then stop a spawned php-fpm.
     service = _StopInReverseOrder()
     (backend,) = options["php-fpm"]
-    phpFPM = None
+    ready = None
     if backend == SPAWN:
         phpFPM = PHPFPMService(
             options["path"],
@@ -172,10 +207,49 @@ def makeService(options: Options) -> IService:
         )
         phpFPM.setServiceParent(service)
         backend = phpFPM.endpointDescription
+        ready = phpFPM.whenListening
+    site, resource = _site(options, reactor, backend)
+    _Drain(resource, reactor, options["shutdown-timeout"]).setServiceParent(service)
+    listeners = _Listeners(
+        [endpoints.serverFromString(reactor, d).listen for d in options["listen"]], site, ready
+    )
+    listeners.setServiceParent(service)
+    if options["workers"] > 1:
+        workerOptions = {**options, "php-fpm": [backend]}
+        _WorkerProcesses(
+            reactor, listeners.whenListening, workerOptions, options["workers"] - 1
+        ).setServiceParent(service)
+    return service
+
+
+def makeWorkerService(options: Mapping[str, Any], inherited: Sequence[tuple[int, int]]) -> IService:
+    """
+    The service of a worker process started by C{--workers}: the same site
+    on listening sockets inherited from the main process.
+
+    @param inherited: file descriptor and address family of each socket.
+    """
+    from twisted.internet import reactor as globalReactor
+
+    reactor = cast(IReactorTime, globalReactor)
+    service = _StopInReverseOrder()
+    (backend,) = options["php-fpm"]
+    site, resource = _site(options, reactor, backend)
+    _Drain(resource, reactor, options["shutdown-timeout"]).setServiceParent(service)
+    adopters = [partial(_adopt, reactor, descriptor, family) for descriptor, family in inherited]
+    _Listeners(adopters, site).setServiceParent(service)
+    return service
+
+
+def _site(
+    options: Mapping[str, Any], reactor: IReactorTime, backend: str
+) -> tuple[Site, FastCGIResource]:
+    """The web site every process serves: the resource and its access log."""
     pool = ConnectionPool(
         reactor,
         endpoints.clientFromString(reactor, backend),
-        maxConnections=options["max-connections"],
+        # The limit is for the backend, so the processes share it.
+        maxConnections=max(1, options["max-connections"] // options["workers"]),
         connectTimeout=options["connect-timeout"],
         readTimeout=options["read-timeout"],
         idleTimeout=options["idle-timeout"],
@@ -189,14 +263,207 @@ def makeService(options: Options) -> IService:
         params=options["param"],
         https=options["https"],
     )
-    accessLog = options["access-log"]
-    site = Site(resource, logPath="/dev/stdout" if accessLog == "-" else accessLog)
-    _Drain(resource, reactor, options["shutdown-timeout"]).setServiceParent(service)
-    listeners = MultiService() if phpFPM is None else _StartAfter(phpFPM.whenListening)
-    listeners.setServiceParent(service)
-    for description in options["listen"]:
-        strports.service(description, site).setServiceParent(listeners)
-    return service
+    return _Site(resource, options["access-log"]), resource
+
+
+class _Site(Site):
+    """
+    A Site whose access log C{-} is standard output, shared with the
+    process's own log rather than opened again: a second open file would
+    write at its own offset, over the lines written through the first.
+    """
+
+    def __init__(self, resource: FastCGIResource, accessLog: str) -> None:
+        self._toStandardOutput = accessLog == "-"
+        super().__init__(resource, logPath=None if self._toStandardOutput else accessLog)
+
+    def startFactory(self) -> None:
+        super().startFactory()
+        if self._toStandardOutput:
+            self.logFile = _StandardOutput()
+
+
+class _StandardOutput:
+    """
+    File descriptor 1, written a whole line at a time. Not C{sys.stdout}:
+    twist redirects that into its log, which would wrap each line in an event.
+    """
+
+    def write(self, line: str) -> None:
+        os.write(1, line.encode("utf-8"))
+
+    def close(self) -> None:
+        """Standard output is not ours to close."""
+
+
+def _adopt(
+    reactor: IReactorTime, descriptor: int, family: int, site: Site
+) -> Deferred[IListeningPort]:
+    port = IReactorSocket(reactor).adoptStreamPort(
+        descriptor,
+        socket.AddressFamily(family),
+        site,  # type: ignore[arg-type]
+    )
+    return succeed(port)
+
+
+class _Listeners(Service):
+    """
+    Listen on each endpoint, once something is ready: a spawned php-fpm, so
+    that the first requests are not answered with 502. If it never gets
+    ready they listen anyway, and requests get a 502 that the log explains.
+    A listener that cannot listen (a port in use) stops the program.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        listeners: Sequence[Callable[[Site], Deferred[IListeningPort]]],
+        site: Site,
+        ready: Callable[[], Deferred[None]] | None = None,
+    ) -> None:
+        self._listeners = listeners
+        self._site = site
+        self._ready = ready
+        self._starting: Deferred[None] | None = None
+        self._ports: list[IListeningPort] = []
+        self._waiters: list[Deferred[list[IListeningPort]]] = []
+
+    def startService(self) -> None:
+        super().startService()
+        self._starting = Deferred.fromCoroutine(self._listen())
+        self._starting.addErrback(self._cannotListen)
+
+    async def _listen(self) -> None:
+        if self._ready is not None:
+            try:
+                await self._ready()
+            except TimeoutError:
+                self.log.failure("listening although php-fpm is not ready")
+        for listen in self._listeners:
+            self._ports.append(await listen(self._site))
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(self._ports)
+
+    def _cannotListen(self, reason: Failure) -> None:
+        if not reason.check(CancelledError):
+            from twisted.internet import reactor
+
+            self.log.critical("cannot listen: {message}", message=reason.getErrorMessage())
+            reactor.stop()
+
+    def whenListening(self) -> Deferred[list[IListeningPort]]:
+        """The listening ports, once they all listen."""
+        if self._starting is not None and self._starting.called:
+            return succeed(self._ports)
+        waiter: Deferred[list[IListeningPort]] = Deferred()
+        self._waiters.append(waiter)
+        return waiter
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        if self._starting is not None and not self._starting.called:
+            self._starting.cancel()
+        return DeferredList(
+            [maybeDeferred(port.stopListening) for port in self._ports]
+        ).addCallback(lambda _: None)
+
+
+class _WorkerProcesses(Service):
+    """
+    Worker processes that serve the main process's listening sockets, so
+    that one proxy uses every core (the way Twisted's own multi-process
+    examples share a port with C{adoptStreamPort}).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        listening: Callable[[], Deferred[list[IListeningPort]]],
+        options: Mapping[str, Any],
+        count: int,
+    ) -> None:
+        self._reactor = reactor
+        self._listening = listening
+        self._options = options
+        self._count = count
+        self._exited: list[Deferred[None]] = []
+        self._processes: list[IProcessTransport] = []
+
+    def startService(self) -> None:
+        super().startService()
+        self._listening().addCallback(self._spawn)
+
+    def _spawn(self, ports: list[IListeningPort]) -> None:
+        inherited = [(port.fileno(), _family(port)) for port in ports]  # type: ignore[attr-defined]
+        arguments = [
+            sys.executable,
+            "-m",
+            "txfastcgi.worker",
+            *(f"{descriptor}:{family}" for descriptor, family in inherited),
+        ]
+        # In the environment, not the command line that any user can read:
+        # --param values may hold secrets.
+        environment = dict(
+            os.environ,
+            PYTHONPATH=os.pathsep.join(sys.path),
+            **{WORKER_OPTIONS_VARIABLE: json.dumps(self._options)},
+        )
+        childFDs: dict[int, int | str] = {0: 0, 1: 1, 2: 2}
+        childFDs.update({descriptor: descriptor for descriptor, _ in inherited})
+        for number in range(1, self._count + 1):
+            exited: Deferred[None] = Deferred()
+            process = IReactorProcess(self._reactor).spawnProcess(
+                _WorkerProtocol(exited, number),
+                sys.executable,
+                arguments,
+                env=environment,
+                childFDs=childFDs,
+            )
+            self._processes.append(process)
+            self._exited.append(exited)
+
+    def stopService(self) -> Deferred[None]:
+        """Stop the workers gracefully (each drains its requests) and wait for them."""
+        super().stopService()
+        for process in self._processes:
+            try:
+                process.signalProcess("TERM")
+            except ProcessExitedAlready:
+                pass
+        return DeferredList(self._exited).addCallback(lambda _: None)
+
+
+class _WorkerProtocol(ProcessProtocol):
+    """Watches one worker process; its output goes straight to ours."""
+
+    log = Logger()
+
+    def __init__(self, exited: Deferred[None], number: int) -> None:
+        self._exited = exited
+        self._number = number
+
+    def processEnded(self, reason: Failure) -> None:
+        if not reason.check(ProcessDone):
+            self.log.error(
+                "worker process {number} ended: {reason}",
+                number=self._number,
+                reason=reason.getErrorMessage(),
+            )
+        self._exited.callback(None)
+
+
+def _family(port: IListeningPort) -> int:
+    address = port.getHost()
+    if isinstance(address, IPv4Address):
+        return socket.AF_INET
+    if isinstance(address, IPv6Address):
+        return socket.AF_INET6
+    return socket.AF_UNIX
 
 
 class _StopInReverseOrder(MultiService):
@@ -237,39 +504,3 @@ class _Drain(Service):
             "shutting down with requests still in progress after {timeout} s",
             timeout=self._timeout,
         )
-
-
-class _StartAfter(MultiService):
-    """
-    Services that start once something is ready: the listeners wait for a
-    spawned php-fpm, so that the first requests are not answered with 502.
-    If it never gets ready they start anyway, and requests get a 502 that the
-    log explains.
-    """
-
-    log = Logger()
-
-    def __init__(self, ready: Callable[[], Deferred[None]]) -> None:
-        super().__init__()
-        self._ready = ready
-        self._waiting: Deferred[None] | None = None
-
-    def startService(self) -> None:
-        self._waiting = self._ready()
-        self._waiting.addCallbacks(self._startChildren, self._notReady)
-
-    def _startChildren(self, ignored: object = None) -> None:
-        super().startService()
-
-    def _notReady(self, reason: Failure) -> None:
-        if not reason.check(CancelledError):
-            self.log.failure("starting to listen although php-fpm is not ready", reason)
-            self._startChildren()
-
-    def stopService(self) -> Deferred[None]:
-        if self._waiting is not None and not self._waiting.called:
-            self._waiting.cancel()
-        if not self.running:
-            return succeed(None)
-        stopped: Deferred[None] = super().stopService()
-        return stopped
