@@ -251,6 +251,18 @@ class FastCGIClientProtocol(Protocol):
             )
         )
 
+    @property
+    def maybeInBacklog(self) -> bool:
+        """
+        Whether the backend may not have accepted this connection yet: it is
+        new, carries its first request, and not a byte has come back. php-fpm
+        leaves a connection in its listen backlog while every worker is bound
+        to another connection, busy or idle.
+        """
+        return (
+            self.requestsStarted == 1 and self._receiver is not None and not self._responseStarted
+        )
+
     def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
         self.connected = False
         self._cancelTimeout()

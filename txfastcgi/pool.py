@@ -6,7 +6,9 @@ connections in its listen backlog while all workers are bound. A pool that
 opened a connection whenever none was idle could therefore starve itself
 behind its own idle connections. This one caps open connections, queues the
 requests beyond the cap in arrival order, and hands a freed connection to the
-oldest waiting request before anything opens another.
+oldest waiting request before anything opens another, unless a request may
+be waiting in php-fpm's listen backlog: then it closes the freed connection,
+so that its worker accepts the backlogged one.
 """
 
 from __future__ import annotations
@@ -82,6 +84,8 @@ class ConnectionPool:
         self._idleTimers: dict[FastCGIClientProtocol, IDelayedCall] = {}
         self._connecting = 0
         self._waiting: deque[Deferred[FastCGIClientProtocol]] = deque()
+        # Waiting requests that must have a new connection, not a kept one.
+        self._wantNew: set[Deferred[FastCGIClientProtocol]] = set()
 
     def statistics(self) -> PoolStatistics:
         """How many connections are open, idle, busy and being made, and how many requests wait."""
@@ -93,15 +97,20 @@ class ConnectionPool:
             waiting=len(self._waiting),
         )
 
-    def acquire(self) -> Deferred[FastCGIClientProtocol]:
+    def acquire(self, fresh: bool = False) -> Deferred[FastCGIClientProtocol]:
         """
         A connection for one request, all to the caller until L{release}.
 
         The most recently used idle connection is reused first, so that the
         others age out; failing that a new one is opened under the cap;
         failing that the request waits in line.
+
+        @param fresh: a new connection, never a kept one: for a request sent
+            again because its kept connection turned out to be closed, when
+            the other kept ones may be closed too (php-fpm restarted, or its
+            workers reached pm.max_requests).
         """
-        while self._idle:
+        while self._idle and not fresh:
             protocol = self._takeIdle()
             if protocol.reusable:
                 return succeed(protocol)
@@ -111,6 +120,11 @@ class ConnectionPool:
         if self._hasRoom():
             return self._connect()
         waiter: Deferred[FastCGIClientProtocol] = Deferred(self._forget)
+        if fresh:
+            self._wantNew.add(waiter)
+            if self._idle:
+                # Make room: the new connection is opened once this one closes.
+                self._closeIdle(self._idle[0])
         self._waiting.append(waiter)
         waiter.addTimeout(self._queueTimeout, self._reactor)
         waiter.addErrback(self._queueTimedOut)
@@ -118,6 +132,7 @@ class ConnectionPool:
 
     def _forget(self, waiter: Deferred[FastCGIClientProtocol]) -> None:
         # A waiter already handed a connection is no longer in line.
+        self._wantNew.discard(waiter)
         if waiter in self._waiting:
             self._waiting.remove(waiter)
 
@@ -140,7 +155,14 @@ class ConnectionPool:
         error, an aborted response, a backend that did not keep it) is
         closed; a good one goes to the oldest waiting request, or idles.
         """
-        if not protocol.reusable:
+        if (
+            not protocol.reusable
+            or self._backlogged()
+            or (self._waiting and self._waiting[0] in self._wantNew)
+        ):
+            # A backlogged request was sent before anything now waiting here:
+            # closing this connection frees its worker to accept that one. A
+            # request that wants a new connection gets one once this closes.
             protocol.abort()
             return
         if self._waiting:
@@ -150,6 +172,18 @@ class ConnectionPool:
         self._idleTimers[protocol] = self._reactor.callLater(
             self._idleTimeout, self._closeIdle, protocol
         )
+
+    def _backlogged(self) -> bool:
+        """
+        Whether a request may be stuck in the backend's listen backlog.
+
+        A php-fpm worker stays bound to a kept connection even when it is
+        idle, so keeping or reusing a connection while another waits to be
+        accepted could leave that one waiting until an idle timeout, or for
+        ever under steady load, whenever the pool has more connections than
+        php-fpm has workers.
+        """
+        return any(protocol.maybeInBacklog for protocol in self._connections)
 
     def close(self) -> None:
         """Close the idle connections, for shutdown; busy ones close when released."""
@@ -221,6 +255,7 @@ class ConnectionPool:
         """Open connections for waiting requests while there is room."""
         while self._waiting and self._hasRoom():
             waiter = self._waiting.popleft()
+            self._wantNew.discard(waiter)
             self._connect().addCallbacks(
                 lambda protocol, waiter=waiter: self._deliver(waiter, protocol),
                 lambda reason, waiter=waiter: None if waiter.called else waiter.errback(reason),

@@ -46,8 +46,8 @@ _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 class ConnectionSource(TypingProtocol):
     """Where FastCGI connections come from: a L{ConnectionPool} or a balancer of several."""
 
-    def acquire(self) -> Deferred[FastCGIClientProtocol]:
-        """A connection for one request."""
+    def acquire(self, fresh: bool = False) -> Deferred[FastCGIClientProtocol]:
+        """A connection for one request; a new one, not a kept one, if C{fresh}."""
 
     def release(self, protocol: FastCGIClientProtocol) -> None:
         """Give back a connection acquired before."""
@@ -203,11 +203,12 @@ class _Exchange:
         params = self._resource._cgiRequest(request, self._script, bodyLength).params(
             SERVER_SOFTWARE, self._resource._params
         )
-        retryable = request.method in _IDEMPOTENT_METHODS
+        mayRetry = request.method in _IDEMPOTENT_METHODS
+        retrying = False
         while not self._clientGone:
             connections = self._resource._connections
             try:
-                self._acquiring = connections.acquire()
+                self._acquiring = connections.acquire(fresh=retrying)
                 protocol = self._protocol = await self._acquiring
             except CancelledError:
                 return
@@ -228,14 +229,14 @@ class _Exchange:
             except CancelledError:
                 return
             except BackendClosed as e:
-                if retryable and e.beforeResponse and e.reusedConnection:
+                if mayRetry and not retrying and e.beforeResponse and e.reusedConnection:
                     self.log.info(
                         "FastCGI connection closed by the backend before a response; "
                         "retrying {method} {uri} on a new connection",
-                        method=request.method,
-                        uri=request.uri,
+                        method=request.method.decode("ascii", "replace"),
+                        uri=request.uri.decode("ascii", "replace"),
                     )
-                    retryable = False
+                    retrying = True
                     continue
                 self._fail(http.BAD_GATEWAY, "The PHP backend closed the connection.", str(e))
                 return
