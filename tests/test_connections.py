@@ -7,7 +7,9 @@ status, and a slow client holds php-fpm back instead of filling memory.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,8 +77,8 @@ class PoolInFrontOfPHPFPMTests(TestCase):
 
     def scriptRoot(self) -> str:
         """A document root whose index.php exists (for backends that never run it)."""
-        root = Path(self.mktemp())
-        root.mkdir()
+        root = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, root)
         (root / "index.php").write_text("<?php")
         return str(root)
 
@@ -150,7 +152,7 @@ class PoolInFrontOfPHPFPMTests(TestCase):
     def test_a_refusing_backend_gives_502_at_once(self) -> Any:
         listener = socket.socket(socket.AF_UNIX)
         self.addCleanup(listener.close)
-        path = self.mktemp()
+        path = os.path.join(self.scriptRoot(), "refusing.sock")
         listener.bind(path)  # bound but not listening: connections are refused
         base = self.serve(UNIXClientEndpoint(reactor, path), self.scriptRoot())
         response, _ = yield self.get(f"{base}/index.php")
