@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Protocol as TypingProtocol
 from typing import cast, runtime_checkable
 
@@ -27,6 +27,7 @@ from twisted.web.static import File
 from txfastcgi._version import __version__
 from txfastcgi.cgi import CGIRequest, MalformedResponse, ResponseHeadParser
 from txfastcgi.client import BackendClosed, BackendTimeout, FastCGIClientProtocol
+from txfastcgi.forwarded import TrustedProxies
 from txfastcgi.pool import BackendUnavailable, ConnectionPool, QueueTimeout
 from txfastcgi.records import ProtocolError, ProtocolStatus
 from txfastcgi.routing import Redirect, Router, Script, StaticFile
@@ -69,6 +70,10 @@ class FastCGIResource(Resource):
         param and every request header.
     @param https: send HTTPS=on even for plain HTTP requests, for a server
         behind a TLS terminator.
+    @param trustedProxies: addresses or networks of proxies in front of
+        this server whose C{Forwarded} or C{X-Forwarded-For} and
+        C{X-Forwarded-Proto} headers give REMOTE_ADDR and HTTPS; nobody
+        else's are believed.
     """
 
     isLeaf = True
@@ -83,6 +88,7 @@ class FastCGIResource(Resource):
         params: Mapping[bytes | str, bytes | str] = {},
         *,
         https: bool = False,
+        trustedProxies: Iterable[str] = (),
         reactor: IReactorTime | None = None,
     ) -> None:
         super().__init__()
@@ -98,6 +104,7 @@ class FastCGIResource(Resource):
         self.documentRoot = self._router.documentRoot
         self._params = {_toBytes(name): _toBytes(value) for name, value in params.items()}
         self._https = https
+        self._trustedProxies = TrustedProxies(trustedProxies)
         self._inFlight = 0
         self._idleWaiters: list[Deferred[None]] = []
 
@@ -138,6 +145,19 @@ class FastCGIResource(Resource):
         prefix = b"/".join([b"", *(request.prepath or ())]).decode("utf-8", "surrogateescape")
         scriptName = prefix + script.scriptName
         remoteAddr, remotePort = _hostAndPort(request.getClientAddress())
+        https = self._https or request.isSecure()
+        if self._trustedProxies:
+            headers = request.requestHeaders
+            client = self._trustedProxies.client(
+                remoteAddr,
+                headers.getRawHeaders(b"forwarded", []),
+                headers.getRawHeaders(b"x-forwarded-for", []),
+                headers.getRawHeaders(b"x-forwarded-proto", []),
+            )
+            if client.address != remoteAddr:
+                remoteAddr, remotePort = client.address, None
+            if client.https is not None:
+                https = self._https or client.https
         serverAddr, serverPort = _hostAndPort(request.getHost())
         hasBody = bodyLength > 0 or request.requestHeaders.hasHeader(b"content-length")
         return CGIRequest(
@@ -150,7 +170,7 @@ class FastCGIResource(Resource):
             documentURI=scriptName + script.pathInfo,
             documentRoot=self.documentRoot,
             serverProtocol=request.clientproto,
-            https=self._https or request.isSecure(),
+            https=https,
             remoteAddr=remoteAddr,
             remotePort=remotePort,
             serverAddr=serverAddr,
@@ -282,6 +302,9 @@ class _Exchange:
             )
 
     def requestEnded(self, appStatus: int, protocolStatus: int) -> None:
+        if protocolStatus != ProtocolStatus.REQUEST_COMPLETE and self._protocol is not None:
+            # The backend refused the request: trust its connection with no other.
+            self._protocol.abort()
         self._outcome.callback(protocolStatus)
 
     def requestFailed(self, reason: Failure) -> None:

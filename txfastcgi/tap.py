@@ -40,6 +40,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.web.server import Site
 
+from txfastcgi.forwarded import TrustedProxies
 from txfastcgi.phpfpm import PHPFPMNotFound, PHPFPMService, findPHPFPM
 from txfastcgi.pool import ConnectionPool
 from txfastcgi.resource import FastCGIResource
@@ -115,6 +116,7 @@ class Options(usage.Options):
         self["php-fpm"] = []
         self["listen"] = []
         self["param"] = {}
+        self["trusted-proxy"] = []
 
     def opt_php_fpm(self, description: str) -> None:
         """
@@ -129,6 +131,17 @@ class Options(usage.Options):
         """Server endpoint to listen on, repeatable (tcp:8080, ssl:8443:...). [default: tcp:8080]"""
         _checkEndpoint(endpoints.serverFromString, description, "--listen")
         self["listen"].append(description)
+
+    def opt_trusted_proxy(self, network: str) -> None:
+        """
+        Address or network of a proxy in front of this server whose Forwarded or
+        X-Forwarded-For/-Proto headers set REMOTE_ADDR and HTTPS, repeatable.
+        """
+        try:
+            TrustedProxies([network])
+        except ValueError:
+            raise usage.UsageError(f"--trusted-proxy {network!r} is not an address") from None
+        self["trusted-proxy"].append(network)
 
     def opt_param(self, assignment: str) -> None:
         """Extra FastCGI param NAME=VALUE, repeatable; wins over anything a client sends."""
@@ -262,6 +275,7 @@ def _site(
         frontController=options["front-controller"],
         params=options["param"],
         https=options["https"],
+        trustedProxies=options["trusted-proxy"],
     )
     return _Site(resource, options["access-log"]), resource
 
