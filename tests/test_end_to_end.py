@@ -187,6 +187,10 @@ def test_the_demo_runs_with_a_spawned_php_fpm(tmp_path: Path, php_fpm: Any) -> N
         (["--max-connections", "many"], "'many' is not a number"),
         (["--read-timeout", "0"], "'0' is below"),
         (["--param", "NOEQUALS"], "--param wants NAME=VALUE"),
+        (["--php-fpm", "tcp:127.0.0.1:9000"] * 2, "--php-fpm 'tcp:127.0.0.1:9000' is given twice"),
+        (["--status-path", "status"], "--status-path 'status' must start with /"),
+        (["--trusted-proxy", "somewhere"], "--trusted-proxy 'somewhere' is not an address"),
+        (["--listen", "ssl:8443:privateKey=/nonexistent.pem"], "is not a valid endpoint"),
     ],
 )
 def test_a_bad_option_exits_2_with_one_clear_line(arguments: list[str], message: str) -> None:
@@ -314,3 +318,35 @@ def test_workers_share_the_listening_socket(tmp_path: Path, php_fpm: Any) -> Non
     finally:
         stopProxy(proxy)
     assert not os.path.exists(f"/proc/{worker}/stat")
+
+
+def test_several_backends_and_the_status_page(
+    tmp_path: Path, php_fpm: Any, php_fpm_factory: Any
+) -> None:
+    """
+    ``--php-fpm`` twice spreads requests over both pools; ``--status-path``
+    shows each backend's counts as JSON, and hides nothing else.
+    """
+    other = php_fpm_factory(children=2)
+    proxy = startProxy(
+        ["--php-fpm", php_fpm.endpointDescription, "--php-fpm", other.endpointDescription]
+        + ["--path", php_fpm.documentRoot, "--status-path", "/_status"],
+        tmp_path / "twist.log",
+    )
+    try:
+        browser = Browser(proxy.url)
+        for _ in range(10):
+            assert browser.request("/hello/balanced").status == 200
+        status = browser.request("/_status")
+        assert status.headers["Content-Type"] == "application/json"
+        document = status.json()
+        assert [backend["endpoint"] for backend in document["backends"]] == [
+            php_fpm.endpointDescription,
+            other.endpointDescription,
+        ]
+        assert all(backend["up"] for backend in document["backends"])
+        assert all(backend["requests"] > 0 for backend in document["backends"])
+        assert document["totals"]["requests"] == 10
+        assert browser.request("/api/info").json()["SCRIPT_NAME"] == "/index.php"
+    finally:
+        stopProxy(proxy)

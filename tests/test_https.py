@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.processes import Proxy, freePort, startServer, stopProxy
+from tests.processes import REPOSITORY, Proxy, freePort, startServer, stopProxy
 
 
 def makeCertificate(directory: Path) -> tuple[Path, Path]:
@@ -214,3 +215,20 @@ def proxyForcedHTTPS(php_fpm: Any, tmp_path: Path) -> Iterator[Proxy]:
     proxy = plainProxy(php_fpm, tmp_path, "--https")
     yield proxy
     stopProxy(proxy)
+
+
+def test_workers_refuse_a_tls_listener(tmp_path: Path) -> None:
+    """Worker processes share plain sockets; a TLS listener is refused clearly."""
+    key, certificate = makeCertificate(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "twisted", "fastcgi-proxy", "--workers", "2"]
+        + ["--listen", f"ssl:0:privateKey={key}:certKey={certificate}"],
+        capture_output=True,
+        env=dict(os.environ, PYTHONPATH=str(REPOSITORY)),
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.decode().splitlines() == [
+        "twist fastcgi-proxy: error: --workers shares only tcp, tcp6 and unix listeners, "
+        f"not 'ssl:0:privateKey={key}:certKey={certificate}'"
+    ]

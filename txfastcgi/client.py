@@ -9,6 +9,7 @@ connection can carry the next request once the previous one ended cleanly.
 
 from __future__ import annotations
 
+import itertools
 from typing import IO
 from typing import Protocol as TypingProtocol
 
@@ -48,6 +49,9 @@ _BODY_READ_SIZE = MAX_CONTENT_LENGTH - MAX_CONTENT_LENGTH % 8
 
 _CONNECTION_DONE = Failure(ConnectionDone())
 
+# Requests are numbered in the order they are sent, over all connections.
+_requestNumbers = itertools.count(1)
+
 
 class BackendTimeout(Exception):
     """The backend sent nothing for longer than the read timeout."""
@@ -57,17 +61,17 @@ class BackendClosed(Exception):
     """
     The backend closed the connection before it ended the request.
 
-    C{beforeResponse} tells whether any response byte had arrived: a
-    request that failed before on a reused connection was most likely sent
-    to a connection php-fpm had already decided to close, and an idempotent
-    one can safely be sent again.
+    C{beforeResponse} tells whether no response byte had arrived: then the
+    request was sent to a kept connection php-fpm had already decided to
+    close, or php-fpm went away before the script said anything, and an
+    idempotent request can be sent again (as nginx's default
+    C{fastcgi_next_upstream error} does).
     """
 
-    def __init__(self, reason: Failure, beforeResponse: bool, reusedConnection: bool) -> None:
+    def __init__(self, reason: Failure, beforeResponse: bool) -> None:
         super().__init__(reason.getErrorMessage())
         self.reason = reason
         self.beforeResponse = beforeResponse
-        self.reusedConnection = reusedConnection
 
 
 class ResponseReceiver(TypingProtocol):
@@ -115,6 +119,7 @@ class FastCGIClientProtocol(Protocol):
         self._paused = False
         self._timeoutCall: IDelayedCall | None = None
         self.requestsStarted = 0
+        self.requestNumber = 0
         self.connected = False
         self.whenClosed: Deferred[None] = Deferred()
 
@@ -140,6 +145,7 @@ class FastCGIClientProtocol(Protocol):
         if self.requestsStarted:
             self._connection.reset()
         self.requestsStarted += 1
+        self.requestNumber = next(_requestNumbers)
         self._receiver = receiver
         self._keepConnection = keepConnection
         self._responseStarted = False
@@ -273,7 +279,6 @@ class FastCGIClientProtocol(Protocol):
                     BackendClosed(
                         reason,
                         beforeResponse=not self._responseStarted,
-                        reusedConnection=self.requestsStarted > 1,
                     )
                 )
             )

@@ -13,6 +13,7 @@ so that its worker accepts the backlogged one.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -25,6 +26,13 @@ from twisted.python.failure import Failure
 from txfastcgi.client import FastCGIClientProtocol
 
 __all__ = ["BackendUnavailable", "ConnectionPool", "PoolStatistics", "QueueTimeout"]
+
+
+BACKLOG_GRACE = 0.1
+"""
+Seconds a freed connection idles while a request on a new connection has had
+no answer at all, before it is closed to let php-fpm accept that request.
+"""
 
 
 class BackendUnavailable(Exception):
@@ -57,6 +65,7 @@ class ConnectionPool:
     @param idleTimeout: seconds an idle kept connection stays open.
     @param queueTimeout: seconds a request may wait for a connection before
         it fails with L{QueueTimeout}.
+    @param name: the backend's name in logs, such as its endpoint string.
     """
 
     log = Logger()
@@ -71,9 +80,11 @@ class ConnectionPool:
         readTimeout: float = 60.0,
         idleTimeout: float = 5.0,
         queueTimeout: float = 30.0,
+        name: str | None = None,
     ) -> None:
         self._reactor = reactor
         self._endpoint = endpoint
+        self.name = repr(endpoint) if name is None else name
         self.maxConnections = maxConnections
         self._connectTimeout = connectTimeout
         self._readTimeout = readTimeout
@@ -154,36 +165,56 @@ class ConnectionPool:
         Give back a connection. One that cannot carry another request (an
         error, an aborted response, a backend that did not keep it) is
         closed; a good one goes to the oldest waiting request, or idles.
+
+        php-fpm may hold a request in its listen backlog while all its workers
+        are bound to other connections, and a worker stays bound to its
+        connection as long as that is open, busy or idle. So a freed
+        connection is closed instead of handed on when a request sent before
+        the one that just ended may be backlogged: its worker then accepts
+        that request, and requests are served in order. A newer request on a
+        new connection is most likely still running, and closing for it would
+        cost every connection its keep-alive under load. An idle connection
+        helps nobody: while anything may be backlogged it is closed after
+        L{BACKLOG_GRACE} seconds instead of the idle timeout.
         """
-        if (
-            not protocol.reusable
-            or self._backlogged()
-            or (self._waiting and self._waiting[0] in self._wantNew)
-        ):
-            # A backlogged request was sent before anything now waiting here:
-            # closing this connection frees its worker to accept that one. A
-            # request that wants a new connection gets one once this closes.
+        if not protocol.reusable:
             protocol.abort()
-            return
-        if self._waiting:
-            self._waiting.popleft().callback(protocol)
-            return
-        self._idle.append(protocol)
-        self._idleTimers[protocol] = self._reactor.callLater(
-            self._idleTimeout, self._closeIdle, protocol
+        elif self._waiting:
+            if self._waiting[0] in self._wantNew or self._backlogged(protocol.requestNumber):
+                # The waiting request gets a new connection once this closes.
+                protocol.abort()
+            else:
+                self._waiting.popleft().callback(protocol)
+        else:
+            self._idle.append(protocol)
+            closeAt = self._reactor.seconds() + self._idleTimeout
+            if self._backlogged():
+                self._idleTimers[protocol] = self._reactor.callLater(
+                    BACKLOG_GRACE, self._closeIdleIfBacklogged, protocol, closeAt
+                )
+            else:
+                self._idleTimers[protocol] = self._reactor.callLater(
+                    self._idleTimeout, self._closeIdle, protocol
+                )
+
+    def _closeIdleIfBacklogged(self, protocol: FastCGIClientProtocol, closeAt: float) -> None:
+        if self._backlogged():
+            self._closeIdle(protocol)
+        else:
+            # No new connection opens while one idles: no backlog can form.
+            self._idleTimers[protocol] = self._reactor.callLater(
+                max(0.0, closeAt - self._reactor.seconds()), self._closeIdle, protocol
+            )
+
+    def _backlogged(self, sentBefore: float = math.inf) -> bool:
+        """
+        Whether a request (sent before request number C{sentBefore}) may be
+        waiting in the backend's listen backlog.
+        """
+        return any(
+            protocol.maybeInBacklog and protocol.requestNumber < sentBefore
+            for protocol in self._connections
         )
-
-    def _backlogged(self) -> bool:
-        """
-        Whether a request may be stuck in the backend's listen backlog.
-
-        A php-fpm worker stays bound to a kept connection even when it is
-        idle, so keeping or reusing a connection while another waits to be
-        accepted could leave that one waiting until an idle timeout, or for
-        ever under steady load, whenever the pool has more connections than
-        php-fpm has workers.
-        """
-        return any(protocol.maybeInBacklog for protocol in self._connections)
 
     def close(self) -> None:
         """Close the idle connections, for shutdown; busy ones close when released."""
@@ -237,9 +268,9 @@ class ConnectionPool:
                 else reason.getErrorMessage()
             )
             self.log.error(
-                "cannot connect to FastCGI backend {endpoint}: {message}",
-                endpoint=self._endpoint,
-                message=message,
+                "cannot connect to FastCGI backend {endpoint}: {error}",
+                endpoint=self.name,
+                error=message,
             )
             return Failure(BackendUnavailable(message))
 

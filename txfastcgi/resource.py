@@ -249,7 +249,7 @@ class _Exchange:
             except CancelledError:
                 return
             except BackendClosed as e:
-                if mayRetry and not retrying and e.beforeResponse and e.reusedConnection:
+                if mayRetry and not retrying and e.beforeResponse:
                     self.log.info(
                         "FastCGI connection closed by the backend before a response; "
                         "retrying {method} {uri} on a new connection",

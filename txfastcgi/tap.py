@@ -38,12 +38,15 @@ from twisted.internet.testing import MemoryReactor
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
+from twisted.web.resource import IResource
 from twisted.web.server import Site
 
+from txfastcgi.balancer import Balancer
 from txfastcgi.forwarded import TrustedProxies
 from txfastcgi.phpfpm import PHPFPMNotFound, PHPFPMService, findPHPFPM
 from txfastcgi.pool import ConnectionPool
 from txfastcgi.resource import FastCGIResource
+from txfastcgi.status import StatusResource, WithStatusPage
 
 __all__ = ["Options", "makeService"]
 
@@ -95,6 +98,7 @@ class Options(usage.Options):
         ["index", None, "index.php", "Directory index script."],
         ["front-controller", None, "/index.php", "Where paths that name no file go."],
         ["access-log", None, "-", "Access log file in combined format; - for stdout."],
+        ["status-path", None, None, "URL path of a JSON status page of the backends (off)."],
         ["spawn-children", None, 4, "Workers of the php-fpm started by --php-fpm spawn.", _count],
         ["max-connections", None, 8, "Most FastCGI connections open to one backend.", _count],
         ["connect-timeout", None, 5.0, "Seconds to connect to the backend (then 502).", _seconds],
@@ -121,7 +125,8 @@ class Options(usage.Options):
     def opt_php_fpm(self, description: str) -> None:
         """
         FastCGI server endpoint (unix:/run/php/php8.2-fpm.sock, tcp:127.0.0.1:9000),
-        or "spawn" to start a private php-fpm. [default: unix:/run/php/php-fpm.sock]
+        or "spawn" to start a private php-fpm; repeat it to balance requests over
+        several backends. [default: unix:/run/php/php-fpm.sock]
         """
         if description != SPAWN:
             _checkEndpoint(endpoints.clientFromString, description, "--php-fpm")
@@ -156,9 +161,10 @@ class Options(usage.Options):
         self["path"] = os.path.abspath(self["path"])
         if not self["php-fpm"]:
             self["php-fpm"] = ["unix:/run/php/php-fpm.sock"]
-        if len(self["php-fpm"]) > 1:
-            raise usage.UsageError("only one --php-fpm backend is supported so far")
-        if self["php-fpm"] == [SPAWN]:
+        duplicates = {d for d in self["php-fpm"] if self["php-fpm"].count(d) > 1}
+        if duplicates:
+            raise usage.UsageError(f"--php-fpm {sorted(duplicates)[0]!r} is given twice")
+        if SPAWN in self["php-fpm"]:
             try:
                 self["php-fpm-binary"] = findPHPFPM()
             except PHPFPMNotFound as e:
@@ -171,6 +177,8 @@ class Options(usage.Options):
                     raise usage.UsageError(
                         f"--workers shares only tcp, tcp6 and unix listeners, not {description!r}"
                     )
+        if self["status-path"] is not None and not self["status-path"].startswith("/"):
+            raise usage.UsageError(f"--status-path {self['status-path']!r} must start with /")
         if self["no-front-controller"]:
             self["front-controller"] = None
 
@@ -195,7 +203,7 @@ def _checkEndpoint(parse: Callable[[object, str], object], description: str, opt
     """
     try:
         parse(MemoryReactor(), description)
-    except (ValueError, TypeError, KeyError) as e:
+    except (ValueError, TypeError, KeyError, OSError) as e:
         raise usage.UsageError(f"{option} {description!r} is not a valid endpoint: {e}") from None
 
 
@@ -210,25 +218,25 @@ def makeService(options: Options) -> IService:
     # Stopped last to first: stop the workers and listening, let requests in
     # progress finish, and only then stop a spawned php-fpm.
     service = _StopInReverseOrder()
-    (backend,) = options["php-fpm"]
+    backends = list(options["php-fpm"])
     ready = None
-    if backend == SPAWN:
+    if SPAWN in backends:
         phpFPM = PHPFPMService(
             options["path"],
             children=options["spawn-children"],
             binary=options["php-fpm-binary"],
         )
         phpFPM.setServiceParent(service)
-        backend = phpFPM.endpointDescription
+        backends[backends.index(SPAWN)] = phpFPM.endpointDescription
         ready = phpFPM.whenListening
-    site, resource = _site(options, reactor, backend)
+    site, resource = _site(options, reactor, backends)
     _Drain(resource, reactor, options["shutdown-timeout"]).setServiceParent(service)
     listeners = _Listeners(
         [endpoints.serverFromString(reactor, d).listen for d in options["listen"]], site, ready
     )
     listeners.setServiceParent(service)
     if options["workers"] > 1:
-        workerOptions = {**options, "php-fpm": [backend]}
+        workerOptions = {**options, "php-fpm": backends}
         _WorkerProcesses(
             reactor, listeners.whenListening, workerOptions, options["workers"] - 1
         ).setServiceParent(service)
@@ -246,8 +254,7 @@ def makeWorkerService(options: Mapping[str, Any], inherited: Sequence[tuple[int,
 
     reactor = cast(IReactorTime, globalReactor)
     service = _StopInReverseOrder()
-    (backend,) = options["php-fpm"]
-    site, resource = _site(options, reactor, backend)
+    site, resource = _site(options, reactor, options["php-fpm"])
     _Drain(resource, reactor, options["shutdown-timeout"]).setServiceParent(service)
     adopters = [partial(_adopt, reactor, descriptor, family) for descriptor, family in inherited]
     _Listeners(adopters, site).setServiceParent(service)
@@ -255,21 +262,30 @@ def makeWorkerService(options: Mapping[str, Any], inherited: Sequence[tuple[int,
 
 
 def _site(
-    options: Mapping[str, Any], reactor: IReactorTime, backend: str
+    options: Mapping[str, Any], reactor: IReactorTime, backends: Sequence[str]
 ) -> tuple[Site, FastCGIResource]:
-    """The web site every process serves: the resource and its access log."""
-    pool = ConnectionPool(
-        reactor,
-        endpoints.clientFromString(reactor, backend),
-        # The limit is for the backend, so the processes share it.
-        maxConnections=max(1, options["max-connections"] // options["workers"]),
-        connectTimeout=options["connect-timeout"],
-        readTimeout=options["read-timeout"],
-        idleTimeout=options["idle-timeout"],
-        queueTimeout=options["queue-timeout"],
-    )
+    """
+    The web site every process serves: the resource over a balancer of the
+    backends (with one backend too, which then notices a restart of php-fpm
+    at once), the status page if asked for, and the access log.
+    """
+    pools = {
+        backend: ConnectionPool(
+            reactor,
+            endpoints.clientFromString(reactor, backend),
+            # The limit is for the backend, so the processes share it.
+            maxConnections=max(1, options["max-connections"] // options["workers"]),
+            connectTimeout=options["connect-timeout"],
+            readTimeout=options["read-timeout"],
+            idleTimeout=options["idle-timeout"],
+            queueTimeout=options["queue-timeout"],
+            name=backend,
+        )
+        for backend in backends
+    }
+    balancer = Balancer(reactor, pools)
     resource = FastCGIResource(
-        pool,
+        balancer,
         options["path"],
         index=options["index"],
         frontController=options["front-controller"],
@@ -277,7 +293,10 @@ def _site(
         https=options["https"],
         trustedProxies=options["trusted-proxy"],
     )
-    return _Site(resource, options["access-log"]), resource
+    root: IResource = resource
+    if options["status-path"] is not None:
+        root = WithStatusPage(resource, options["status-path"].encode(), StatusResource(balancer))
+    return _Site(root, options["access-log"]), resource
 
 
 class _Site(Site):
@@ -287,7 +306,7 @@ class _Site(Site):
     write at its own offset, over the lines written through the first.
     """
 
-    def __init__(self, resource: FastCGIResource, accessLog: str) -> None:
+    def __init__(self, resource: IResource, accessLog: str) -> None:
         self._toStandardOutput = accessLog == "-"
         super().__init__(resource, logPath=None if self._toStandardOutput else accessLog)
 

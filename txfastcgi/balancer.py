@@ -1,0 +1,203 @@
+"""
+Requests balanced over several FastCGI backends, each with its own pool.
+
+A request goes to the backend with the fewest outstanding requests: those
+holding one of its connections, plus those waiting for one. Ties go round
+the backends in turn, so that light traffic is spread too.
+
+Health checks are passive: a backend whose pool cannot connect (refused, or
+timed out) is marked down for a while and the request is tried on another;
+each request tries each backend at most once. Once its down time is over a
+backend gets one request, a probe, and is up again if that request gets a
+connection. When every backend is down, a request still tries them, in the
+order their down times end, so that a backend back from a restart (a lone
+one, say) is found at once. Each backend takes one probe at a time: one
+that swallows connects (a host that is gone) holds up only its probe, and
+the other requests fail at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from txfastcgi.client import FastCGIClientProtocol
+from txfastcgi.pool import BackendUnavailable, ConnectionPool, PoolStatistics, QueueTimeout
+
+__all__ = ["BackendStatistics", "Balancer"]
+
+
+@dataclass(frozen=True)
+class BackendStatistics:
+    """
+    A snapshot of one backend, for the status resource.
+
+    @ivar endpoint: the backend's endpoint description, as configured.
+    @ivar up: whether it takes requests; L{False} from a failed connect until
+        a probe gets a connection again.
+    @ivar requests: requests it was given a connection for.
+    @ivar errors: requests that could not get a connection to it: connect
+        refused or timed out, or waited longer than the queue timeout.
+    @ivar connections: its pool's connections and queue.
+    """
+
+    endpoint: str
+    up: bool
+    requests: int
+    errors: int
+    connections: PoolStatistics
+
+
+class _Backend:
+    """One backend's pool and what the balancer knows of it."""
+
+    def __init__(self, index: int, endpoint: str, pool: ConnectionPool) -> None:
+        self.index = index
+        self.endpoint = endpoint
+        self.pool = pool
+        self.outstanding = 0
+        self.requests = 0
+        self.errors = 0
+        self.down = False
+        # While down: when its down time ends and it may be probed.
+        self.downUntil = 0.0
+        self.probing = False
+
+
+class Balancer:
+    """
+    A L{txfastcgi.resource.ConnectionSource} over several backends.
+
+    @param pools: a pool for each backend, by the backend's endpoint
+        description (shown in logs and statistics).
+    @param downTime: seconds a backend that could not be connected to is
+        left alone while other backends are up.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        pools: Mapping[str, ConnectionPool],
+        *,
+        downTime: float = 10.0,
+    ) -> None:
+        if not pools:
+            raise ValueError("a balancer needs at least one backend")
+        self._reactor = reactor
+        self._downTime = downTime
+        self._backends = [
+            _Backend(index, endpoint, pool) for index, (endpoint, pool) in enumerate(pools.items())
+        ]
+        self._turn = 0
+        self._owners: dict[FastCGIClientProtocol, _Backend] = {}
+
+    def acquire(self, fresh: bool = False) -> Deferred[FastCGIClientProtocol]:
+        """
+        A connection to one of the backends, for one request; a new one, not
+        a kept one, if C{fresh} (see L{ConnectionPool.acquire}).
+
+        Fails with L{BackendUnavailable} when no backend could be connected
+        to, or with L{QueueTimeout} when the chosen backend stayed busy too
+        long (trying another then would double the wait).
+        """
+        return Deferred.fromCoroutine(self._acquire(fresh))
+
+    async def _acquire(self, fresh: bool) -> FastCGIClientProtocol:
+        tried: list[tuple[_Backend, BackendUnavailable]] = []
+        while True:
+            backend = self._choose({backend for backend, _ in tried})
+            if backend is None:
+                raise BackendUnavailable(
+                    "; ".join(f"{failed.endpoint}: {error}" for failed, error in tried)
+                    or "every FastCGI backend is down"
+                )
+            probe = backend.down
+            backend.probing = probe
+            backend.outstanding += 1
+            try:
+                protocol = await backend.pool.acquire(fresh)
+            except BackendUnavailable as error:
+                backend.outstanding -= 1
+                backend.errors += 1
+                self._markDown(backend, error)
+                tried.append((backend, error))
+                continue
+            except QueueTimeout:
+                backend.outstanding -= 1
+                backend.errors += 1
+                raise
+            except BaseException:
+                # Cancelled, because the client went away.
+                backend.outstanding -= 1
+                raise
+            finally:
+                if probe:
+                    backend.probing = False
+            if probe:
+                self._markUp(backend)
+            backend.requests += 1
+            self._owners[protocol] = backend
+            return protocol
+
+    def release(self, protocol: FastCGIClientProtocol) -> None:
+        """Give a connection back to the pool it came from."""
+        backend = self._owners.pop(protocol)
+        backend.outstanding -= 1
+        backend.pool.release(protocol)
+
+    def statistics(self) -> list[BackendStatistics]:
+        """A snapshot of each backend, in the order they were given."""
+        return [
+            BackendStatistics(
+                endpoint=backend.endpoint,
+                up=not backend.down,
+                requests=backend.requests,
+                errors=backend.errors,
+                connections=backend.pool.statistics(),
+            )
+            for backend in self._backends
+        ]
+
+    def close(self) -> None:
+        """Close every pool's idle connections, for shutdown."""
+        for backend in self._backends:
+            backend.pool.close()
+
+    def _choose(self, tried: set[_Backend]) -> _Backend | None:
+        """
+        The backend to try next: of those up or due for a probe, the one
+        with the fewest outstanding requests; failing that, the down one
+        whose down time ends first. None that this request has tried, nor
+        any that another request is probing.
+        """
+        now = self._reactor.seconds()
+        candidates = [
+            backend for backend in self._backends if backend not in tried and not backend.probing
+        ]
+        live = [backend for backend in candidates if not backend.down or backend.downUntil <= now]
+        if live:
+            count = len(self._backends)
+            turn, self._turn = self._turn, (self._turn + 1) % count
+            return min(live, key=lambda b: (b.outstanding, (b.index - turn) % count))
+        return min(candidates, key=lambda b: b.downUntil, default=None)
+
+    def _markDown(self, backend: _Backend, error: BackendUnavailable) -> None:
+        if not backend.down:
+            backend.down = True
+            self.log.warn(
+                "FastCGI backend {endpoint} marked down: {error}",
+                endpoint=backend.endpoint,
+                downTime=self._downTime,
+                error=str(error),
+            )
+        backend.downUntil = self._reactor.seconds() + self._downTime
+
+    def _markUp(self, backend: _Backend) -> None:
+        backend.down = False
+        self.log.info("FastCGI backend {endpoint} is up again", endpoint=backend.endpoint)
