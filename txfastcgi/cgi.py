@@ -187,8 +187,13 @@ _HOP_BY_HOP = frozenset(
     }
 )
 
-_HEADER_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+)[ \t]*:[ \t]*(.*?)[ \t]*\Z")
-_STATUS_VALUE = re.compile(rb"([1-5][0-9][0-9])(?:[ \t:]+(.*))?\Z")
+# A value may not hold a NUL or a bare CR: RFC 9110 calls them dangerous,
+# and a client or cache that reads a CR as a line end would see another header.
+_HEADER_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+)[ \t]*:[ \t]*([^\x00\r]*?)[ \t]*\Z")
+# A final status: a 1xx would tell the client that another response follows,
+# and the body would be read as that response. The reason phrase is written
+# into the status line as it is, so it may hold no control character.
+_STATUS_VALUE = re.compile(rb"([2-5][0-9][0-9])(?:[ \t:]+([\t\x20-\x7e\x80-\xff]*))?\Z")
 _LINE_END = re.compile(rb"\r?\n")
 
 
@@ -202,8 +207,10 @@ def parseResponseHead(block: bytes) -> CGIResponseHead:
     ``Status`` means 302, as CGI/1.1 says for a client redirect. Lines may end
     with CRLF or a bare LF.
 
-    @raise MalformedResponse: for a line that is not a header, a status that is
-        not a number from 100 to 599, or a Content-Length that is not a number.
+    @raise MalformedResponse: for a line that is not a header (or whose value
+        holds a NUL or a CR), a status that is not a number from 200 to 599
+        (with a reason phrase free of control characters), or a Content-Length
+        that is not a number or comes twice.
     """
     code: int | None = None
     reason: bytes | None = None
@@ -226,6 +233,9 @@ def parseResponseHead(block: bytes) -> CGIResponseHead:
             continue
         else:
             if lowerName == b"content-length":
+                if contentLength is not None:
+                    # Two lengths could frame the body two ways downstream.
+                    raise MalformedResponse("the script sent Content-Length twice")
                 if not value.isdigit():
                     raise MalformedResponse(
                         f"invalid Content-Length from the script: {value[:80]!r}"
@@ -267,7 +277,8 @@ class ResponseHeadParser:
         searchFrom = max(len(self._buffer) - 3, 0)
         self._buffer += data
         end = _HEAD_END.search(self._buffer, searchFrom)
-        headSize = len(self._buffer) if end is None else end.start()
+        # Without an end yet, up to 3 bytes may be the start of the blank line.
+        headSize = len(self._buffer) - 3 if end is None else end.start()
         if headSize > self._maxSize:
             raise MalformedResponse(
                 f"the script sent a header block over {self._maxSize} bytes (too big header)"

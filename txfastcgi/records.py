@@ -93,10 +93,11 @@ class UnexpectedRecord(ProtocolError):
 def _encodeRecord(recordType: int, requestId: int, content: bytes) -> bytes:
     """
     Frame C{content} as one record, padded to a multiple of 8 bytes as the
-    specification recommends.  The caller keeps C{content} within
-    L{MAX_CONTENT_LENGTH}.
+    specification recommends, except past 65528 bytes: php-fpm refuses a
+    record whose content and padding together pass 65535 bytes.  The caller
+    keeps C{content} within L{MAX_CONTENT_LENGTH}.
     """
-    paddingLength = -len(content) % 8
+    paddingLength = -len(content) % 8 if len(content) <= _STREAM_CHUNK_LENGTH else 0
     header = _HEADER.pack(FCGI_VERSION_1, recordType, requestId, len(content), paddingLength)
     return b"".join((header, content, _PADDING[:paddingLength]))
 
@@ -106,9 +107,10 @@ def _encodeStream(recordType: int, requestId: int, data: bytes) -> bytes:
     Cut C{data} into as many records as it needs, without a terminator: the
     stream may continue in a later call.  Empty C{data} gives no bytes at all,
     because an empty record would end the stream.  Data that fits in one
-    record takes one record; longer data is cut at L{_STREAM_CHUNK_LENGTH}.
+    record takes one record; longer data is cut at L{_STREAM_CHUNK_LENGTH},
+    so that every record stays padded within the 65535 bytes php-fpm reads.
     """
-    if len(data) <= MAX_CONTENT_LENGTH:
+    if len(data) <= _STREAM_CHUNK_LENGTH:
         return _encodeRecord(recordType, requestId, data) if data else b""
     view = memoryview(data)
     parts: list[bytes | memoryview] = []
@@ -176,12 +178,30 @@ def decodeNameValuePairs(data: bytes) -> list[tuple[bytes, bytes]]:
 
 def encodeParams(requestId: int, pairs: Iterable[tuple[bytes, bytes]]) -> bytes:
     """
-    Encode a whole PARAMS stream, terminator included.  The pairs form one byte
-    stream that is cut into records wherever it must be, so a single pair can
-    span several records.
+    Encode a whole PARAMS stream, terminator included.
+
+    Each record holds whole pairs: php-fpm decodes every PARAMS record on its
+    own and drops a request whose pair is cut across two. Only a pair too
+    large for any record is cut, as the specification allows, since it
+    could not be sent otherwise.
     """
-    stream = _encodeStream(RecordType.PARAMS, requestId, encodeNameValuePairs(pairs))
-    return stream + _encodeRecord(RecordType.PARAMS, requestId, b"")
+    records: list[bytes] = []
+    pending: list[bytes] = []
+    pendingLength = 0
+    for name, value in pairs:
+        pair = encodeNameValuePairs(((name, value),))
+        if pendingLength + len(pair) > MAX_CONTENT_LENGTH and pending:
+            records.append(_encodeRecord(RecordType.PARAMS, requestId, b"".join(pending)))
+            pending, pendingLength = [], 0
+        if len(pair) > MAX_CONTENT_LENGTH:
+            records.append(_encodeStream(RecordType.PARAMS, requestId, pair))
+        else:
+            pending.append(pair)
+            pendingLength += len(pair)
+    if pending:
+        records.append(_encodeRecord(RecordType.PARAMS, requestId, b"".join(pending)))
+    records.append(_encodeRecord(RecordType.PARAMS, requestId, b""))
+    return b"".join(records)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +251,7 @@ class EndRequest:
 class _StreamRecord:
     """
     One record of a byte stream; empty C{data} is the record that ends the
-    stream.  L{encode} cuts data longer than L{MAX_CONTENT_LENGTH} into several
+    stream.  L{encode} cuts data longer than 65528 bytes into several
     records, so one event can carry a whole body.
     """
 

@@ -47,6 +47,7 @@ from txfastcgi.phpfpm import PHPFPMNotFound, PHPFPMService, findPHPFPM
 from txfastcgi.pool import ConnectionPool
 from txfastcgi.resource import FastCGIResource
 from txfastcgi.status import StatusResource, WithStatusPage
+from txfastcgi.web import DEFAULT_MAX_BODY_SIZE, FastCGISite
 
 __all__ = ["Options", "makeService"]
 
@@ -106,6 +107,13 @@ class Options(usage.Options):
         ["idle-timeout", None, 5.0, "Seconds a kept FastCGI connection may stay idle.", _seconds],
         ["queue-timeout", None, 30.0, "Seconds to wait for a connection (then 503).", _seconds],
         ["workers", None, 1, "Processes sharing the listening sockets.", _count],
+        [
+            "max-body-size",
+            None,
+            DEFAULT_MAX_BODY_SIZE,
+            "Largest request body in bytes; larger ones get 413 without reaching PHP.",
+            _count,
+        ],
         [
             "shutdown-timeout",
             None,
@@ -296,19 +304,23 @@ def _site(
     root: IResource = resource
     if options["status-path"] is not None:
         root = WithStatusPage(resource, options["status-path"].encode(), StatusResource(balancer))
-    return _Site(root, options["access-log"]), resource
+    return _Site(root, options["access-log"], options["max-body-size"]), resource
 
 
-class _Site(Site):
+class _Site(FastCGISite):
     """
     A Site whose access log C{-} is standard output, shared with the
     process's own log rather than opened again: a second open file would
     write at its own offset, over the lines written through the first.
     """
 
-    def __init__(self, resource: IResource, accessLog: str) -> None:
+    def __init__(self, resource: IResource, accessLog: str, maxBodySize: int) -> None:
         self._toStandardOutput = accessLog == "-"
-        super().__init__(resource, logPath=None if self._toStandardOutput else accessLog)
+        super().__init__(
+            resource,
+            maxBodySize=maxBodySize,
+            logPath=None if self._toStandardOutput else accessLog,
+        )
 
     def startFactory(self) -> None:
         super().startFactory()

@@ -1,0 +1,1 @@
+"""Fuzz targets for txfastcgi's parsers; see README.rst beside this file."""

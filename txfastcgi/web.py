@@ -1,0 +1,284 @@
+"""
+The HTTP side of a PHP server: what must happen to a request before any
+resource sees it.
+
+L{FastCGISite} is the L{twisted.web.server.Site} to serve a
+L{txfastcgi.FastCGIResource} with. Twisted's own Site stores a request body
+of any size before the resource runs, answers a too-big request head with a
+bare 400 (or a closed connection, for one too-long line), and parses form
+bodies into C{request.args} although a proxy only forwards them. This one:
+
+  - answers 413 to a request body over C{maxBodySize}: at once from its
+    Content-Length, before a byte of it is read (and without a
+    C{100 Continue}), or as soon as a chunked body passes the limit; the body
+    is never stored whole, and nothing reaches PHP;
+  - answers 414 to a request line, and 431 to a request head, over
+    C{maxHeaderSize} bytes;
+  - answers 400 to an HTTP/1.1 request with no Host header or with several,
+    which an application could otherwise resolve differently from the proxy;
+  - leaves form bodies unparsed (C{parsePOSTFormSubmission=False}).
+
+After such an answer the connection is closed, gently: the answer is
+followed by a FIN and what the client is still sending is read and dropped
+for a few seconds, because closing a socket with unread data makes the
+kernel send a reset that can destroy the answer before the client reads it
+(nginx's C{lingering_close} does the same).
+
+Usage::
+
+    site = FastCGISite(FastCGIResource(endpoint, "/srv/www"), maxBodySize=64 * 1024 * 1024)
+    endpoints.serverFromString(reactor, "tcp:8080").listen(site)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ISSLTransport, ITCPTransport
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http
+from twisted.web.http import _GenericHTTPChannelProtocol
+from twisted.web.resource import IResource
+from twisted.web.server import Request, Site
+
+__all__ = ["DEFAULT_MAX_BODY_SIZE", "DEFAULT_MAX_HEADER_SIZE", "FastCGISite"]
+
+DEFAULT_MAX_BODY_SIZE = 100 * 1024 * 1024
+"""Largest request body accepted by default: 100 MiB."""
+
+DEFAULT_MAX_HEADER_SIZE = 16 * 1024
+"""
+Largest request head (request line and header lines, without their line
+ends) accepted by default: Twisted's own limit, twice nginx's per-line one.
+"""
+
+# Seconds to keep reading and dropping a refused request's remaining bytes.
+_LINGER_TIME = 5.0
+
+_REASONS = {
+    400: b"Bad Request",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+}
+
+
+class FastCGISite(Site):
+    """
+    A L{Site} with the request limits a PHP server needs; see the module
+    docstring.
+
+    @param resource: the root resource, usually a L{txfastcgi.FastCGIResource}.
+    @param maxBodySize: the largest request body, in bytes, declared or chunked.
+    @param maxHeaderSize: the largest request line and request head, in bytes.
+    @param logPath: the access log, in combined log format; L{None} for none.
+    @param timeout: seconds an idle client connection stays open.
+    @param reactor: for timers and log timestamps; the global one by default.
+    """
+
+    def __init__(
+        self,
+        resource: IResource,
+        *,
+        maxBodySize: int = DEFAULT_MAX_BODY_SIZE,
+        maxHeaderSize: int = DEFAULT_MAX_HEADER_SIZE,
+        logPath: str | None = None,
+        timeout: float = 60 * 60 * 12,
+        reactor: IReactorTime | None = None,
+    ) -> None:
+        super().__init__(
+            resource,
+            _LimitedRequest,
+            parsePOSTFormSubmission=False,
+            logPath=logPath,
+            timeout=timeout,
+            reactor=reactor,
+        )
+        self.maxBodySize = maxBodySize
+        self.maxHeaderSize = maxHeaderSize
+
+    def protocol(self) -> _GenericHTTPChannelProtocol:
+        # As Twisted's own factory does, so that HTTP/2 negotiated over TLS
+        # still replaces the HTTP/1.1 channel.
+        return _GenericHTTPChannelProtocol(_LimitedChannel())
+
+
+class _LimitedChannel(http.HTTPChannel):
+    """
+    An HTTP/1.1 connection that refuses a request head or body over the
+    site's limits, and ambiguous Host headers, before any resource runs.
+    """
+
+    site: FastCGISite
+    _log = Logger()
+    _refused = False
+    _lingering: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # One line over the limit must not be buffered whole either.
+        self.MAX_LENGTH = self.totalHeadersSize = self.site.maxHeaderSize
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return  # Read and dropped while lingering; see the module docstring.
+        super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._refused:
+            return
+        if self._receivedHeaderSize + len(line) > self.site.maxHeaderSize:
+            self._refuseHead()
+            return
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._refuseHead()
+
+    def allHeadersReceived(self) -> None:
+        hosts = self.requests[-1].requestHeaders.getRawHeaders(b"host", [])
+        if len(hosts) > 1 or (not hosts and self._version == b"HTTP/1.1"):
+            self.refuse(400, "An HTTP/1.1 request needs exactly one Host header.")
+            return
+        super().allHeadersReceived()
+
+    def allContentReceived(self) -> None:
+        if not self._refused:
+            super().allContentReceived()
+
+    def _send100Continue(self) -> None:
+        # Never invite a body that has just been refused.
+        if not self._refused:
+            super()._send100Continue()
+
+    def _refuseHead(self) -> None:
+        if self._receivedHeaderSize == 0:
+            self.refuse(414, "The request line is too long.")
+        else:
+            self.refuse(431, "The request header fields are too large.")
+
+    def refuse(self, code: int, detail: str) -> None:
+        """
+        Answer the request being received with C{code} and close the
+        connection; no resource sees the request.
+        """
+        if self._refused:
+            return
+        self._refused = True
+        self.clearLineBuffer()
+        self._dataBuffer = []
+        self.setTimeout(None)
+        transport = self.transport
+        assert transport is not None
+        head, body = _errorResponse(code, detail)
+        transport.write(head + body)
+        self._logRefusal(code, len(body), detail)
+        if ITCPTransport.providedBy(transport) and not ISSLTransport.providedBy(transport):
+            transport.loseWriteConnection()
+        # Keep reading, so that what the client is still sending meets no
+        # reset, until it closes or the time is up.
+        self._networkProducer.resumeProducing()
+        self._lingering = self.callLater(_LINGER_TIME, self._stopLingering)
+
+    def _stopLingering(self) -> None:
+        self._lingering = None
+        transport = self.transport
+        if transport is not None:
+            transport.abortConnection()  # type: ignore[attr-defined]
+
+    def _logRefusal(self, code: int, sentLength: int, detail: str) -> None:
+        """An access log line for the refused request, as far as it was read."""
+        peer = self.transport.getPeer() if self.transport is not None else None
+        self._log.info(
+            "Refused a request from {peer} with {code}: {detail}",
+            peer=peer,
+            code=code,
+            detail=detail,
+        )
+        command = getattr(self, "_command", None)
+        if not self.requests or command is None:
+            return
+        request = self.requests[-1]
+        request.method, request.uri, request.clientproto = command, self._path, self._version
+        request.code, request.sentLength = code, sentLength
+        self.site.log(request)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._lingering is not None and self._lingering.active():
+            self._lingering.cancel()
+        self._lingering = None
+        super().connectionLost(reason)
+
+
+class _LimitedRequest(Request):
+    """
+    A request that refuses a body over the site's limit as it arrives,
+    instead of storing it.
+
+    Over HTTP/1.1 its channel answers at once. Over HTTP/2 the stream is
+    answered once the client has ended it; the body is dropped meanwhile.
+    """
+
+    _bodyReceived = 0
+    _bodyRefused = False
+
+    def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(channel, *args, **kwargs)
+        # The channel is an HTTP/1.1 channel or an HTTP/2 stream: both know the site.
+        self._site: FastCGISite = channel.site
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > self._site.maxBodySize:
+            self._refuseBody()
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._bodyRefused:
+            return
+        self._bodyReceived += len(data)
+        if self._bodyReceived > self._site.maxBodySize:
+            self._refuseBody()
+            return
+        super().handleContentChunk(data)
+
+    def _refuseBody(self) -> None:
+        self._bodyRefused = True
+        if self.content is not None:
+            self.content.close()
+            self.content = None
+        if isinstance(self.channel, _LimitedChannel):
+            self.channel.refuse(
+                413, f"The request body is larger than {self._site.maxBodySize} bytes."
+            )
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if not self._bodyRefused:
+            super().requestReceived(command, path, version)
+            return
+        # HTTP/2: the stream has ended; answer it without running anything.
+        self.method, self.uri, self.clientproto = command, path, version
+        self.path = path.partition(b"?")[0]
+        self.site = self._site
+        self.setResponseCode(413, _REASONS[413])
+        self.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        self.write(b"The request body is larger than %d bytes.\n" % self._site.maxBodySize)
+        self.finish()
+
+
+def _errorResponse(code: int, detail: str) -> tuple[bytes, bytes]:
+    """The head and body of an HTTP/1.1 error response that closes the connection."""
+    reason = _REASONS[code]
+    body = b"<html><head><title>%d %s</title></head><body><h1>%s</h1><p>%s</p></body></html>\n" % (
+        code,
+        reason,
+        reason,
+        detail.encode("ascii"),
+    )
+    head = (
+        b"HTTP/1.1 %d %s\r\nConnection: close\r\nContent-Type: text/html; charset=utf-8\r\n"
+        b"Content-Length: %d\r\n\r\n" % (code, reason, len(body))
+    )
+    return head, body
