@@ -125,6 +125,8 @@ class Options(usage.Options):
 
     def __init__(self) -> None:
         super().__init__()
+        # The opt_* docstrings are wrapped source lines; --help wraps them itself.
+        self.docs = {name: " ".join(doc.split()) for name, doc in self.docs.items() if doc}
         self["php-fpm"] = []
         self["listen"] = []
         self["param"] = {}
