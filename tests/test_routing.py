@@ -21,7 +21,7 @@ def root(tmp_path: Path) -> Path:
         (site / name).parent.mkdir(parents=True, exist_ok=True)
         (site / name).write_text("x")
     (site / "style.css").write_text("body{}")
-    for name in ["config.php.bak", "config.php~", "lib.inc", "a.phtml"]:
+    for name in ["config.php.bak", "config.php~", "lib.inc", "a.phtml", "node.module", "x.install"]:
         (site / name).write_text("<?php secret")
     (site / "X.PHP").write_text("<?php secret")
     (site / ".env").write_text("SECRET=1")
@@ -103,7 +103,16 @@ def test_control_characters_in_the_path_are_a_bad_request(root: Path, character:
 
 
 @pytest.mark.parametrize(
-    "path", [b"/config.php.bak", b"/X.PHP", b"/config.php~", b"/lib.inc", b"/a.phtml"]
+    "path",
+    [
+        b"/config.php.bak",
+        b"/X.PHP",
+        b"/config.php~",
+        b"/lib.inc",
+        b"/a.phtml",
+        b"/node.module",
+        b"/x.install",
+    ],
 )
 def test_php_source_under_other_names_is_never_served(root: Path, path: bytes) -> None:
     assert router(root).route(path) == Refused(403, "Script source is not served.")

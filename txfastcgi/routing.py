@@ -60,8 +60,13 @@ _NOT_FOUND = Refused(404, "No such page.")
 
 # Files that hold PHP source under other names: other PHP extensions, scripts
 # to a filesystem that ignores case (``X.PHP``), editor and backup copies
-# (``wp-config.php.bak``, ``index.php~``). Never served as they are.
-_SOURCE_FILE = re.compile(r"\.(?:(?:php\d*|phtml|phar|phps)(?:[.~].*)?|inc)\Z", re.IGNORECASE)
+# (``wp-config.php.bak``, ``index.php~``), included code (``.inc``, and
+# Drupal's ``.module``, ``.install``, ``.theme``, ``.profile``, ``.engine``).
+# Never served as they are.
+_SOURCE_FILE = re.compile(
+    r"\.(?:(?:php\d*|phtml|phar|phps)(?:[.~].*)?|inc|module|install|theme|profile|engine)\Z",
+    re.IGNORECASE,
+)
 
 # A decoded path with a control character is an attack or a mistake, never a
 # file name a site means to serve (CVE-2019-11043 puts "\n" in PATH_INFO).
