@@ -185,23 +185,26 @@ def proxyWithPool(php_fpm_factory: Any, tmp_path: Path) -> Iterator[Any]:
 
 def test_clients_that_do_not_read_keep_the_proxys_memory_flat(proxyWithPool: Any) -> None:
     """
-    Four clients ask for 50 MB each and read nothing: backpressure stops
-    php-fpm instead of the proxy buffering 200 MB.
+    200 clients ask for 50 MB each and read nothing: backpressure stops
+    php-fpm instead of the proxy buffering 10 GB. docs/scaling.rst documents
+    the bound checked here (40 MiB; about 4 MiB is what it takes).
     """
     proxy = proxyWithPool
     before = residentKilobytes(proxy.process.pid)
     clients = []
-    for _ in range(4):
+    for _ in range(200):
         client = socket.create_connection(("127.0.0.1", proxy.port))
         client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
         client.sendall(b"GET /stream.php?bytes=52428800&chunk=65536 HTTP/1.1\r\nHost: x\r\n\r\n")
         clients.append(client)
-    time.sleep(3)
-    grown = residentKilobytes(proxy.process.pid) - before
+    peak = 0
+    for _ in range(10):
+        time.sleep(0.3)
+        peak = max(peak, residentKilobytes(proxy.process.pid))
     for client in clients:
         client.close()
-    assert grown < 40 * 1024, f"the proxy grew by {grown} KiB"
-    # The proxy still answers, and did not read the 200 MB.
+    assert peak - before < 40 * 1024, f"the proxy grew by {peak - before} KiB"
+    # The proxy still answers, and did not read the 10 GB.
     reader = socket.create_connection(("127.0.0.1", proxy.port))
     reader.sendall(b"GET /style.css HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert reader.recv(12) == b"HTTP/1.1 200"
