@@ -94,13 +94,18 @@ class PoolInFrontOfPHPFPMTests(TestCase):
         kept connections. A pool that kept those connections would leave the
         backlogged requests waiting for the (here 60 s) idle timeout.
         """
-        base = self.servePool(children=2, maxConnections=8, idleTimeout=60)
+        phpFPM = self.startPHPFPM(children=2)
+        endpoint = _CountingEndpoint(UNIXClientEndpoint(reactor, phpFPM.socketPath))
+        base = self.serve(endpoint, phpFPM.documentRoot, maxConnections=8, idleTimeout=60)
         started = time.monotonic()
         results = yield gatherResults([self.get(f"{base}/slow.php?ms=50") for _ in range(50)])
         elapsed = time.monotonic() - started
         self.assertEqual([response.code for response, _ in results], [200] * 50)
         self.assertEqual({body for _, body in results}, {b"slept\n"})
         self.assertLess(elapsed, 10, "requests waited for an idle timeout")
+        # Having seen that php-fpm serves 2 connections at once, the pool
+        # keeps that many alive instead of opening one for every request.
+        self.assertLess(endpoint.connects, 20)
 
     @inlineCallbacks
     def test_a_get_on_a_connection_php_fpm_closed_is_retried(self) -> Any:
@@ -157,6 +162,19 @@ class PoolInFrontOfPHPFPMTests(TestCase):
         base = self.serve(UNIXClientEndpoint(reactor, path), self.scriptRoot())
         response, _ = yield self.get(f"{base}/index.php")
         self.assertEqual(response.code, 502)
+
+
+@implementer(IStreamClientEndpoint)
+class _CountingEndpoint:
+    """An endpoint that counts the connections made through it."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
+        self._endpoint = endpoint
+        self.connects = 0
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        self.connects += 1
+        return self._endpoint.connect(factory)
 
 
 @implementer(IStreamClientEndpoint)

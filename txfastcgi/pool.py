@@ -8,7 +8,8 @@ behind its own idle connections. This one caps open connections, queues the
 requests beyond the cap in arrival order, and hands a freed connection to the
 oldest waiting request before anything opens another, unless a request may
 be waiting in php-fpm's listen backlog: then it closes the freed connection,
-so that its worker accepts the backlogged one.
+so that its worker accepts the backlogged one, and learns to keep no more
+connections than php-fpm has shown it serves.
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ from txfastcgi.client import FastCGIClientProtocol
 
 __all__ = ["BackendUnavailable", "ConnectionPool", "PoolStatistics", "QueueTimeout"]
 
+
+PROBE_INTERVAL = 1.0
+"""
+Seconds between tries of one more connection, once the pool has learnt that
+the backend served fewer than C{maxConnections} at once.
+"""
 
 BACKLOG_GRACE = 0.1
 """
@@ -86,6 +93,9 @@ class ConnectionPool:
         self._endpoint = endpoint
         self.name = repr(endpoint) if name is None else name
         self.maxConnections = maxConnections
+        # As many connections as the backend has shown it can serve at once.
+        self._limit = maxConnections
+        self._lastShrink = -math.inf
         self._connectTimeout = connectTimeout
         self._readTimeout = readTimeout
         self._idleTimeout = idleTimeout
@@ -128,7 +138,7 @@ class ConnectionPool:
             # It broke while idle (the backend sent stray bytes) and its
             # close has not completed yet.
             protocol.abort()
-        if self._hasRoom():
+        if self._mayConnect():
             return self._connect()
         waiter: Deferred[FastCGIClientProtocol] = Deferred(self._forget)
         if fresh:
@@ -180,7 +190,9 @@ class ConnectionPool:
         if not protocol.reusable:
             protocol.abort()
         elif self._waiting:
-            if self._waiting[0] in self._wantNew or self._backlogged(protocol.requestNumber):
+            if self._backlogged(protocol.requestNumber):
+                self._closeForBacklog(protocol)
+            elif self._waiting[0] in self._wantNew:
                 # The waiting request gets a new connection once this closes.
                 protocol.abort()
             else:
@@ -199,12 +211,25 @@ class ConnectionPool:
 
     def _closeIdleIfBacklogged(self, protocol: FastCGIClientProtocol, closeAt: float) -> None:
         if self._backlogged():
-            self._closeIdle(protocol)
+            self._removeIdle(protocol)
+            self._closeForBacklog(protocol)
         else:
             # No new connection opens while one idles: no backlog can form.
             self._idleTimers[protocol] = self._reactor.callLater(
                 max(0.0, closeAt - self._reactor.seconds()), self._closeIdle, protocol
             )
+
+    def _closeForBacklog(self, protocol: FastCGIClientProtocol) -> None:
+        """
+        Close a connection so that its worker accepts a backlogged one, and
+        learn from it: the backend has a worker for each connection it has
+        accepted and none more, so no more connections than that are kept
+        open until a probe finds that it has more (L{PROBE_INTERVAL}).
+        """
+        accepted = sum(not other.maybeInBacklog for other in self._connections)
+        self._limit = max(1, min(self._limit, accepted))
+        self._lastShrink = self._reactor.seconds()
+        protocol.abort()
 
     def _backlogged(self, sentBefore: float = math.inf) -> bool:
         """
@@ -221,8 +246,20 @@ class ConnectionPool:
         for protocol in list(self._idle):
             self._closeIdle(protocol)
 
-    def _hasRoom(self) -> bool:
-        return len(self._connections) + self._connecting < self.maxConnections
+    def _mayConnect(self) -> bool:
+        """
+        Whether another connection may be opened: under the limit learnt from
+        the backend, or, once per L{PROBE_INTERVAL} while below
+        C{maxConnections}, one more to see whether the backend has grown.
+        """
+        if len(self._connections) + self._connecting < self._limit:
+            return True
+        now = self._reactor.seconds()
+        if self._limit < self.maxConnections and now - self._lastShrink >= PROBE_INTERVAL:
+            self._limit += 1
+            self._lastShrink = now
+            return True
+        return False
 
     def _takeIdle(self) -> FastCGIClientProtocol:
         protocol = self._idle[-1]
@@ -284,7 +321,7 @@ class ConnectionPool:
 
     def _serveWaiting(self) -> None:
         """Open connections for waiting requests while there is room."""
-        while self._waiting and self._hasRoom():
+        while self._waiting and self._mayConnect():
             waiter = self._waiting.popleft()
             self._wantNew.discard(waiter)
             self._connect().addCallbacks(
