@@ -21,9 +21,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from txfastcgi.client import FastCGIClientProtocol
 from txfastcgi.pool import BackendUnavailable, ConnectionPool, PoolStatistics, QueueTimeout
@@ -106,44 +107,51 @@ class Balancer:
         to, or with L{QueueTimeout} when the chosen backend stayed busy too
         long (trying another then would double the wait).
         """
-        return Deferred.fromCoroutine(self._acquire(fresh))
+        return self._acquireFrom(fresh, [])
 
-    async def _acquire(self, fresh: bool) -> FastCGIClientProtocol:
-        tried: list[tuple[_Backend, BackendUnavailable]] = []
-        while True:
-            backend = self._choose({backend for backend, _ in tried})
-            if backend is None:
-                raise BackendUnavailable(
+    def _acquireFrom(
+        self, fresh: bool, tried: list[tuple[_Backend, BackendUnavailable]]
+    ) -> Deferred[FastCGIClientProtocol]:
+        """
+        Try the best backend not tried yet, and the next one if it cannot be
+        connected to. Callbacks rather than a coroutine: this runs for every
+        request, and cancelling the result still cancels the pool's wait.
+        """
+        backend = self._choose({backend for backend, _ in tried})
+        if backend is None:
+            return fail(
+                BackendUnavailable(
                     "; ".join(f"{failed.endpoint}: {error}" for failed, error in tried)
                     or "every FastCGI backend is down"
                 )
-            probe = backend.down
-            backend.probing = probe
-            backend.outstanding += 1
-            try:
-                protocol = await backend.pool.acquire(fresh)
-            except BackendUnavailable as error:
-                backend.outstanding -= 1
-                backend.errors += 1
-                self._markDown(backend, error)
-                tried.append((backend, error))
-                continue
-            except QueueTimeout:
-                backend.outstanding -= 1
-                backend.errors += 1
-                raise
-            except BaseException:
-                # Cancelled, because the client went away.
-                backend.outstanding -= 1
-                raise
-            finally:
-                if probe:
-                    backend.probing = False
+            )
+        probe = backend.down
+        backend.probing = probe
+        backend.outstanding += 1
+
+        def acquired(protocol: FastCGIClientProtocol) -> FastCGIClientProtocol:
             if probe:
+                backend.probing = False
                 self._markUp(backend)
             backend.requests += 1
             self._owners[protocol] = backend
             return protocol
+
+        def failed(reason: Failure) -> Failure | Deferred[FastCGIClientProtocol]:
+            backend.outstanding -= 1
+            backend.probing = False
+            error = reason.value
+            if isinstance(error, BackendUnavailable):
+                backend.errors += 1
+                self._markDown(backend, error)
+                tried.append((backend, error))
+                return self._acquireFrom(fresh, tried)
+            if isinstance(error, QueueTimeout):
+                backend.errors += 1
+            # Otherwise cancelled, because the client went away.
+            return reason
+
+        return backend.pool.acquire(fresh).addCallbacks(acquired, failed)
 
     def release(self, protocol: FastCGIClientProtocol) -> None:
         """Give a connection back to the pool it came from."""
@@ -176,6 +184,10 @@ class Balancer:
         whose down time ends first. None that this request has tried, nor
         any that another request is probing.
         """
+        if len(self._backends) == 1:
+            # One backend: the common case, on every request.
+            (only,) = self._backends
+            return None if only in tried or only.probing else only
         now = self._reactor.seconds()
         candidates = [
             backend for backend in self._backends if backend not in tried and not backend.probing

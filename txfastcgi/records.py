@@ -124,10 +124,15 @@ def _encodeStream(recordType: int, requestId: int, data: bytes) -> bytes:
 
 def _encodeLength(length: int) -> bytes:
     if length < 0x80:
-        return bytes((length,))
+        return _SHORT_LENGTHS[length]
     if length > _MAX_NAME_VALUE_LENGTH:
         raise ValueError(f"name-value pair length {length} does not fit in 31 bits")
     return _LONG_LENGTH.pack(length | _LONG_LENGTH_FLAG)
+
+
+# Every one-byte length, made once: most names and values are short, and
+# encoding the params is done for every request.
+_SHORT_LENGTHS = [bytes((length,)) for length in range(0x80)]
 
 
 def encodeNameValuePairs(pairs: Iterable[tuple[bytes, bytes]]) -> bytes:
@@ -136,8 +141,12 @@ def encodeNameValuePairs(pairs: Iterable[tuple[bytes, bytes]]) -> bytes:
     one byte below 128, else four bytes with the high bit set.
     """
     parts: list[bytes] = []
+    append = parts.append
     for name, value in pairs:
-        parts += (_encodeLength(len(name)), _encodeLength(len(value)), name, value)
+        append(_encodeLength(len(name)))
+        append(_encodeLength(len(value)))
+        append(name)
+        append(value)
     return b"".join(parts)
 
 
@@ -185,6 +194,12 @@ def encodeParams(requestId: int, pairs: Iterable[tuple[bytes, bytes]]) -> bytes:
     large for any record is cut, as the specification allows, since it
     could not be sent otherwise.
     """
+    pairs = list(pairs)
+    encoded = encodeNameValuePairs(pairs)
+    terminator = _encodeRecord(RecordType.PARAMS, requestId, b"")
+    if len(encoded) <= _STREAM_CHUNK_LENGTH:
+        # The usual request: all of its params in one record.
+        return _encodeStream(RecordType.PARAMS, requestId, encoded) + terminator
     records: list[bytes] = []
     pending: list[bytes] = []
     pendingLength = 0
@@ -200,7 +215,7 @@ def encodeParams(requestId: int, pairs: Iterable[tuple[bytes, bytes]]) -> bytes:
             pendingLength += len(pair)
     if pending:
         records.append(_encodeRecord(RecordType.PARAMS, requestId, b"".join(pending)))
-    records.append(_encodeRecord(RecordType.PARAMS, requestId, b""))
+    records.append(terminator)
     return b"".join(records)
 
 
@@ -410,8 +425,9 @@ class RecordDecoder:
     """
     Incremental decoder: bytes split anywhere in, L{Record} events out.
 
-    Input is appended to one buffer that is trimmed once per call, so each
-    byte is copied a bounded number of times however large the stream is.
+    Records are read straight from the bytes received; only an incomplete
+    record at the end is kept in a buffer for the next call, so each byte is
+    copied a bounded number of times however large the stream is.
     """
 
     def __init__(self) -> None:
@@ -433,12 +449,14 @@ class RecordDecoder:
         """
         if self._error is not None:
             raise self._error.with_traceback(None)
-        buffer = self._buffer
-        buffer += data
+        source: bytes | bytearray = data
+        if self._buffer:
+            self._buffer += data
+            source = self._buffer
         records: list[Record] = []
         offset = 0
         try:
-            with memoryview(buffer) as view:
+            with memoryview(source) as view:
                 while len(view) - offset >= FCGI_HEADER_LEN:
                     version, recordType, requestId, contentLength, paddingLength = (
                         _HEADER.unpack_from(view, offset)
@@ -455,7 +473,10 @@ class RecordDecoder:
             self._error = error
             self._buffer = bytearray()
             raise
-        del buffer[:offset]
+        if source is self._buffer:
+            del self._buffer[:offset]
+        elif offset < len(data):
+            self._buffer += memoryview(data)[offset:]
         return records
 
 

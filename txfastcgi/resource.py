@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Protocol as TypingProtocol
 from typing import cast, runtime_checkable
+from weakref import WeakKeyDictionary
 
 import twisted
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -158,7 +159,7 @@ class FastCGIResource(Resource):
                 remoteAddr, remotePort = client.address, None
             if client.https is not None:
                 https = self._https or client.https
-        serverAddr, serverPort = _hostAndPort(request.getHost())
+        serverAddr, serverPort = _localAddress(request)
         hasBody = bodyLength > 0 or request.requestHeaders.hasHeader(b"content-length")
         return CGIRequest(
             method=request.method,
@@ -430,6 +431,19 @@ def _renderError(request: Request, code: int, detail: str) -> int:
     """Answer with a small HTML error page; it finishes the request itself."""
     pages.errorPage(code, http.RESPONSES[code].decode(), detail).render(request)
     return NOT_DONE_YET
+
+
+# The local address of each HTTP connection (or HTTP/2 stream), asked of the
+# kernel once rather than for every request on it.
+_localAddresses: WeakKeyDictionary[object, tuple[str, int | None]] = WeakKeyDictionary()
+
+
+def _localAddress(request: Request) -> tuple[str, int | None]:
+    channel = request.channel
+    address = _localAddresses.get(channel)
+    if address is None:
+        address = _localAddresses[channel] = _hostAndPort(request.getHost())
+    return address
 
 
 def _hostAndPort(address: IAddress) -> tuple[str, int | None]:

@@ -102,18 +102,22 @@ class Router:
 
     def _walk(self, parts: list[str], trailingSlash: bool, fallback: bool) -> Route:
         directory = self.documentRoot
+        # Whether a symbolic link was followed: only then can a path that
+        # has no ".." segment lead out of the root, and cost a realpath().
+        linked = False
         for position, name in enumerate(parts):
-            candidate = os.path.join(directory, name)
+            candidate = directory + os.sep + name
             try:
-                mode = os.stat(candidate).st_mode
+                mode, isLink = _lookup(candidate)
             except OSError:
                 break
+            linked = linked or isLink
             if name.startswith(".") and name != ".well-known":
                 return Refused(403, "Hidden files are not served.")
             if stat.S_ISDIR(mode):
                 directory = candidate
                 continue
-            if not stat.S_ISREG(mode) or not self._inside(candidate):
+            if not stat.S_ISREG(mode) or (linked and not self._inside(candidate)):
                 break
             rest = parts[position + 1 :]
             if name.endswith(SCRIPT_SUFFIX):
@@ -127,15 +131,21 @@ class Router:
                 break
             return StaticFile(candidate)
         else:
-            if self._inside(directory):
-                return self._directory(directory, parts, trailingSlash)
+            if not linked or self._inside(directory):
+                return self._directory(directory, parts, trailingSlash, linked)
         return self._fallback() if fallback else _NOT_FOUND
 
-    def _directory(self, directory: str, parts: list[str], trailingSlash: bool) -> Route:
+    def _directory(
+        self, directory: str, parts: list[str], trailingSlash: bool, linked: bool
+    ) -> Route:
         if parts and not trailingSlash:
             return Redirect()
-        index = os.path.join(directory, self._index)
-        if os.path.isfile(index) and self._inside(index):
+        index = directory + os.sep + self._index
+        try:
+            mode, isLink = _lookup(index)
+        except OSError:
+            mode, isLink = 0, False
+        if stat.S_ISREG(mode) and (not (linked or isLink) or self._inside(index)):
             return Script(index, "/" + "/".join([*parts, self._index]), "")
         return Refused(403, "This directory has no index.")
 
@@ -151,6 +161,14 @@ class Router:
         """Whether C{path}, symbolic links resolved, is inside the document root."""
         real = os.path.realpath(path)
         return real == self.documentRoot or real.startswith(self.documentRoot + os.sep)
+
+
+def _lookup(path: str) -> tuple[int, bool]:
+    """The mode of what C{path} names, links followed, and whether it is a link."""
+    mode = os.lstat(path).st_mode
+    if stat.S_ISLNK(mode):
+        return os.stat(path).st_mode, True
+    return mode, False
 
 
 def _normalize(path: str) -> list[str] | None:

@@ -38,6 +38,7 @@ from twisted.internet.testing import MemoryReactor
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
+from twisted.web import http
 from twisted.web.resource import IResource
 from twisted.web.server import Site
 
@@ -98,7 +99,12 @@ class Options(usage.Options):
         ["path", None, os.curdir, "Document root: static files and scripts."],
         ["index", None, "index.php", "Directory index script."],
         ["front-controller", None, "/index.php", "Where paths that name no file go."],
-        ["access-log", None, "-", "Access log file in combined format; - for stdout."],
+        [
+            "access-log",
+            None,
+            "-",
+            "Access log file in combined format; - for stdout, /dev/null for none.",
+        ],
         ["status-path", None, None, "URL path of a JSON status page of the backends (off)."],
         ["spawn-children", None, 4, "Workers of the php-fpm started by --php-fpm spawn.", _count],
         ["max-connections", None, 8, "Most FastCGI connections open to one backend.", _count],
@@ -313,21 +319,27 @@ class _Site(FastCGISite):
     """
     A Site whose access log C{-} is standard output, shared with the
     process's own log rather than opened again: a second open file would
-    write at its own offset, over the lines written through the first.
+    write at its own offset, over the lines written through the first. An
+    access log to C{/dev/null} is no access log: no line is even formatted.
     """
 
     def __init__(self, resource: IResource, accessLog: str, maxBodySize: int) -> None:
         self._toStandardOutput = accessLog == "-"
+        self._logging = accessLog != os.devnull
         super().__init__(
             resource,
             maxBodySize=maxBodySize,
-            logPath=None if self._toStandardOutput else accessLog,
+            logPath=accessLog if self._logging and not self._toStandardOutput else None,
         )
 
     def startFactory(self) -> None:
         super().startFactory()
         if self._toStandardOutput:
             self.logFile = _StandardOutput()
+
+    def log(self, request: http.Request) -> None:
+        if self._logging:
+            super().log(request)
 
 
 class _StandardOutput:
