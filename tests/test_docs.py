@@ -8,7 +8,6 @@ code has.
 
 from __future__ import annotations
 
-import datetime
 import functools
 import json
 import os
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
 
+from tests.certificates import selfSignedCertificate
 from txfastcgi.cgi import CGIRequest
 from txfastcgi.tap import Options
 
@@ -179,32 +179,10 @@ def parseLikeTheCommandLine(
 
 def writeCertificates(directory: Path) -> None:
     """A key and a self-signed certificate, named as Let's Encrypt names them."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "example.com")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .sign(key, hashes.SHA256())
-    )
-    keyPEM = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
+    keyPEM, certificatePEM = selfSignedCertificate("example.com")
     (directory / "privkey.pem").write_bytes(keyPEM)
     for fileName in ("cert.pem", "chain.pem"):
-        (directory / fileName).write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+        (directory / fileName).write_bytes(certificatePEM)
 
 
 @functools.cache

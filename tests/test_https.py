@@ -6,7 +6,6 @@ forwarding headers from a TLS terminator in front of a plain listener.
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import json
 import os
@@ -17,39 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from tests.certificates import selfSignedCertificate
 from tests.processes import REPOSITORY, Proxy, freePort, startServer, stopProxy
 
 
 def makeCertificate(directory: Path) -> tuple[Path, Path]:
     """A self-signed certificate for localhost, and its key."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
+    keyPEM, certificatePEM = selfSignedCertificate("localhost")
     keyPath, certificatePath = directory / "key.pem", directory / "cert.pem"
-    keyPath.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    certificatePath.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    keyPath.write_bytes(keyPEM)
+    certificatePath.write_bytes(certificatePEM)
     return keyPath, certificatePath
 
 
