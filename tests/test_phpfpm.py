@@ -30,6 +30,7 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
+from tests.processes import childrenRunning
 from txfastcgi.phpfpm import (
     PHPFPMNotFound,
     PHPFPMService,
@@ -300,6 +301,14 @@ def test_workerUserRootOnlySite(tmp_path: Path) -> None:
 # PHPFPMService
 
 
+def _alive(pid: int) -> bool:
+    """Whether process C{pid} exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def _pidOf(service: PHPFPMService) -> int | None:
     """
     The pid of the service's php-fpm master, from its pid file.
@@ -371,6 +380,27 @@ class PHPFPMServiceTests(TestCase):
         while _pidOf(service) in (None, firstPID):
             self.assertLess(time.monotonic(), deadline, "php-fpm was not restarted")
             await deferLater(reactor, 0.05)
+        await service.whenListening()
+        self.assertTrue(acceptsConnections(service.configuration.socketPath))
+
+    async def test_workersOfAKilledMasterAreKilledToo(self) -> None:
+        """
+        php-fpm's master killed outright leaves its workers running; once the
+        service has started a new master, it kills them.
+        """
+        service = self.startedService()
+        self.addCleanup(service.stopService)
+        await service.whenListening()
+        firstPID = _pidOf(service)
+        assert firstPID is not None
+        workers = childrenRunning(firstPID, "php-fpm")
+        self.assertTrue(workers, "php-fpm started no workers")
+
+        os.kill(firstPID, signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while _pidOf(service) in (None, firstPID) or any(_alive(pid) for pid in workers):
+            self.assertLess(time.monotonic(), deadline, "old workers are still running")
+            await deferLater(reactor, 0.1)
         await service.whenListening()
         self.assertTrue(acceptsConnections(service.configuration.socketPath))
 

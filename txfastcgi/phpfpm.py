@@ -20,8 +20,9 @@ Facts about php-fpm (8.2) that shaped this module:
   - The master calls C{setsid()} even when not daemonizing, so it never sees
     the terminal's Ctrl-C: stopping it is the supervisor's job alone.
   - Its workers do not exit when the master does.  php-fpm takes them down on
-    SIGTERM or SIGQUIT, but a master killed with SIGKILL leaves them serving
-    the unlinked old socket; the restarted master binds a fresh one.
+    SIGTERM or SIGQUIT, but a master killed with SIGKILL leaves them running,
+    holding its output pipes open so that the monitor never sees it end:
+    L{PHPFPMService} kills that process group once the master is gone.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import socket
 import tempfile
 from collections.abc import Callable
@@ -65,6 +67,9 @@ _VERSIONED = re.compile(r"php-fpm(\d+)\.(\d+)")
 _PROCESS_NAME = "php-fpm"
 
 _POLL_INTERVAL = 0.05
+
+# Seconds between looks for workers a dead php-fpm master left behind.
+_REAP_INTERVAL = 1.0
 
 
 class PHPFPMNotFound(Exception):
@@ -275,6 +280,15 @@ def _othersCanRead(directory: str) -> bool:
     return True
 
 
+def _running(pid: int) -> bool:
+    """Whether process C{pid} exists and has not exited (a zombie has)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def acceptsConnections(socketPath: str) -> bool:
     """
     Whether something accepts connections on the unix socket C{socketPath}.
@@ -340,6 +354,7 @@ class PHPFPMService(Service):
             runAsUser=workerUser(self.documentRoot),
         )
         self._monitor: ProcessMonitor | None = None
+        self._reaper: LoopingCall | None = None
 
     @property
     def endpointDescription(self) -> str:
@@ -392,6 +407,9 @@ class PHPFPMService(Service):
             env=dict(os.environ),
         )
         self._monitor.startService()
+        self._reaper = LoopingCall(self._reapOrphanedWorkers)
+        self._reaper.clock = self._clock()
+        self._reaper.start(_REAP_INTERVAL, now=False)
 
     def stopService(self) -> Deferred[None]:
         """
@@ -402,6 +420,8 @@ class PHPFPMService(Service):
             application waits for it before exiting.
         """
         super().stopService()
+        if self._reaper is not None and self._reaper.running:
+            self._reaper.stop()
         monitor = self._monitor
         if monitor is None:
             # Never started: a MultiService stops every child, including
@@ -416,10 +436,36 @@ class PHPFPMService(Service):
             )
 
         def removeDirectory(result: Failure | None) -> Failure | None:
+            self._reapOrphanedWorkers()
             shutil.rmtree(self.directory, ignore_errors=True)
             return result
 
         return stopped.addBoth(removeDirectory)
+
+    def _reapOrphanedWorkers(self) -> None:
+        """
+        Kill the workers of a php-fpm master that is gone.
+
+        php-fpm's master takes its workers down when it is told to stop, but
+        one that crashes or is killed (the OOM killer, say) leaves them
+        running, and holding its output pipes open, so that the monitor
+        never even learns that it ended and never restarts it. The master
+        leads its own process group (it calls C{setsid()}), so its workers
+        are that group: when the pid file names a master that no longer
+        runs, the group is killed.
+        """
+        try:
+            with open(os.path.join(self.directory, "php-fpm.pid")) as pidFile:
+                master = int(pidFile.read())
+        except (OSError, ValueError):
+            return
+        if _running(master):
+            return
+        try:
+            os.killpg(master, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            return
+        self._log.warn("killed the workers left by php-fpm master {pid}", pid=master)
 
     def whenListening(self, timeout: float = 10.0) -> Deferred[None]:
         """
