@@ -55,6 +55,7 @@ from twisted.python.failure import Failure
 from twisted.test.iosim import FakeAddress, FakeTransport
 from zope.interface import implementer
 
+from txfastcgi.client import FastCGIClientProtocol
 from txfastcgi.records import (
     FCGI_KEEP_CONN,
     MAX_CONTENT_LENGTH,
@@ -645,3 +646,31 @@ class FakeBackendEndpoint:
         backend = FakeBackend(self.respond, answerAfterBodyBytes=self.answerAfterBodyBytes)
         self.links.append(Link(protocol, backend, self.clock))
         attempt.deferred.callback(protocol)
+
+
+class Acquisition:
+    """
+    One C{acquire()} of a pool or balancer, and what it has given so far:
+    a connection, a failure, or nothing yet.
+    """
+
+    def __init__(self, deferred: Deferred[FastCGIClientProtocol]) -> None:
+        self.deferred = deferred
+        self._results: list[FastCGIClientProtocol | Failure] = []
+        deferred.addBoth(self._results.append)
+
+    @property
+    def waiting(self) -> bool:
+        return not self._results
+
+    @property
+    def protocol(self) -> FastCGIClientProtocol:
+        [result] = self._results
+        assert isinstance(result, FastCGIClientProtocol), result
+        return result
+
+    @property
+    def failure(self) -> Failure:
+        [result] = self._results
+        assert isinstance(result, Failure), result
+        return result

@@ -30,12 +30,11 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
-from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
 from twisted.web.server import Site
 
-from tests.fakebackend import FakeBackendEndpoint
+from tests.fakebackend import Acquisition, FakeBackendEndpoint
 from txfastcgi import FastCGIResource
 from txfastcgi.balancer import BackendStatistics, Balancer
 from txfastcgi.client import FastCGIClientProtocol
@@ -50,36 +49,18 @@ DOWN_TIME = 10.0
 # In memory
 
 
-class Acquired:
+class Acquired(Acquisition):
     """One C{balancer.acquire()} and what it has given so far."""
 
     def __init__(self, backends: FakeBackends, fresh: bool = False) -> None:
         self._backends = backends
-        self.deferred = backends.balancer.acquire(fresh)
-        self._results: list[FastCGIClientProtocol | Failure] = []
-        self.deferred.addBoth(self._results.append)
+        super().__init__(backends.balancer.acquire(fresh))
         backends.clock.advance(0)
-
-    @property
-    def waiting(self) -> bool:
-        return not self._results
-
-    @property
-    def protocol(self) -> FastCGIClientProtocol:
-        [result] = self._results
-        assert isinstance(result, FastCGIClientProtocol), result
-        return result
 
     @property
     def backend(self) -> str:
         """The name of the backend the connection goes to."""
         return self._backends.nameOf(self.protocol)
-
-    @property
-    def failure(self) -> Failure:
-        [result] = self._results
-        assert isinstance(result, Failure), result
-        return result
 
     def release(self) -> None:
         self._backends.balancer.release(self.protocol)

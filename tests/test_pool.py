@@ -9,11 +9,17 @@ from collections.abc import Callable
 from io import BytesIO
 
 import pytest
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError
 from twisted.internet.testing import MemoryReactorClock
-from twisted.python.failure import Failure
 
-from tests.fakebackend import FakeBackend, FakeBackendEndpoint, Reply, ResponseRecorder, stall
+from tests.fakebackend import (
+    Acquisition,
+    FakeBackend,
+    FakeBackendEndpoint,
+    Reply,
+    ResponseRecorder,
+    stall,
+)
 from txfastcgi.client import FastCGIClientProtocol
 from txfastcgi.pool import BackendUnavailable, ConnectionPool, PoolStatistics, QueueTimeout
 from txfastcgi.records import Stdout
@@ -45,29 +51,11 @@ def statistics(
     return PoolStatistics(open=open, idle=idle, busy=busy, connecting=connecting, waiting=waiting)
 
 
-class Acquired:
+class Acquired(Acquisition):
     """One C{pool.acquire()} and what it has given so far."""
 
     def __init__(self, pool: ConnectionPool) -> None:
-        self.deferred: Deferred[FastCGIClientProtocol] = pool.acquire()
-        self._results: list[FastCGIClientProtocol | Failure] = []
-        self.deferred.addBoth(self._results.append)
-
-    @property
-    def waiting(self) -> bool:
-        return not self._results
-
-    @property
-    def protocol(self) -> FastCGIClientProtocol:
-        [result] = self._results
-        assert isinstance(result, FastCGIClientProtocol), result
-        return result
-
-    @property
-    def failure(self) -> Failure:
-        [result] = self._results
-        assert isinstance(result, Failure), result
-        return result
+        super().__init__(pool.acquire())
 
 
 def backendOf(endpoint: FakeBackendEndpoint, protocol: FastCGIClientProtocol) -> FakeBackend:
