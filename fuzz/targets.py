@@ -54,6 +54,8 @@ __all__ = [
 ]
 
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+# Written out again on purpose, from RFC 9110 section 7.6.1 and the usual
+# extras: an oracle of its own catches a name dropped from txfastcgi.cgi's list.
 _HOP_BY_HOP = {
     b"connection",
     b"keep-alive",

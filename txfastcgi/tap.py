@@ -245,8 +245,7 @@ def makeService(options: Options) -> IService:
         phpFPM.setServiceParent(service)
         backends[backends.index(SPAWN)] = phpFPM.endpointDescription
         ready = phpFPM.whenListening
-    site, resource = _site(options, reactor, backends)
-    _Drain(resource, reactor, options["shutdown-timeout"]).setServiceParent(service)
+    site = _site(service, options, reactor, backends)
     listeners = _Listeners(
         [endpoints.serverFromString(reactor, d).listen for d in options["listen"]], site, ready
     )
@@ -270,20 +269,23 @@ def makeWorkerService(options: Mapping[str, Any], inherited: Sequence[tuple[int,
 
     reactor = cast(IReactorTime, globalReactor)
     service = _StopInReverseOrder()
-    site, resource = _site(options, reactor, options["php-fpm"])
-    _Drain(resource, reactor, options["shutdown-timeout"]).setServiceParent(service)
+    site = _site(service, options, reactor, options["php-fpm"])
     adopters = [partial(_adopt, reactor, descriptor, family) for descriptor, family in inherited]
     _Listeners(adopters, site).setServiceParent(service)
     return service
 
 
 def _site(
-    options: Mapping[str, Any], reactor: IReactorTime, backends: Sequence[str]
-) -> tuple[Site, FastCGIResource]:
+    service: MultiService,
+    options: Mapping[str, Any],
+    reactor: IReactorTime,
+    backends: Sequence[str],
+) -> Site:
     """
     The web site every process serves: the resource over a balancer of the
     backends (with one backend too, which then notices a restart of php-fpm
-    at once), the status page if asked for, and the access log.
+    at once), the status page if asked for, and the access log; and, added
+    to C{service}, what lets its requests finish on shutdown.
     """
     pools = {
         backend: ConnectionPool(
@@ -312,7 +314,8 @@ def _site(
     root: IResource = resource
     if options["status-path"] is not None:
         root = WithStatusPage(resource, options["status-path"].encode(), StatusResource(balancer))
-    return _Site(root, options["access-log"], options["max-body-size"]), resource
+    _Drain(resource, balancer, reactor, options["shutdown-timeout"]).setServiceParent(service)
+    return _Site(root, options["access-log"], options["max-body-size"])
 
 
 class _Site(FastCGISite):
@@ -540,13 +543,17 @@ class _StopInReverseOrder(MultiService):
 class _Drain(Service):
     """
     On shutdown, wait until the requests in progress are answered, but no
-    longer than C{timeout} seconds.
+    longer than C{timeout} seconds, then close the idle FastCGI connections,
+    which free their php-fpm workers before php-fpm itself is stopped.
     """
 
     log = Logger()
 
-    def __init__(self, resource: FastCGIResource, clock: IReactorTime, timeout: float) -> None:
+    def __init__(
+        self, resource: FastCGIResource, balancer: Balancer, clock: IReactorTime, timeout: float
+    ) -> None:
         self._resource = resource
+        self._balancer = balancer
         self._clock = clock
         self._timeout = timeout
 
@@ -555,6 +562,7 @@ class _Drain(Service):
         idle = self._resource.whenIdle()
         idle.addTimeout(self._timeout, self._clock)
         idle.addErrback(self._timedOut)
+        idle.addCallback(lambda _: self._balancer.close())
         return idle
 
     def _timedOut(self, reason: Failure) -> None:
