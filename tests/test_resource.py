@@ -16,7 +16,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IListeningPort, ITCPTransport
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
@@ -226,6 +226,73 @@ class ServedSiteTests(TestCase):
         self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"application/json"])
 
     @inlineCallbacks
+    def test_head_of_a_script_that_sends_content_length_gets_its_headers(self) -> Any:
+        # php-fpm sends no body for HEAD whatever Content-Length says (RFC 9112 6.3).
+        response, content = yield self.fetch("/download.php", method=b"HEAD")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(content, b"")
+        self.assertEqual(response.headers.getRawHeaders(b"content-length"), [b"5"])
+        self.assertEqual(response.headers.getRawHeaders(b"etag"), [b'"v1"'])
+
+    @inlineCallbacks
+    def test_script_304_with_content_length_is_answered(self) -> Any:
+        response, content = yield self.fetch("/download.php", headers={b"If-None-Match": [b'"v1"']})
+        self.assertEqual(response.code, 304)
+        self.assertEqual(content, b"")
+        self.assertEqual(response.headers.getRawHeaders(b"etag"), [b'"v1"'])
+
+    @inlineCallbacks
+    def test_script_204_sends_no_body_whatever_the_script_writes(self) -> Any:
+        response, content = yield self.fetch("/download.php?status=204")
+        self.assertEqual(response.code, 204)
+        self.assertEqual(content, b"")
+
+    @inlineCallbacks
+    def test_head_and_304_keep_the_connection_usable_for_the_next_request(self) -> Any:
+        requests = (
+            b"HEAD /download.php HTTP/1.1\r\nHost: x\r\n\r\n"
+            b'GET /download.php HTTP/1.1\r\nHost: x\r\nIf-None-Match: "v1"\r\n\r\n'
+            b"GET /download.php HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        received = yield exchangeRaw(portNumber(self.port), requests)
+        statusLines = [line for line in received.split(b"\r\n") if line.startswith(b"HTTP/1.1")]
+        self.assertEqual(
+            statusLines, [b"HTTP/1.1 200 OK", b"HTTP/1.1 304 Not Modified", b"HTTP/1.1 200 OK"]
+        )
+        self.assertTrue(received.endswith(b"\r\n\r\nfile\n"), received)
+
+    @inlineCallbacks
+    def test_connect_is_refused_and_never_reaches_php(self) -> Any:
+        # The front controller would answer 200, which a client reads as a tunnel.
+        received = yield exchangeRaw(
+            portNumber(self.port),
+            b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n"
+            b"Connection: close\r\n\r\n",
+        )
+        self.assertTrue(received.startswith(b"HTTP/1.1 405 Method Not Allowed\r\n"), received)
+        self.assertIn(b"\r\nAllow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n", received)
+        self.assertNotIn(b"txfastcgi demo", received)
+
+    @inlineCallbacks
+    def test_trace_is_refused(self) -> Any:
+        response, _ = yield self.fetch("/info.php", method=b"TRACE")
+        self.assertEqual(response.code, 405)
+
+    @inlineCallbacks
+    def test_options_asterisk_is_answered_by_the_server_not_php(self) -> Any:
+        # twisted.web answers a request for * before any resource runs.
+        received = yield exchangeRaw(
+            portNumber(self.port), b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        self.assertTrue(received.startswith(b"HTTP/1.1 200 OK\r\n"), received)
+        self.assertTrue(received.endswith(b"\r\nContent-Length: 0\r\n\r\n"), received)
+
+    @inlineCallbacks
+    def test_options_of_a_script_is_the_scripts_to_answer(self) -> Any:
+        info = yield self.info("/info.php", method=b"OPTIONS")
+        self.assertEqual(info["REQUEST_METHOD"], "OPTIONS")
+
+    @inlineCallbacks
     def test_static_files_support_conditional_get_and_ranges(self) -> Any:
         response, content = yield self.fetch("/style.css")
         self.assertEqual(response.code, 200)
@@ -290,3 +357,31 @@ def portNumber(port: IListeningPort) -> int:
     address = port.getHost()
     assert isinstance(address, IPv4Address)
     return address.port
+
+
+class _CollectUntilClosed(Protocol):
+    """Send bytes as they are, and keep what comes back until the server closes."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._received: list[bytes] = []
+        self.closed: Deferred[bytes] = Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self._data)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._received.append(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.closed.callback(b"".join(self._received))
+
+
+@inlineCallbacks
+def exchangeRaw(port: int, data: bytes) -> Any:
+    """What a server on C{port} answers to C{data} sent over one connection."""
+    protocol = _CollectUntilClosed(data)
+    yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), protocol)
+    received: bytes = yield protocol.closed
+    return received

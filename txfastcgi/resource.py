@@ -29,6 +29,7 @@ from txfastcgi._version import __version__
 from txfastcgi.cgi import CGIRequest, MalformedResponse, ResponseHeadParser
 from txfastcgi.client import BackendClosed, BackendTimeout, FastCGIClientProtocol
 from txfastcgi.forwarded import TrustedProxies
+from txfastcgi.framing import BodyFraming, responseBodyFraming
 from txfastcgi.pool import BackendUnavailable, ConnectionPool, QueueTimeout
 from txfastcgi.records import ProtocolError, ProtocolStatus
 from txfastcgi.routing import Redirect, Router, Script, StaticFile
@@ -40,6 +41,12 @@ SERVER_SOFTWARE = f"txfastcgi/{__version__} Twisted/{twisted.__version__}".encod
 # Requests that may be sent twice without harm (RFC 9110 idempotent methods
 # that carry no body worth worrying about).
 _IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
+
+# CONNECT asks for a tunnel, which a PHP script's 200 would seem to grant,
+# and TRACE echoes the request, credentials included, back to any script
+# that can make the browser send one: neither is ever handed to PHP.
+_REFUSED_METHODS = frozenset({b"CONNECT", b"TRACE"})
+_ALLOWED_METHODS = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -110,6 +117,9 @@ class FastCGIResource(Resource):
         self._idleWaiters: list[Deferred[None]] = []
 
     def render(self, request: Request) -> bytes | int:
+        if request.method in _REFUSED_METHODS:
+            request.setHeader(b"allow", _ALLOWED_METHODS)
+            return _renderError(request, http.NOT_ALLOWED, "This server is not a proxy.")
         if not request.postpath:
             # The mount point itself, without its trailing slash.
             return _redirectToDirectory(request)
@@ -194,6 +204,8 @@ class _Exchange:
     """
 
     log = Logger()
+    # Set once the script's header block has arrived; the body comes after it.
+    _framing: BodyFraming
 
     def __init__(self, resource: FastCGIResource, request: Request, script: Script) -> None:
         self._resource = resource
@@ -203,6 +215,7 @@ class _Exchange:
         self._acquiring: Deferred[FastCGIClientProtocol] | None = None
         self._outcome: Deferred[int] = Deferred()
         self._headParser: ResponseHeadParser | None = ResponseHeadParser()
+        # Body bytes still due by the framing; None while only the end tells.
         self._bodyRemaining: int | None = None
         self._clientGone = False
 
@@ -289,7 +302,10 @@ class _Exchange:
             request = self._request
             request.setResponseCode(head.code, head.reason)
             _copyHeaders(head.headers, request)
-            self._bodyRemaining = head.contentLength
+            self._framing = responseBodyFraming(
+                request.method, head.code, head.contentLength, request.clientproto
+            )
+            self._bodyRemaining = self._framing.length
             assert self._protocol is not None
             request.registerProducer(self._protocol, True)
         self._writeBody(data)
@@ -314,14 +330,18 @@ class _Exchange:
     # Writing the response
 
     def _writeBody(self, data: bytes) -> None:
-        if self._bodyRemaining is not None:
-            if len(data) > self._bodyRemaining:
-                self.log.error(
-                    "PHP sent more body than its Content-Length for {uri}; surplus dropped",
-                    uri=self._request.uri.decode("ascii", "replace"),
-                )
-                data = data[: self._bodyRemaining]
-            self._bodyRemaining -= len(data)
+        remaining = self._bodyRemaining
+        if remaining is not None:
+            if len(data) > remaining:
+                if self._framing.hasBody:
+                    self.log.error(
+                        "PHP sent more body than its Content-Length for {uri}; surplus dropped",
+                        uri=self._request.uri.decode("ascii", "replace"),
+                    )
+                # A response without a body (HEAD, 204, 304) drops whatever
+                # the script printed: the client expects no bytes.
+                data = data[:remaining]
+            self._bodyRemaining = remaining - len(data)
         if data:
             self._request.write(data)
 
