@@ -519,6 +519,8 @@ class Context:
     python: str
     repo: Path
     cert: tuple[Path, Path] | None
+    # Another checkout measured beside this one in the same rounds (--baseline).
+    baseline: Path | None = None
     proxyArgs: Sequence[str] = ()
     # The pools on loopback TCP rather than a unix socket: Jetty's.
     ports: dict[str, int] = field(default_factory=dict)
@@ -567,8 +569,11 @@ def txfastcgiArguments(context: Context, pool: str, port: int) -> list[str]:
     ]
 
 
-def startTxfastcgi(context: Context, name: str, workers: int) -> Target:
-    """C{python -m twisted fastcgi-proxy} from the checkout, with C{--workers} if more than 1."""
+def startTxfastcgi(context: Context, name: str, workers: int, repo: Path | None = None) -> Target:
+    """
+    C{python -m twisted fastcgi-proxy} from the checkout (or from C{repo}),
+    with C{--workers} if more than 1.
+    """
     port = freePort()
     argv = [context.python, "-m", "twisted", "fastcgi-proxy"]
     argv += txfastcgiArguments(context, name, port)
@@ -581,9 +586,11 @@ def startTxfastcgi(context: Context, name: str, workers: int) -> Target:
     if workers > 1:
         argv += ["--workers", str(workers)]
     process = context.processes.start(
-        name, argv, context.log(name), env=txfastcgiEnvironment(context.repo)
+        name, argv, context.log(name), env=txfastcgiEnvironment(repo or context.repo)
     )
     label = f"twist fastcgi-proxy, {workers} process{'es' if workers > 1 else ''}"
+    if repo is not None:
+        label += f", from {repo}"
     return Target(name, label, process.pid, port, tlsPort)
 
 
@@ -1386,6 +1393,7 @@ def describeMachine(context: Context, tools: dict[str, str]) -> dict[str, str]:
 CHART_SERIES_STYLE = {
     "txfastcgi": "#d62728",
     "txfastcgi-w2": "#ff7f0e",
+    "txfastcgi-baseline": "#8c564b",
     "nginx": "#2ca02c",
     "caddy": "#1f77b4",
     "apache": "#9467bd",
@@ -1798,6 +1806,10 @@ def profileText(profile: dict[str, Any]) -> str:
 STARTERS: dict[str, tuple[str | None, Callable[[Context, str], Target]]] = {
     "txfastcgi": (None, lambda context, name: startTxfastcgi(context, name, 1)),
     "txfastcgi-w2": (None, lambda context, name: startTxfastcgi(context, name, 2)),
+    "txfastcgi-baseline": (
+        None,
+        lambda context, name: startTxfastcgi(context, name, 1, context.baseline),
+    ),
     "nginx": ("nginx", startNginx),
     "caddy": ("caddy", startCaddy),
     "apache": ("apache2", startApache),
@@ -1809,6 +1821,10 @@ STARTERS: dict[str, tuple[str | None, Callable[[Context, str], Target]]] = {
 def chooseTargets(args: argparse.Namespace, context: Context, notes: list[str]) -> list[str]:
     """The targets to run: those asked for whose tools exist, with a note for each left out."""
     names = args.targets.split(",") if args.targets else list(STARTERS)
+    if args.baseline is None:
+        names = [name for name in names if name != "txfastcgi-baseline"]
+    elif "txfastcgi-baseline" not in names:
+        names.insert(1, "txfastcgi-baseline")
     if args.quick and not args.targets:
         names.remove("bare")
     unknown = set(names) - set(STARTERS)
@@ -1900,6 +1916,13 @@ def parseArguments(argv: Sequence[str] | None) -> argparse.Namespace:
         help="the txfastcgi checkout to measure (default: this one)",
     )
     parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="another checkout (an earlier commit, say) measured as target txfastcgi-baseline"
+        " in the same rounds, for a before/after comparison",
+    )
+    parser.add_argument(
         "--python",
         default=sys.executable,
         help="the interpreter that runs txfastcgi (default: this one)",
@@ -1943,6 +1966,7 @@ def parseArguments(argv: Sequence[str] | None) -> argparse.Namespace:
     args.duration = args.duration or (3.0 if args.quick else 4.0)
     args.soak = args.soak if args.soak is not None else (0.0 if args.quick else 60.0)
     args.repo = args.repo.resolve()
+    args.baseline = args.baseline and args.baseline.resolve()
     return args
 
 
@@ -2006,6 +2030,7 @@ def _main(
     notes: list[str] = []
     context = Context(work, docroot, tools, processes, {}, args.python, args.repo, None)
     context.proxyArgs = args.proxy_arg
+    context.baseline = args.baseline
     context.jettyWarmUp = args.jetty_warm_up
     if args.profile:
         targets = ["txfastcgi"]
