@@ -29,8 +29,6 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 from twisted.web._http2 import H2Connection
-from twisted.web.resource import Resource
-from twisted.web.server import Request
 
 from tests.fakebackend import ReceivedRequest
 from tests.recordingbackend import (
@@ -44,6 +42,7 @@ from tests.recordingbackend import (
     recordHeaders,
     request,
 )
+from tests.test_http_parsing import Recorder
 from txfastcgi import FastCGIResource
 from txfastcgi.records import (
     MAX_CONTENT_LENGTH,
@@ -541,6 +540,8 @@ AMBIGUOUS_REQUESTS = {
     "chunk size with 0x": _START + _CHUNKED + b"0x5\r\nhello\r\n0\r\n\r\n",
     "chunk size after a space": _START + _CHUNKED + b" 5\r\nhello\r\n0\r\n\r\n",
     "chunk longer than its size": _START + _CHUNKED + b"5\r\nhelloXX\r\n0\r\n\r\n",
+    # Answered from the size line, with none of the chunk sent.
+    "chunk size over 64 bits": _START + _CHUNKED + b"ffffffffffffffffffff\r\n",
 }
 """
 Requests whose end a front end and txfastcgi could place differently (each
@@ -641,21 +642,6 @@ class BodySizeTests(AttackTestCase):
         self.assertEqual(received.stdin, body)
 
 
-class _Recorder(Resource):
-    """A resource that keeps the bodies it was given."""
-
-    isLeaf = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.bodies: list[bytes] = []
-
-    def render_POST(self, request: Request) -> bytes:
-        assert request.content is not None
-        self.bodies.append(request.content.read())
-        return b"ran"
-
-
 def test_over_http2_a_body_over_the_limit_is_a_413_and_never_reaches_the_resource() -> None:
     """
     HTTP/2 (negotiated over TLS when twisted[http2] is installed) goes
@@ -664,7 +650,7 @@ def test_over_http2_a_body_over_the_limit_is_a_413_and_never_reaches_the_resourc
     reaches the resource.
     """
     clock = MemoryReactorClock()
-    resource = _Recorder()
+    resource = Recorder()
     site = FastCGISite(resource, maxBodySize=1000, reactor=clock)
     server = H2Connection(clock)
     server.requestFactory = site.requestFactory  # type: ignore[attr-defined]
@@ -695,5 +681,5 @@ def test_over_http2_a_body_over_the_limit_is_a_413_and_never_reaches_the_resourc
         if isinstance(event, h2.events.ResponseReceived):
             statuses[event.stream_id] = dict(event.headers)[b":status"]
     assert statuses == {1: b"413", 3: b"413", 5: b"200"}
-    assert resource.bodies == [b"fine"]
+    assert resource.seen == [(b"/", b"fine")]
     server.connectionLost(Failure(ConnectionDone()))

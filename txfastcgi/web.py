@@ -16,6 +16,18 @@ bodies into C{request.args} although a proxy only forwards them. This one:
     C{maxHeaderSize} bytes;
   - answers 400 to an HTTP/1.1 request with no Host header or with several,
     which an application could otherwise resolve differently from the proxy;
+  - takes bytes over 0x7F in the request target, as nginx, Apache and Caddy
+    do (twisted.web answers a bare 400), and passes them on untouched, but
+    answers 400 to a control character there;
+  - answers a chunk size that does not fit in 64 bits with 400, and one that
+    would take the body over C{maxBodySize} with 413, from its size line,
+    instead of waiting for bytes that will never come;
+  - answers 408 to a request head not whole within C{headerTimeout} seconds,
+    however slowly it trickles in, and to a body that stops for
+    C{bodyTimeout} seconds (nginx's C{client_header_timeout} and
+    C{client_body_timeout}); a connection that sends nothing at all is
+    closed after C{headerTimeout} seconds, while an idle kept connection keeps
+    the site's C{timeout};
   - leaves form bodies unparsed (C{parsePOSTFormSubmission=False}).
 
 After such an answer the connection is closed, gently: the answer is
@@ -32,10 +44,12 @@ Usage::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, ISSLTransport, ITCPTransport
 from twisted.internet.protocol import connectionDone
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
@@ -43,7 +57,13 @@ from twisted.web.http import _GenericHTTPChannelProtocol
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
-__all__ = ["DEFAULT_MAX_BODY_SIZE", "DEFAULT_MAX_HEADER_SIZE", "FastCGISite"]
+__all__ = [
+    "DEFAULT_BODY_TIMEOUT",
+    "DEFAULT_HEADER_TIMEOUT",
+    "DEFAULT_MAX_BODY_SIZE",
+    "DEFAULT_MAX_HEADER_SIZE",
+    "FastCGISite",
+]
 
 DEFAULT_MAX_BODY_SIZE = 100 * 1024 * 1024
 """Largest request body accepted by default: 100 MiB."""
@@ -54,11 +74,33 @@ Largest request head (request line and header lines, without their line
 ends) accepted by default: Twisted's own limit, twice nginx's per-line one.
 """
 
+DEFAULT_HEADER_TIMEOUT = 60.0
+"""Seconds a whole request head may take to arrive by default: nginx's."""
+
+DEFAULT_BODY_TIMEOUT = 60.0
+"""Seconds a request body may go without a byte by default: nginx's."""
+
 # Seconds to keep reading and dropping a refused request's remaining bytes.
 _LINGER_TIME = 5.0
 
+# Seconds between two looks at the head and body deadlines of all
+# connections: one timer per site, rather than one per request.
+_SWEEP_INTERVAL = 1.0
+
+# Never in a request target: the control characters.
+_CONTROL_CHARACTERS = bytes([*range(0x20), 0x7F])
+
+# An ASCII byte twisted.web's request line parser accepts for each byte over
+# 0x7F; see _LimitedChannel._requestLineReceived.
+_ASCII_STAND_INS = bytes.maketrans(bytes(range(0x80, 0x100)), b"x" * 0x80)
+
+# The largest chunk size that is not an attack: 64 bits, as nginx and
+# Apache read it.
+_MAX_CHUNK_SIZE = 2**64 - 1
+
 _REASONS = {
     400: b"Bad Request",
+    408: b"Request Timeout",
     413: b"Content Too Large",
     414: b"URI Too Long",
     431: b"Request Header Fields Too Large",
@@ -74,7 +116,11 @@ class FastCGISite(Site):
     @param maxBodySize: the largest request body, in bytes, declared or chunked.
     @param maxHeaderSize: the largest request line and request head, in bytes.
     @param logPath: the access log, in combined log format; L{None} for none.
-    @param timeout: seconds an idle client connection stays open.
+    @param timeout: seconds an idle client connection stays open between
+        requests.
+    @param headerTimeout: seconds a request head may take, from the
+        connection's start or, on a kept connection, from its first byte.
+    @param bodyTimeout: seconds a request body may go without a byte.
     @param reactor: for timers and log timestamps; the global one by default.
     """
 
@@ -86,6 +132,8 @@ class FastCGISite(Site):
         maxHeaderSize: int = DEFAULT_MAX_HEADER_SIZE,
         logPath: str | None = None,
         timeout: float = 60 * 60 * 12,
+        headerTimeout: float = DEFAULT_HEADER_TIMEOUT,
+        bodyTimeout: float = DEFAULT_BODY_TIMEOUT,
         reactor: IReactorTime | None = None,
     ) -> None:
         super().__init__(
@@ -98,33 +146,88 @@ class FastCGISite(Site):
         )
         self.maxBodySize = maxBodySize
         self.maxHeaderSize = maxHeaderSize
+        self.headerTimeout = headerTimeout
+        self.bodyTimeout = bodyTimeout
+        self._channels: set[_LimitedChannel] = set()
+        self._sweep = LoopingCall(self._checkDeadlines)
+        self._sweep.clock = self.reactor
 
     def protocol(self) -> _GenericHTTPChannelProtocol:
         # As Twisted's own factory does, so that HTTP/2 negotiated over TLS
         # still replaces the HTTP/1.1 channel.
         return _GenericHTTPChannelProtocol(_LimitedChannel())
 
+    def _track(self, channel: _LimitedChannel) -> None:
+        """Watch C{channel}'s deadlines, sweeping while there are any channels."""
+        self._channels.add(channel)
+        if not self._sweep.running:
+            self._sweep.start(_SWEEP_INTERVAL, now=False)
+
+    def _untrack(self, channel: _LimitedChannel) -> None:
+        self._channels.discard(channel)
+        if not self._channels and self._sweep.running:
+            self._sweep.stop()
+
+    def _checkDeadlines(self) -> None:
+        now = self.reactor.seconds()
+        for channel in list(self._channels):
+            channel.checkDeadline(now)
+
 
 class _LimitedChannel(http.HTTPChannel):
     """
     An HTTP/1.1 connection that refuses a request head or body over the
-    site's limits, and ambiguous Host headers, before any resource runs.
+    site's limits, too slow, or malformed in a way twisted.web lets through,
+    and ambiguous Host headers, before any resource runs.
+
+    @ivar _since: when the clock of the request being received started: the
+        head's at its first byte (or the connection's start), the body's at
+        its latest byte; L{None} while idle between requests or answering
+        one, when Twisted's own timeouts apply.
     """
 
     site: FastCGISite
     _log = Logger()
     _refused = False
     _lingering: IDelayedCall | None = None
+    _since: float | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
         # One line over the limit must not be buffered whole either.
         self.MAX_LENGTH = self.totalHeadersSize = self.site.maxHeaderSize
+        self._since = self.site.reactor.seconds()
+        self.site._track(self)
 
     def dataReceived(self, data: bytes) -> None:
         if self._refused:
             return  # Read and dropped while lingering; see the module docstring.
+        # Pipelined requests come here too, once the one before is answered.
+        if not self._handlingRequest and (self._since is None or not self.line_mode):
+            self._since = self.site.reactor.seconds()
         super().dataReceived(data)
+
+    def checkDeadline(self, now: float) -> None:
+        """
+        Answer 408 to a request whose head or body has taken too long by
+        C{now}; close a connection that has sent nothing in that time.
+        """
+        since = self._since
+        if since is None or self._refused:
+            return
+        receivingHead = self.line_mode
+        if now - since < (self.site.headerTimeout if receivingHead else self.site.bodyTimeout):
+            return
+        self._since = None
+        if getattr(self.transport, "negotiatedProtocol", None) == b"h2":
+            # HTTP/2 replaced this channel on the connection without telling it.
+            self.site._untrack(self)
+        elif not receivingHead:
+            self.refuse(408, "The request body stopped coming.")
+        elif self._receivedHeaderSize or self._buffer:
+            self.refuse(408, "The request head took too long to arrive.")
+        else:
+            self.timeoutConnection()  # Nothing asked, nothing to answer.
 
     def lineReceived(self, line: bytes) -> None:
         if self._refused:
@@ -132,7 +235,56 @@ class _LimitedChannel(http.HTTPChannel):
         if self._receivedHeaderSize + len(line) > self.site.maxHeaderSize:
             self._refuseHead()
             return
+        if self._receivedHeaderSize == 0 and line:
+            self._requestLineReceived(line)
+            return
         super().lineReceived(line)
+
+    def _requestLineReceived(self, line: bytes) -> None:
+        """
+        Refuse a control character in the request target, and take any byte
+        over 0x7F there.
+
+        twisted.web refuses a target with bytes over 0xB0 (it compares with
+        176 where it means 0x7E); nginx, Apache and Caddy take them, and
+        links to MediaWiki titles hold them unencoded. twisted.web gets the
+        line with each such byte replaced by an ASCII one of the same length,
+        to check the rest of the line, and the target is put back as sent.
+        """
+        parts = line.split(b" ")
+        if len(parts) != 3:
+            super().lineReceived(line)  # Twisted's 400.
+            return
+        method, target, version = parts
+        if len(target.translate(None, _CONTROL_CHARACTERS)) != len(target):
+            self.refuse(400, "The request target holds a control character.")
+            return
+        if target.isascii():
+            super().lineReceived(line)
+            return
+        super().lineReceived(b" ".join([method, target.translate(_ASCII_STAND_INS), version]))
+        if getattr(self, "_path", None) is not None:
+            self._path = target
+
+    def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
+        chosen: bool = super()._maybeChooseTransferDecoder(header, data)
+        decoder = self._transferDecoder
+        if type(decoder) is http._ChunkedTransferDecoder:
+            self._transferDecoder = _SizeCheckingChunkedDecoder(
+                decoder.dataCallback, decoder.finishCallback, self._chunkSizeReceived
+            )
+        return chosen
+
+    def _chunkSizeReceived(self, size: int) -> bool:
+        """
+        Refuse a chunk too large to be real, or to fit in the body limit,
+        from its size line; whether to read on.
+        """
+        if size > _MAX_CHUNK_SIZE:
+            self.refuse(400, "The chunk size does not fit in 64 bits.")
+            return False
+        request: _LimitedRequest = self.requests[-1]
+        return request.admitChunk(size)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._refuseHead()
@@ -143,9 +295,11 @@ class _LimitedChannel(http.HTTPChannel):
             self.refuse(400, "An HTTP/1.1 request needs exactly one Host header.")
             return
         super().allHeadersReceived()
+        self._since = self.site.reactor.seconds()  # The body's clock, if there is a body.
 
     def allContentReceived(self) -> None:
         if not self._refused:
+            self._since = None
             super().allContentReceived()
 
     def _send100Continue(self) -> None:
@@ -209,7 +363,28 @@ class _LimitedChannel(http.HTTPChannel):
         if self._lingering is not None and self._lingering.active():
             self._lingering.cancel()
         self._lingering = None
+        self.site._untrack(self)
         super().connectionLost(reason)
+
+
+class _SizeCheckingChunkedDecoder(http._ChunkedTransferDecoder):
+    """
+    twisted.web's chunked decoder, which also asks C{sizeReceived} about each
+    chunk size as soon as its line is read, and stops if told to. Alone, it
+    takes any size and waits for that many bytes.
+    """
+
+    def __init__(
+        self,
+        dataCallback: Callable[[bytes], None],
+        finishCallback: Callable[[bytes], None],
+        sizeReceived: Callable[[int], bool],
+    ) -> None:
+        super().__init__(dataCallback, finishCallback)
+        self._sizeReceived = sizeReceived
+
+    def _dataReceived_CHUNK_LENGTH(self) -> bool:
+        return super()._dataReceived_CHUNK_LENGTH() and self._sizeReceived(self.length)
 
 
 class _LimitedRequest(Request):
@@ -243,6 +418,16 @@ class _LimitedRequest(Request):
             self._refuseBody()
             return
         super().handleContentChunk(data)
+
+    def admitChunk(self, size: int) -> bool:
+        """
+        Refuse the body now if a chunk of C{size} bytes announced next would
+        take it over the limit; whether it may come.
+        """
+        if self._bodyReceived + size > self._site.maxBodySize:
+            self._refuseBody()
+            return False
+        return True
 
     def _refuseBody(self) -> None:
         self._bodyRefused = True
