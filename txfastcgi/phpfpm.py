@@ -21,8 +21,13 @@ Facts about php-fpm (8.2) that shaped this module:
     the terminal's Ctrl-C: stopping it is the supervisor's job alone.
   - Its workers do not exit when the master does.  php-fpm takes them down on
     SIGTERM or SIGQUIT, but a master killed with SIGKILL leaves them running,
-    holding its output pipes open so that the monitor never sees it end:
-    L{PHPFPMService} kills that process group once the master is gone.
+    holding its output pipes open so that the monitor never sees it end.
+  - Nothing ends it when its parent dies: a proxy killed with SIGKILL would
+    leave it running under PID 1.
+
+So php-fpm runs under L{txfastcgi._guardian}, a small process between the
+supervisor and the master that kills the master's whole session when the
+master dies, when it is told to stop, and when the proxy is gone.
 """
 
 from __future__ import annotations
@@ -31,7 +36,6 @@ import os
 import pwd
 import re
 import shutil
-import signal
 import socket
 import tempfile
 from collections.abc import Callable
@@ -45,6 +49,8 @@ from twisted.internet.interfaces import IReactorProcess, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from txfastcgi._child import moduleCommand
 
 if TYPE_CHECKING:
     from twisted.runner.procmon import ProcessMonitor
@@ -67,9 +73,6 @@ _VERSIONED = re.compile(r"php-fpm(\d+)\.(\d+)")
 _PROCESS_NAME = "php-fpm"
 
 _POLL_INTERVAL = 0.05
-
-# Seconds between looks for workers a dead php-fpm master left behind.
-_REAP_INTERVAL = 1.0
 
 
 class PHPFPMNotFound(Exception):
@@ -280,15 +283,6 @@ def _othersCanRead(directory: str) -> bool:
     return True
 
 
-def _running(pid: int) -> bool:
-    """Whether process C{pid} exists and has not exited (a zombie has)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rpartition(")")[2].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def acceptsConnections(socketPath: str) -> bool:
     """
     Whether something accepts connections on the unix socket C{socketPath}.
@@ -317,7 +311,9 @@ class PHPFPMService(Service):
     it starts, and removed when it stops.  A service is started once.
 
     php-fpm runs under L{twisted.runner.procmon.ProcessMonitor}, which logs its
-    output and restarts it, with backoff if it keeps dying at once.
+    output and restarts it, with backoff if it keeps dying at once, through
+    L{txfastcgi._guardian}, which ends it with the proxy, however the proxy
+    ends, and kills the workers of a master that died.
 
     @ivar documentRoot: The absolute path of the PHP application.
     @ivar binary: The php-fpm to run.
@@ -354,7 +350,6 @@ class PHPFPMService(Service):
             runAsUser=workerUser(self.documentRoot),
         )
         self._monitor: ProcessMonitor | None = None
-        self._reaper: LoopingCall | None = None
 
     @property
     def endpointDescription(self) -> str:
@@ -396,20 +391,15 @@ class PHPFPMService(Service):
             documentRoot=self.documentRoot,
             socketPath=self.configuration.socketPath,
         )
-        self._monitor = ProcessMonitor(self._reactor())
-        self._monitor.addProcess(
-            _PROCESS_NAME,
-            processArguments(
-                self.binary, configPath, allowRoot=self.configuration.runAsUser == "root"
-            ),
-            # php-fpm's master honours PHPRC and PHP_INI_SCAN_DIR, as it
-            # would if run by hand; clear_env keeps them from the scripts.
-            env=dict(os.environ),
+        phpFPM = processArguments(
+            self.binary, configPath, allowRoot=self.configuration.runAsUser == "root"
         )
+        # php-fpm's master honours PHPRC and PHP_INI_SCAN_DIR, as it would if
+        # run by hand; clear_env keeps them from the scripts.
+        command, environment = moduleCommand("txfastcgi._guardian", [self.directory, "--", *phpFPM])
+        self._monitor = ProcessMonitor(self._reactor())
+        self._monitor.addProcess(_PROCESS_NAME, command, env=environment)
         self._monitor.startService()
-        self._reaper = LoopingCall(self._reapOrphanedWorkers)
-        self._reaper.clock = self._clock()
-        self._reaper.start(_REAP_INTERVAL, now=False)
 
     def stopService(self) -> Deferred[None]:
         """
@@ -420,8 +410,6 @@ class PHPFPMService(Service):
             application waits for it before exiting.
         """
         super().stopService()
-        if self._reaper is not None and self._reaper.running:
-            self._reaper.stop()
         monitor = self._monitor
         if monitor is None:
             # Never started: a MultiService stops every child, including
@@ -436,36 +424,10 @@ class PHPFPMService(Service):
             )
 
         def removeDirectory(result: Failure | None) -> Failure | None:
-            self._reapOrphanedWorkers()
             shutil.rmtree(self.directory, ignore_errors=True)
             return result
 
         return stopped.addBoth(removeDirectory)
-
-    def _reapOrphanedWorkers(self) -> None:
-        """
-        Kill the workers of a php-fpm master that is gone.
-
-        php-fpm's master takes its workers down when it is told to stop, but
-        one that crashes or is killed (the OOM killer, say) leaves them
-        running, and holding its output pipes open, so that the monitor
-        never even learns that it ended and never restarts it. The master
-        leads its own process group (it calls C{setsid()}), so its workers
-        are that group: when the pid file names a master that no longer
-        runs, the group is killed.
-        """
-        try:
-            with open(os.path.join(self.directory, "php-fpm.pid")) as pidFile:
-                master = int(pidFile.read())
-        except (OSError, ValueError):
-            return
-        if _running(master):
-            return
-        try:
-            os.killpg(master, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            return
-        self._log.warn("killed the workers left by php-fpm master {pid}", pid=master)
 
     def whenListening(self, timeout: float = 10.0) -> Deferred[None]:
         """

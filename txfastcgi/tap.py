@@ -1,42 +1,34 @@
 """
 C{twist fastcgi-proxy}: options and the service they describe.
 
-The same L{makeService} builds the service for a C{.tac} file.
+The same L{makeService} builds the service for a C{.tac} file.  The service
+is a L{txfastcgi.lifecycle.Lifecycle}: the order in which its parts start
+and stop is written down there.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
-from typing import Any, NoReturn, cast
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
-from twisted.application.service import IService, MultiService, Service
+from twisted.application.service import IService
 from twisted.internet import endpoints
-from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import (
-    CancelledError,
-    Deferred,
-    DeferredList,
-    TimeoutError,
-    maybeDeferred,
-    succeed,
-)
-from twisted.internet.error import ProcessDone, ProcessExitedAlready
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.interfaces import (
+    IAddress,
     IListeningPort,
-    IProcessTransport,
-    IReactorProcess,
+    IProtocol,
     IReactorSocket,
     IReactorTime,
+    ITransport,
 )
-from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.testing import MemoryReactor
-from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.components import proxyForInterface
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.resource import IResource
@@ -44,18 +36,24 @@ from twisted.web.server import Site
 
 from txfastcgi.balancer import Balancer
 from txfastcgi.forwarded import TrustedProxies
+from txfastcgi.lifecycle import Lifecycle, Step, onHangup
 from txfastcgi.phpfpm import PHPFPMNotFound, PHPFPMService, findPHPFPM
 from txfastcgi.pool import ConnectionPool
 from txfastcgi.resource import FastCGIResource
 from txfastcgi.status import StatusResource, WithStatusPage
 from txfastcgi.web import DEFAULT_MAX_BODY_SIZE, FastCGISite
 
+if TYPE_CHECKING:
+    from txfastcgi.workers import WorkerProcesses
+
 __all__ = ["Options", "makeService"]
 
 SPAWN = "spawn"
 
-# How the main process hands its parsed options to worker processes.
-WORKER_OPTIONS_VARIABLE = "TXFASTCGI_WORKER_OPTIONS"
+# The default --max-connections to a php-fpm of the system's: under the
+# pm.max_children = 5 that Debian's pool ships with, so that a burst never
+# waits in php-fpm's listen backlog behind connections it cannot serve.
+EXTERNAL_CONNECTIONS = 4
 
 # Listeners whose sockets worker processes can adopt as they are; a TLS
 # listener would need its TLS context rebuilt in each worker.
@@ -107,7 +105,14 @@ class Options(usage.Options):
         ],
         ["status-path", None, None, "URL path of a JSON status page of the backends (off)."],
         ["spawn-children", None, 4, "Workers of the php-fpm started by --php-fpm spawn.", _count],
-        ["max-connections", None, 8, "Most FastCGI connections open to one backend.", _count],
+        [
+            "max-connections",
+            None,
+            None,
+            "Most FastCGI connections open to one backend"
+            f" [default: {EXTERNAL_CONNECTIONS}; with spawn, --spawn-children].",
+            _count,
+        ],
         ["connect-timeout", None, 5.0, "Seconds to connect to the backend (then 502).", _seconds],
         ["read-timeout", None, 60.0, "Seconds to wait for backend output (then 504).", _seconds],
         ["idle-timeout", None, 5.0, "Seconds a kept FastCGI connection may stay idle.", _seconds],
@@ -121,10 +126,24 @@ class Options(usage.Options):
             _count,
         ],
         [
+            "header-timeout",
+            None,
+            60.0,
+            "Seconds a client may take to send a whole request head (then 408).",
+            _seconds,
+        ],
+        [
+            "body-timeout",
+            None,
+            60.0,
+            "Seconds a client may pause while sending a request body (then 408).",
+            _seconds,
+        ],
+        [
             "shutdown-timeout",
             None,
             30.0,
-            "On SIGTERM, seconds to let requests in progress finish.",
+            "On SIGTERM, seconds to let requests in progress finish and their connections close.",
             _seconds,
         ],
     ]
@@ -225,37 +244,35 @@ def _checkEndpoint(parse: Callable[[object, str], object], description: str, opt
 
 def makeService(options: Options) -> IService:
     """
-    The proxy: a php-fpm to spawn if asked, the resource, its listeners and,
+    The proxy: a php-fpm to spawn if asked, the site, its listeners and,
     with C{--workers}, the worker processes that share them.
     """
-    from twisted.internet import reactor as globalReactor
+    from twisted.internet import reactor
 
-    reactor = cast(IReactorTime, globalReactor)
-    # Stopped last to first: stop the workers and listening, let requests in
-    # progress finish, and only then stop a spawned php-fpm.
-    service = _StopInReverseOrder()
+    # Imported here: it imports procmon, which installs the global reactor.
+    from txfastcgi.workers import WorkerProcesses
+
     backends = list(options["php-fpm"])
-    ready = None
+    phpFPM = None
+    limits = {backend: options["max-connections"] or EXTERNAL_CONNECTIONS for backend in backends}
     if SPAWN in backends:
         phpFPM = PHPFPMService(
-            options["path"],
-            children=options["spawn-children"],
-            binary=options["php-fpm-binary"],
+            options["path"], children=options["spawn-children"], binary=options["php-fpm-binary"]
         )
-        phpFPM.setServiceParent(service)
-        backends[backends.index(SPAWN)] = phpFPM.endpointDescription
-        ready = phpFPM.whenListening
-    site = _site(service, options, reactor, backends)
+        spawned = backends[backends.index(SPAWN)] = phpFPM.endpointDescription
+        # Never more connections than it has workers: see DESIGN's backlog trap.
+        limits[spawned] = options["max-connections"] or options["spawn-children"]
+        del limits[SPAWN]
+    served = {**options, "php-fpm": backends, "connection-limits": limits}
     listeners = _Listeners(
-        [endpoints.serverFromString(reactor, d).listen for d in options["listen"]], site, ready
+        [endpoints.serverFromString(reactor, d).listen for d in options["listen"]]
     )
-    listeners.setServiceParent(service)
+    workers = None
     if options["workers"] > 1:
-        workerOptions = {**options, "php-fpm": backends}
-        _WorkerProcesses(
-            reactor, listeners.whenListening, workerOptions, options["workers"] - 1
-        ).setServiceParent(service)
-    return service
+        workers = WorkerProcesses(
+            reactor, served, options["workers"] - 1, options["shutdown-timeout"]
+        )
+    return _lifecycle(cast(IReactorTime, reactor), served, listeners, phpFPM, workers)
 
 
 def makeWorkerService(options: Mapping[str, Any], inherited: Sequence[tuple[int, int]]) -> IService:
@@ -263,43 +280,81 @@ def makeWorkerService(options: Mapping[str, Any], inherited: Sequence[tuple[int,
     The service of a worker process started by C{--workers}: the same site
     on listening sockets inherited from the main process.
 
+    @param options: the main process's, as L{makeService} serves them.
     @param inherited: file descriptor and address family of each socket.
     """
-    from twisted.internet import reactor as globalReactor
+    from twisted.internet import reactor
 
-    reactor = cast(IReactorTime, globalReactor)
-    service = _StopInReverseOrder()
-    site = _site(service, options, reactor, options["php-fpm"])
-    adopters = [partial(_adopt, reactor, descriptor, family) for descriptor, family in inherited]
-    _Listeners(adopters, site).setServiceParent(service)
-    return service
+    adopters = [
+        partial(_adopt, cast(IReactorSocket, reactor), descriptor, family)
+        for descriptor, family in inherited
+    ]
+    return _lifecycle(cast(IReactorTime, reactor), options, _Listeners(adopters))
+
+
+def _lifecycle(
+    reactor: IReactorTime,
+    options: Mapping[str, Any],
+    listeners: _Listeners,
+    phpFPM: PHPFPMService | None = None,
+    workers: WorkerProcesses | None = None,
+) -> Lifecycle:
+    """
+    The steps of one process's life, in the order that
+    L{txfastcgi.lifecycle} documents, without those it has nothing for.
+    """
+    site, resource, balancer = _site(options, reactor)
+
+    def reopenLogs() -> None:
+        site.reopenLog()
+        if workers is not None:
+            workers.signal("HUP")
+
+    def closeConnections() -> Deferred[None]:
+        balancer.close()
+        return site.closeConnections()
+
+    spawning = [] if phpFPM is None else [phpFPM]
+    supervising = [] if workers is None else [workers]
+    startup = [
+        *(Step("start php-fpm", p.startService) for p in spawning),
+        *(Step("wait for php-fpm", p.whenListening) for p in spawning),
+        Step("listen", partial(listeners.listen, site), fatal=True),
+        *(Step("start workers", partial(w.start, listeners.ports)) for w in supervising),
+        Step("reopen logs on SIGHUP", partial(onHangup, reactor, reopenLogs)),
+    ]
+    shutdown = [
+        Step("stop listening", listeners.stopListening),
+        *(Step("stop workers", w.stop) for w in supervising),
+        Step("finish requests", resource.whenIdle, bounded=True),
+        *(Step("wait for workers", w.whenStopped, bounded=True) for w in supervising),
+        Step("close connections", closeConnections, bounded=True),
+        *(Step("stop php-fpm", p.stopService) for p in spawning),
+    ]
+    return Lifecycle(reactor, startup, shutdown, options["shutdown-timeout"])
 
 
 def _site(
-    service: MultiService,
-    options: Mapping[str, Any],
-    reactor: IReactorTime,
-    backends: Sequence[str],
-) -> Site:
+    options: Mapping[str, Any], reactor: IReactorTime
+) -> tuple[_Site, FastCGIResource, Balancer]:
     """
     The web site every process serves: the resource over a balancer of the
     backends (with one backend too, which then notices a restart of php-fpm
-    at once), the status page if asked for, and the access log; and, added
-    to C{service}, what lets its requests finish on shutdown.
+    at once), the status page if asked for, and the access log.
     """
     pools = {
         backend: ConnectionPool(
             reactor,
             endpoints.clientFromString(reactor, backend),
             # The limit is for the backend, so the processes share it.
-            maxConnections=max(1, options["max-connections"] // options["workers"]),
+            maxConnections=max(1, limit // options["workers"]),
             connectTimeout=options["connect-timeout"],
             readTimeout=options["read-timeout"],
             idleTimeout=options["idle-timeout"],
             queueTimeout=options["queue-timeout"],
             name=backend,
         )
-        for backend in backends
+        for backend, limit in options["connection-limits"].items()
     }
     balancer = Balancer(reactor, pools)
     resource = FastCGIResource(
@@ -314,24 +369,31 @@ def _site(
     root: IResource = resource
     if options["status-path"] is not None:
         root = WithStatusPage(resource, options["status-path"].encode(), StatusResource(balancer))
-    _Drain(resource, balancer, reactor, options["shutdown-timeout"]).setServiceParent(service)
-    return _Site(root, options["access-log"], options["max-body-size"])
+    return _Site(root, options), resource, balancer
 
 
 class _Site(FastCGISite):
     """
-    A Site whose access log C{-} is standard output, shared with the
-    process's own log rather than opened again: a second open file would
-    write at its own offset, over the lines written through the first. An
-    access log to C{/dev/null} is no access log: no line is even formatted.
+    The proxy's site: the access log and the client connections, as the
+    lifecycle handles them.
+
+    An access log C{-} is standard output, shared with the process's own log
+    rather than opened again: a second open file would write at its own
+    offset, over the lines written through the first. An access log to
+    C{/dev/null} is no access log: no line is even formatted.
     """
 
-    def __init__(self, resource: IResource, accessLog: str, maxBodySize: int) -> None:
+    def __init__(self, resource: IResource, options: Mapping[str, Any]) -> None:
+        accessLog = options["access-log"]
         self._toStandardOutput = accessLog == "-"
         self._logging = accessLog != os.devnull
+        self._connections: set[_Tracked] = set()
+        self._closed: list[Deferred[None]] = []
         super().__init__(
             resource,
-            maxBodySize=maxBodySize,
+            maxBodySize=options["max-body-size"],
+            headerTimeout=options["header-timeout"],
+            bodyTimeout=options["body-timeout"],
             logPath=accessLog if self._logging and not self._toStandardOutput else None,
         )
 
@@ -343,6 +405,69 @@ class _Site(FastCGISite):
     def log(self, request: http.Request) -> None:
         if self._logging:
             super().log(request)
+
+    def reopenLog(self) -> None:
+        """
+        Open the access log file again, under its name: logrotate has
+        renamed it and sends SIGHUP.
+        """
+        if self.logPath is not None and self.numPorts:
+            previous, self.logFile = self.logFile, self._openLogFile(self.logPath)
+            previous.close()
+
+    def buildProtocol(self, addr: IAddress | None) -> _Tracked:
+        return _Tracked(super().buildProtocol(addr), self)
+
+    def closeConnections(self) -> Deferred[None]:
+        """
+        Close every client connection once what was written to it is sent.
+
+        Before this, the reactor's own shutdown would drop them at once,
+        with the end of the last responses still in their buffers.
+
+        @return: fires once they are all closed.
+        """
+        for connection in list(self._connections):
+            connection.transport.loseConnection()
+        return self._whenNoConnections()
+
+    def _whenNoConnections(self) -> Deferred[None]:
+        if not self._connections:
+            return succeed(None)
+        closed: Deferred[None] = Deferred()
+        self._closed.append(closed)
+        return closed
+
+    def _opened(self, connection: _Tracked) -> None:
+        self._connections.add(connection)
+
+    def _lost(self, connection: _Tracked) -> None:
+        self._connections.discard(connection)
+        if not self._connections:
+            closed, self._closed = self._closed, []
+            for waiter in closed:
+                waiter.callback(None)
+
+
+class _Tracked(proxyForInterface(IProtocol, "_protocol")):  # type: ignore[misc]
+    """A client connection that its site knows of while it is open."""
+
+    transport: ITransport
+
+    def __init__(self, protocol: IProtocol, site: _Site) -> None:
+        super().__init__(protocol)
+        self._site = site
+
+    def makeConnection(self, transport: ITransport) -> None:
+        self.transport = transport
+        self._site._opened(self)
+        self._protocol.makeConnection(transport)
+
+    def connectionLost(self, reason: Failure) -> None:
+        try:
+            self._protocol.connectionLost(reason)
+        finally:
+            self._site._lost(self)
 
 
 class _StandardOutput:
@@ -359,9 +484,9 @@ class _StandardOutput:
 
 
 def _adopt(
-    reactor: IReactorTime, descriptor: int, family: int, site: Site
+    reactor: IReactorSocket, descriptor: int, family: int, site: Site
 ) -> Deferred[IListeningPort]:
-    port = IReactorSocket(reactor).adoptStreamPort(
+    port = reactor.adoptStreamPort(
         descriptor,
         socket.AddressFamily(family),
         site,  # type: ignore[arg-type]
@@ -369,205 +494,18 @@ def _adopt(
     return succeed(port)
 
 
-class _Listeners(Service):
-    """
-    Listen on each endpoint, once something is ready: a spawned php-fpm, so
-    that the first requests are not answered with 502. If it never gets
-    ready they listen anyway, and requests get a 502 that the log explains.
-    A listener that cannot listen (a port in use) stops the program.
-    """
+class _Listeners:
+    """The listening ports of a process: open them all, close them all."""
 
-    log = Logger()
-
-    def __init__(
-        self,
-        listeners: Sequence[Callable[[Site], Deferred[IListeningPort]]],
-        site: Site,
-        ready: Callable[[], Deferred[None]] | None = None,
-    ) -> None:
+    def __init__(self, listeners: Sequence[Callable[[Site], Deferred[IListeningPort]]]) -> None:
         self._listeners = listeners
-        self._site = site
-        self._ready = ready
-        self._starting: Deferred[None] | None = None
-        self._ports: list[IListeningPort] = []
-        self._waiters: list[Deferred[list[IListeningPort]]] = []
+        self.ports: list[IListeningPort] = []
 
-    def startService(self) -> None:
-        super().startService()
-        self._starting = Deferred.fromCoroutine(self._listen())
-        self._starting.addErrback(self._cannotListen)
-
-    async def _listen(self) -> None:
-        if self._ready is not None:
-            try:
-                await self._ready()
-            except TimeoutError:
-                self.log.failure("listening although php-fpm is not ready")
+    async def listen(self, site: Site) -> None:
         for listen in self._listeners:
-            self._ports.append(await listen(self._site))
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            waiter.callback(self._ports)
+            self.ports.append(await listen(site))
 
-    def _cannotListen(self, reason: Failure) -> None:
-        if not reason.check(CancelledError):
-            from twisted.internet import reactor
-
-            self.log.critical("cannot listen: {message}", message=reason.getErrorMessage())
-            reactor.stop()
-
-    def whenListening(self) -> Deferred[list[IListeningPort]]:
-        """The listening ports, once they all listen."""
-        if self._starting is not None and self._starting.called:
-            return succeed(self._ports)
-        waiter: Deferred[list[IListeningPort]] = Deferred()
-        self._waiters.append(waiter)
-        return waiter
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
-        if self._starting is not None and not self._starting.called:
-            self._starting.cancel()
-        return DeferredList(
-            [maybeDeferred(port.stopListening) for port in self._ports]
+    def stopListening(self) -> Deferred[None]:
+        return gatherResults(
+            [maybeDeferred(port.stopListening) for port in self.ports]
         ).addCallback(lambda _: None)
-
-
-class _WorkerProcesses(Service):
-    """
-    Worker processes that serve the main process's listening sockets, so
-    that one proxy uses every core (the way Twisted's own multi-process
-    examples share a port with C{adoptStreamPort}).
-    """
-
-    log = Logger()
-
-    def __init__(
-        self,
-        reactor: IReactorTime,
-        listening: Callable[[], Deferred[list[IListeningPort]]],
-        options: Mapping[str, Any],
-        count: int,
-    ) -> None:
-        self._reactor = reactor
-        self._listening = listening
-        self._options = options
-        self._count = count
-        self._exited: list[Deferred[None]] = []
-        self._processes: list[IProcessTransport] = []
-
-    def startService(self) -> None:
-        super().startService()
-        self._listening().addCallback(self._spawn)
-
-    def _spawn(self, ports: list[IListeningPort]) -> None:
-        inherited = [(port.fileno(), _family(port)) for port in ports]  # type: ignore[attr-defined]
-        arguments = [
-            sys.executable,
-            "-m",
-            "txfastcgi.worker",
-            *(f"{descriptor}:{family}" for descriptor, family in inherited),
-        ]
-        # In the environment, not the command line that any user can read:
-        # --param values may hold secrets.
-        environment = dict(
-            os.environ,
-            PYTHONPATH=os.pathsep.join(sys.path),
-            **{WORKER_OPTIONS_VARIABLE: json.dumps(self._options)},
-        )
-        childFDs: dict[int, int | str] = {0: 0, 1: 1, 2: 2}
-        childFDs.update({descriptor: descriptor for descriptor, _ in inherited})
-        for number in range(1, self._count + 1):
-            exited: Deferred[None] = Deferred()
-            process = IReactorProcess(self._reactor).spawnProcess(
-                _WorkerProtocol(exited, number),
-                sys.executable,
-                arguments,
-                env=environment,
-                childFDs=childFDs,
-            )
-            self._processes.append(process)
-            self._exited.append(exited)
-
-    def stopService(self) -> Deferred[None]:
-        """Stop the workers gracefully (each drains its requests) and wait for them."""
-        super().stopService()
-        for process in self._processes:
-            try:
-                process.signalProcess("TERM")
-            except ProcessExitedAlready:
-                pass
-        return DeferredList(self._exited).addCallback(lambda _: None)
-
-
-class _WorkerProtocol(ProcessProtocol):
-    """Watches one worker process; its output goes straight to ours."""
-
-    log = Logger()
-
-    def __init__(self, exited: Deferred[None], number: int) -> None:
-        self._exited = exited
-        self._number = number
-
-    def processEnded(self, reason: Failure) -> None:
-        if not reason.check(ProcessDone):
-            self.log.error(
-                "worker process {number} ended: {reason}",
-                number=self._number,
-                reason=reason.getErrorMessage(),
-            )
-        self._exited.callback(None)
-
-
-def _family(port: IListeningPort) -> int:
-    address = port.getHost()
-    if isinstance(address, IPv4Address):
-        return socket.AF_INET
-    if isinstance(address, IPv6Address):
-        return socket.AF_INET6
-    return socket.AF_UNIX
-
-
-class _StopInReverseOrder(MultiService):
-    """A MultiService that stops each child only once the next one has stopped."""
-
-    def stopService(self) -> Deferred[None]:
-        Service.stopService(self)
-        return Deferred.fromCoroutine(self._stopChildren())
-
-    async def _stopChildren(self) -> None:
-        for child in reversed(list(self)):
-            await maybeDeferred(child.stopService)
-
-
-class _Drain(Service):
-    """
-    On shutdown, wait until the requests in progress are answered, but no
-    longer than C{timeout} seconds, then close the idle FastCGI connections,
-    which free their php-fpm workers before php-fpm itself is stopped.
-    """
-
-    log = Logger()
-
-    def __init__(
-        self, resource: FastCGIResource, balancer: Balancer, clock: IReactorTime, timeout: float
-    ) -> None:
-        self._resource = resource
-        self._balancer = balancer
-        self._clock = clock
-        self._timeout = timeout
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
-        idle = self._resource.whenIdle()
-        idle.addTimeout(self._timeout, self._clock)
-        idle.addErrback(self._timedOut)
-        idle.addCallback(lambda _: self._balancer.close())
-        return idle
-
-    def _timedOut(self, reason: Failure) -> None:
-        reason.trap(TimeoutError)
-        self.log.warn(
-            "shutting down with requests still in progress after {timeout} s",
-            timeout=self._timeout,
-        )

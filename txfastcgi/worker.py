@@ -3,8 +3,11 @@ A worker process of C{twist fastcgi-proxy --workers N}.
 
 The main process passes its parsed options as JSON in the environment and
 the listening sockets as inherited file descriptors (C{FD:FAMILY}
-arguments); the worker
-serves the same site on them until SIGTERM, then drains like the main process.
+arguments); the worker serves the same site on them until SIGTERM, then
+shuts down like the main process.  Its standard input is a pipe from the
+main process: when that reaches its end, the main process is gone (killed
+with SIGKILL, say) and the worker shuts down too, rather than serving on
+alone.
 """
 
 from __future__ import annotations
@@ -13,9 +16,37 @@ import json
 import os
 import sys
 
+from twisted.internet.interfaces import IReactorCore, IReactorFDSet, IReadDescriptor
+from twisted.internet.main import CONNECTION_DONE
 from twisted.logger import globalLogBeginner, textFileLogObserver
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from txfastcgi.tap import WORKER_OPTIONS_VARIABLE, makeWorkerService
+from txfastcgi.tap import makeWorkerService
+from txfastcgi.workers import WORKER_OPTIONS_VARIABLE
+
+
+@implementer(IReadDescriptor)
+class _Parent:
+    """Standard input, which reaches its end when the main process is gone."""
+
+    def __init__(self, reactor: IReactorCore) -> None:
+        self._reactor = reactor
+
+    def fileno(self) -> int:
+        return 0
+
+    def logPrefix(self) -> str:
+        return "main process"
+
+    def doRead(self) -> Failure | None:
+        if os.read(0, 512):
+            return None
+        self._reactor.stop()
+        return Failure(CONNECTION_DONE)
+
+    def connectionLost(self, reason: Failure) -> None:
+        """Nothing more to watch."""
 
 
 def main(sockets: list[str]) -> None:
@@ -30,6 +61,7 @@ def main(sockets: list[str]) -> None:
     service = makeWorkerService(options, inherited)
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    IReactorFDSet(reactor).addReader(_Parent(reactor))
     reactor.run()
 
 
