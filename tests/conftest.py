@@ -83,18 +83,26 @@ class PHPFPMFactory(Protocol):
     The type of the C{php_fpm_factory} fixture.
     """
 
-    def __call__(self, children: int = 1, maxRequests: int = 0) -> PHPFPMPool:
+    def __call__(
+        self, children: int = 1, maxRequests: int = 0, dynamicFrom: int | None = None
+    ) -> PHPFPMPool:
         """
         Start another php-fpm serving the test site, stopped after the test.
         """
 
 
-def startPHPFPM(documentRoot: str, children: int = 2, maxRequests: int = 0) -> PHPFPMPool:
+def startPHPFPM(
+    documentRoot: str, children: int = 2, maxRequests: int = 0, dynamicFrom: int | None = None
+) -> PHPFPMPool:
     """
     Start php-fpm serving C{documentRoot} and wait until it accepts connections.
 
     Fails the test, never skips it, when php-fpm is missing or does not start:
     the integration tests are the point of the suite.
+
+    @param dynamicFrom: run C{pm = dynamic}, starting with this many workers
+        and forking more, up to C{children}, when none is free (the product
+        itself always configures C{pm = static}).
     """
     try:
         binary = findPHPFPM()
@@ -108,7 +116,15 @@ def startPHPFPM(documentRoot: str, children: int = 2, maxRequests: int = 0) -> P
         maxRequests=maxRequests,
     )
     configPath = os.path.join(runDirectory, "php-fpm.conf")
-    Path(configPath).write_text(configuration.render(runDirectory))
+    text = configuration.render(runDirectory)
+    if dynamicFrom is not None:
+        dynamic = (
+            f"pm = dynamic\npm.start_servers = {dynamicFrom}\n"
+            f"pm.min_spare_servers = 1\npm.max_spare_servers = {dynamicFrom}\n"
+        )
+        assert "pm = static\n" in text
+        text = text.replace("pm = static\n", dynamic)
+    Path(configPath).write_text(text)
     logPath = os.path.join(runDirectory, "php-fpm.log")
     with open(logPath, "wb") as log:
         process = subprocess.Popen(
@@ -197,8 +213,10 @@ def php_fpm_factory(php_document_root: str) -> Iterator[PHPFPMFactory]:
     """
     pools: list[PHPFPMPool] = []
 
-    def start(children: int = 1, maxRequests: int = 0) -> PHPFPMPool:
-        pool = startPHPFPM(php_document_root, children, maxRequests)
+    def start(
+        children: int = 1, maxRequests: int = 0, dynamicFrom: int | None = None
+    ) -> PHPFPMPool:
+        pool = startPHPFPM(php_document_root, children, maxRequests, dynamicFrom)
         pools.append(pool)
         return pool
 

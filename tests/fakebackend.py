@@ -37,8 +37,11 @@ A typical test::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from io import BytesIO
+from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionRefusedError
@@ -47,6 +50,7 @@ from twisted.internet.interfaces import (
     IProtocol,
     IProtocolFactory,
     IPushProducer,
+    IReactorTime,
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Protocol
@@ -76,13 +80,17 @@ from txfastcgi.records import (
 
 __all__ = [
     "ClientTransport",
+    "ConnectionSource",
     "FakeBackend",
     "FakeBackendEndpoint",
+    "FakePHPFPM",
     "Link",
+    "PoolClient",
     "ReceivedRequest",
     "Reply",
     "Responder",
     "ResponseRecorder",
+    "answered",
     "stall",
 ]
 
@@ -643,9 +651,180 @@ class FakeBackendEndpoint:
         if protocol is None:
             attempt.deferred.errback(ConnectionRefusedError("the factory built no protocol"))
             return
-        backend = FakeBackend(self.respond, answerAfterBodyBytes=self.answerAfterBodyBytes)
+        backend = self._makeBackend()
         self.links.append(Link(protocol, backend, self.clock))
+        self._linked(backend)
         attempt.deferred.callback(protocol)
+
+    def _makeBackend(self) -> FakeBackend:
+        """The server side of a new connection."""
+        return FakeBackend(self.respond, answerAfterBodyBytes=self.answerAfterBodyBytes)
+
+    def _linked(self, backend: FakeBackend) -> None:
+        """C{backend}'s connection is made (for subclasses)."""
+
+
+class _PHPFPMConnection(FakeBackend):
+    """
+    One connection to a L{FakePHPFPM}: it reads nothing until a worker has
+    accepted it, as a connection in the listen backlog.
+    """
+
+    def __init__(self, phpFPM: FakePHPFPM) -> None:
+        super().__init__(phpFPM._run)
+        self._phpFPM = phpFPM
+        self.accepted = False
+        self._unread: list[bytes] = []
+
+    def accept(self) -> None:
+        self.accepted = True
+        for data in self._unread:
+            super().dataReceived(data)
+        self._unread.clear()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.accepted and not self._phpFPM.frozen:
+            super().dataReceived(data)
+        else:
+            self._unread.append(data)
+
+    def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
+        super().connectionLost(reason)
+        self._phpFPM._lost(self)
+
+
+class FakePHPFPM(FakeBackendEndpoint):
+    """
+    An endpoint to an in-memory php-fpm with workers and a listen backlog
+    that behave as php-fpm 8.2's do, on the endpoint's clock:
+
+      - a worker accepts one connection and stays bound to it until it
+        closes, while a request runs on it and while it idles between
+        requests (FCGI_KEEP_CONN);
+      - a connection made while every worker is bound waits in the backlog,
+        sent requests and all, unanswered; the oldest is accepted as soon as
+        a worker is free: when its connection closes, or when its script
+        ends if the client closed the connection while it ran (php-fpm
+        finds out only then);
+      - with C{maxChildren} (C{pm = dynamic}) the master looks once a second
+        and, if no worker is free, forks more (1, then 2, 4, ... a second,
+        as php-fpm's spawn rate), up to C{maxChildren};
+      - a script answers C{scriptTimes[SCRIPT_NAME]} seconds after its
+        worker read the request (at once if the script is not listed), with
+        a L{Reply}, closing the connection unless it was asked to keep it.
+
+    L{freeze} and L{thaw} stop and continue every process, as SIGSTOP and
+    SIGCONT do.
+
+    @ivar workers: how many worker processes there are now.
+    """
+
+    def __init__(
+        self,
+        clock: Clock,
+        workers: int,
+        *,
+        scriptTimes: Mapping[bytes, float] | None = None,
+        maxChildren: int | None = None,
+    ) -> None:
+        super().__init__(clock)
+        self.workers = workers
+        self.scriptTimes = dict(scriptTimes or {})
+        self.maxChildren = maxChildren
+        self.frozen = False
+        self._bound: list[_PHPFPMConnection] = []
+        self._backlog: deque[_PHPFPMConnection] = deque()
+        # Scripts still running, each keeping its worker until it ends.
+        self._running: dict[_PHPFPMConnection, IDelayedCall | _Frozen] = {}
+        self._orphans = 0
+        self._spawnRate = 1
+        if maxChildren is not None:
+            clock.callLater(1.0, self._maintain)
+
+    @property
+    def freeWorkers(self) -> int:
+        return self.workers - len(self._bound) - self._orphans
+
+    @property
+    def backlog(self) -> int:
+        """How many open connections wait in the backlog."""
+        return sum(not connection.closed for connection in self._backlog)
+
+    def freeze(self) -> None:
+        """Stop every process: nothing is accepted, read or answered."""
+        self.frozen = True
+        for connection, call in self._running.items():
+            assert not isinstance(call, _Frozen)
+            call.cancel()
+            self._running[connection] = _Frozen(call.getTime() - self.clock.seconds())
+
+    def thaw(self) -> None:
+        """Let every process go on where it stopped."""
+        self.frozen = False
+        for connection, paused in list(self._running.items()):
+            assert isinstance(paused, _Frozen)
+            self._running[connection] = self.clock.callLater(
+                paused.remaining, self._scriptEnded, connection
+            )
+        for connection in self._bound:
+            connection.accept()
+        self._acceptWaiting()
+
+    def _makeBackend(self) -> FakeBackend:
+        return _PHPFPMConnection(self)
+
+    def _linked(self, backend: FakeBackend) -> None:
+        assert isinstance(backend, _PHPFPMConnection)
+        self._backlog.append(backend)
+        self._acceptWaiting()
+
+    def _acceptWaiting(self) -> None:
+        while not self.frozen and self.freeWorkers > 0 and self._backlog:
+            connection = self._backlog.popleft()
+            if not connection.closed:
+                # A connection closed in the backlog is accepted and dropped at once.
+                self._bound.append(connection)
+                connection.accept()
+
+    def _run(self, backend: FakeBackend, request: ReceivedRequest) -> None:
+        assert isinstance(backend, _PHPFPMConnection)
+        seconds = self.scriptTimes.get(request.params.get(b"SCRIPT_NAME", b""), 0.0)
+        if seconds > 0:
+            self._running[backend] = self.clock.callLater(seconds, self._scriptEnded, backend)
+        else:
+            Reply()(backend, request)
+
+    def _scriptEnded(self, connection: _PHPFPMConnection) -> None:
+        del self._running[connection]
+        if connection.closed:
+            self._orphans -= 1
+            self._acceptWaiting()
+        else:
+            Reply()(connection, connection.request)
+
+    def _lost(self, connection: _PHPFPMConnection) -> None:
+        if connection in self._bound:
+            self._bound.remove(connection)
+            if connection in self._running:
+                self._orphans += 1
+        self._acceptWaiting()
+
+    def _maintain(self) -> None:
+        assert self.maxChildren is not None
+        if not self.frozen and self.freeWorkers <= 0 and self.workers < self.maxChildren:
+            self.workers += min(self._spawnRate, self.maxChildren - self.workers)
+            self._spawnRate = min(2 * self._spawnRate, 32)
+            self._acceptWaiting()
+        else:
+            self._spawnRate = 1
+        self.clock.callLater(1.0, self._maintain)
+
+
+@dataclass(frozen=True)
+class _Frozen:
+    """A script stopped by L{FakePHPFPM.freeze}, with the time it had left."""
+
+    remaining: float
 
 
 class Acquisition:
@@ -674,3 +853,84 @@ class Acquisition:
         [result] = self._results
         assert isinstance(result, Failure), result
         return result
+
+
+class ConnectionSource(TypingProtocol):
+    """A L{txfastcgi.pool.ConnectionPool} or L{txfastcgi.balancer.Balancer}."""
+
+    def acquire(
+        self, fresh: bool = False, since: float | None = None
+    ) -> Deferred[FastCGIClientProtocol]: ...
+
+    def release(self, protocol: FastCGIClientProtocol) -> None: ...
+
+
+class PoolClient:
+    """
+    One HTTP client, as a pool sees it: a request with C{params} through
+    C{source}, and again as soon as it is answered, until C{until} on
+    C{reactor}'s clock (a L{Clock} or the real reactor).
+
+    @ivar latencies: for each answer, the seconds from asking to the end of
+        the response.
+    @ivar failures: for each failure, the seconds from asking, and why.
+    @ivar done: fires once it has stopped asking and has its last answer.
+    """
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        source: ConnectionSource,
+        params: list[tuple[bytes, bytes]],
+        until: float,
+    ) -> None:
+        self._reactor = reactor
+        self._source = source
+        self._params = params
+        self._until = until
+        self._askedAt = 0.0
+        self._protocol: FastCGIClientProtocol | None = None
+        self.latencies: list[float] = []
+        self.failures: list[tuple[float, Failure]] = []
+        self.waiting = False
+        self.done: Deferred[None] = Deferred()
+        reactor.callLater(0, self._ask)
+
+    def _ask(self) -> None:
+        if self._reactor.seconds() >= self._until:
+            self.done.callback(None)
+            return
+        self._askedAt = self._reactor.seconds()
+        self.waiting = True
+        self._source.acquire(since=self._askedAt).addCallbacks(self._send, self.requestFailed)
+
+    def _send(self, protocol: FastCGIClientProtocol) -> None:
+        self._protocol = protocol
+        protocol.sendRequest(self._params, BytesIO(), 0, self, keepConnection=True)
+
+    def _done(self) -> None:
+        self.waiting = False
+        if self._protocol is not None:
+            protocol, self._protocol = self._protocol, None
+            self._source.release(protocol)
+        # On the next turn, as a web server's next request would come.
+        self._reactor.callLater(0, self._ask)
+
+    def stdoutReceived(self, data: bytes) -> None:
+        pass
+
+    def stderrReceived(self, data: bytes) -> None:
+        pass
+
+    def requestEnded(self, appStatus: int, protocolStatus: int) -> None:
+        self.latencies.append(self._reactor.seconds() - self._askedAt)
+        self._done()
+
+    def requestFailed(self, reason: Failure) -> None:
+        self.failures.append((self._reactor.seconds() - self._askedAt, reason))
+        self._done()
+
+
+def answered(clients: list[PoolClient]) -> int:
+    """How many answers these clients got."""
+    return sum(len(client.latencies) for client in clients)

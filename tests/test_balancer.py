@@ -37,7 +37,7 @@ from twisted.web.server import Site
 from tests.fakebackend import Acquisition, FakeBackendEndpoint
 from txfastcgi import FastCGIResource
 from txfastcgi.balancer import BackendStatistics, Balancer
-from txfastcgi.client import FastCGIClientProtocol
+from txfastcgi.client import BackendTimeout, FastCGIClientProtocol
 from txfastcgi.phpfpm import findPHPFPM, processArguments, workerUser
 from txfastcgi.pool import BackendUnavailable, ConnectionPool, PoolStatistics, QueueTimeout
 
@@ -371,6 +371,22 @@ def test_a_request_that_waited_too_long_in_a_queue_fails_without_marking_the_bac
     assert isinstance(queued.failure.value, QueueTimeout)
     assert backends.up() == ["tcp:a", "tcp:b"]
     assert [(s.requests, s.errors) for s in backends.balancer.statistics()] == [(1, 1), (1, 0)]
+
+
+def test_a_request_that_waited_past_its_read_timeout_fails_without_marking_the_backend_down() -> (
+    None
+):
+    """The time it arrived is passed to the pool, which fails it with BackendTimeout (a 504)."""
+    backends = FakeBackends("a", maxConnections={"a": 1})
+    backends.clock.advance(100)
+    backends.acquire()
+
+    late = Acquisition(backends.balancer.acquire(since=backends.clock.seconds() - 55))
+    backends.clock.advance(5)
+
+    assert late.failure.check(BackendTimeout)
+    assert backends.up() == ["tcp:a"]
+    assert backends.statistics("a").errors == 1
 
 
 def test_a_request_given_up_is_no_longer_outstanding() -> None:

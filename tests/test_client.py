@@ -70,11 +70,12 @@ class Connection:
         body: bytes | BytesIO = b"",
         keepConnection: bool = True,
         receiver: ResponseRecorder | None = None,
+        since: float | None = None,
     ) -> ResponseRecorder:
         bodyFile = body if isinstance(body, BytesIO) else BytesIO(body)
         recorder = receiver if receiver is not None else ResponseRecorder()
         self.client.sendRequest(
-            list(PARAMS), bodyFile, len(bodyFile.getbuffer()), recorder, keepConnection
+            list(PARAMS), bodyFile, len(bodyFile.getbuffer()), recorder, keepConnection, since
         )
         return recorder
 
@@ -362,12 +363,22 @@ def test_a_close_after_any_response_byte_is_not_marked_before_response(output: b
 # Read timeout and backpressure
 
 
-def test_the_read_timeout_fails_the_request_after_that_many_seconds_of_silence() -> None:
+@pytest.mark.parametrize(
+    ("since", "due"),
+    [
+        pytest.param(None, 10, id="sent on arrival"),
+        pytest.param(-3, 7, id="sent after 3 s in a queue"),
+    ],
+)
+def test_the_first_byte_is_due_within_the_read_timeout_of_the_requests_arrival(
+    since: float | None, due: float
+) -> None:
+    """A request that waited for a connection still gets its 504 in time."""
     connection = connect(stall, readTimeout=10)
-    recorder = connection.send()
+    recorder = connection.send(since=since)
     connection.link.flush()
 
-    connection.clock.advance(9.999)
+    connection.clock.advance(due - 0.001)
     assert recorder.events == []
     connection.clock.advance(0.001)
 
@@ -378,7 +389,9 @@ def test_the_read_timeout_fails_the_request_after_that_many_seconds_of_silence()
     assert not connection.client.reusable
 
 
-def test_every_arrival_restarts_the_read_timeout() -> None:
+@pytest.mark.parametrize("since", [None, -3])
+def test_every_arrival_restarts_the_read_timeout(since: float | None) -> None:
+    """After the first byte the backend has the whole read timeout for each next one."""
     clock = MemoryReactorClock()
 
     def respond(backend: FakeBackend, request: ReceivedRequest) -> None:
@@ -388,7 +401,7 @@ def test_every_arrival_restarts_the_read_timeout() -> None:
     backend = FakeBackend(respond)
     link = Link(client, backend, clock)
     connection = Connection(clock, client, backend, link)
-    recorder = connection.send()
+    recorder = connection.send(since=since)
     link.flush()
 
     clock.advance(6)
@@ -398,6 +411,21 @@ def test_every_arrival_restarts_the_read_timeout() -> None:
     clock.advance(0.001)
 
     assert recorder.failure.check(BackendTimeout)
+
+
+def test_a_request_already_past_its_read_timeout_fails_at_once_without_being_sent() -> None:
+    """It waited longer than the read timeout: running the script now helps nobody."""
+    connection = connect(readTimeout=10)
+    connection.clock.advance(100)
+
+    late = connection.send(since=89.5)
+
+    assert late.failure.check(BackendTimeout)
+    assert connection.backend.clientWrites == []
+    assert connection.client.reusable
+    onTime = connection.send(since=99)
+    connection.link.flush()
+    assert onTime.events[-1] == ("ended", 0, 0)
 
 
 def test_the_read_timeout_does_not_run_while_the_response_is_paused() -> None:
@@ -471,6 +499,50 @@ def test_a_connection_paused_when_its_request_ends_reads_again_for_the_next_requ
     second = connection.send()
     connection.link.flush()
     assert second.events[-1] == ("ended", 0, 0)
+
+
+def test_a_pause_with_no_request_in_flight_does_not_hold_back_the_next_request() -> None:
+    """
+    Pausing holds a response back for a slow client; a pause that comes when
+    no response is being delivered has nothing to hold, and must neither stop
+    reading nor turn off the next request's read timeout.
+    """
+    connection = connect(readTimeout=10)
+    first = connection.send()
+    connection.link.flush()
+    assert first.events[-1] == ("ended", 0, 0)
+
+    connection.client.pauseProducing()
+    second = connection.send()
+    connection.link.flush()
+
+    assert second.events[-1] == ("ended", 0, 0)
+    assert connection.client.reusable
+
+
+class UnreadableBody(BytesIO):
+    """A spooled body whose file fails after its first read, as on a disk error."""
+
+    reads = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.reads += 1
+        if self.reads > 1:
+            raise OSError("read error")
+        return super().read(size)
+
+
+def test_a_body_that_cannot_be_read_fails_the_request_and_closes_the_connection() -> None:
+    connection = connect(stall)
+
+    recorder = connection.send(UnreadableBody(pattern(300_000)))
+    connection.link.flush()
+
+    assert recorder.failure.check(OSError)
+    assert connection.link.clientTransport.aborted
+    assert connection.link.closed
+    assert not connection.client.reusable
+    assert not connection.backend.request.stdinEnded
 
 
 # Reuse and abort

@@ -10,6 +10,7 @@ from io import BytesIO
 
 import pytest
 from twisted.internet.defer import CancelledError
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 
 from tests.fakebackend import (
@@ -20,8 +21,14 @@ from tests.fakebackend import (
     ResponseRecorder,
     stall,
 )
-from txfastcgi.client import FastCGIClientProtocol
-from txfastcgi.pool import BackendUnavailable, ConnectionPool, PoolStatistics, QueueTimeout
+from txfastcgi.client import BackendTimeout, FastCGIClientProtocol
+from txfastcgi.pool import (
+    BackendUnavailable,
+    ConnectionPool,
+    PoolStateError,
+    PoolStatistics,
+    QueueTimeout,
+)
 from txfastcgi.records import Stdout
 
 CONNECT_TIMEOUT = 5.0
@@ -237,12 +244,18 @@ def test_an_idle_connection_whose_timeout_expired_is_not_handed_out_while_it_clo
     assert pool.statistics() == statistics(open=1, busy=1)
 
 
+def usedOnce(endpoint: FakeBackendEndpoint, pool: ConnectionPool) -> Acquired:
+    """A connection that carried a request and was given back: now idle."""
+    request = Acquired(pool)
+    endpoint.flush()
+    runRequest(endpoint, request.protocol)
+    pool.release(request.protocol)
+    return request
+
+
 def test_an_idle_connection_closed_by_the_backend_is_dropped_and_never_handed_out() -> None:
     endpoint, pool = makePool(maxConnections=1)
-    first = Acquired(pool)
-    endpoint.flush()
-    runRequest(endpoint, first.protocol)
-    pool.release(first.protocol)
+    first = usedOnce(endpoint, pool)
 
     backendOf(endpoint, first.protocol).close()
     endpoint.flush()
@@ -329,7 +342,7 @@ def test_a_request_cancelled_while_its_connection_is_made_leaves_that_connection
     assert pool.statistics() == statistics(open=1, busy=1)
 
 
-def test_a_request_cancelled_while_connecting_makes_room_for_a_waiting_one() -> None:
+def test_a_request_cancelled_while_connecting_leaves_that_connection_to_a_waiting_one() -> None:
     endpoint, pool = makePool(maxConnections=1)
     endpoint.hold = True
     gone, next = Acquired(pool), Acquired(pool)
@@ -339,9 +352,25 @@ def test_a_request_cancelled_while_connecting_makes_room_for_a_waiting_one() -> 
     endpoint.completeHeld()
     endpoint.flush()
 
-    assert endpoint.connectAttempts == 2
+    assert endpoint.connectAttempts == 1
     assert next.protocol is endpoint.links[0].client
     assert pool.statistics() == statistics(open=1, busy=1)
+
+
+def test_a_connect_no_request_waits_for_any_more_is_given_up() -> None:
+    """A backend that swallows connects then holds up no later request."""
+    endpoint, pool = makePool(maxConnections=1)
+    endpoint.hold = True
+    gone = Acquired(pool)
+
+    gone.deferred.cancel()
+    endpoint.hold = False
+    later = Acquired(pool)
+    endpoint.flush()
+
+    assert endpoint.heldAttempts == 0
+    assert later.protocol is endpoint.links[0].client
+    assert endpoint.connectAttempts == 2
 
 
 def test_a_refused_connect_fails_the_request_and_those_waiting_with_BackendUnavailable() -> None:
@@ -381,16 +410,31 @@ def test_statistics_count_open_idle_busy_connecting_and_waiting() -> None:
     endpoint, pool = makePool(maxConnections=3)
     _busy, second = Acquired(pool), Acquired(pool)
     endpoint.flush()
-    endpoint.hold = True
-    Acquired(pool)
     runRequest(endpoint, second.protocol)
     pool.release(second.protocol)
-    assert pool.statistics() == statistics(open=2, idle=1, busy=1, connecting=1)
+    assert pool.statistics() == statistics(open=2, idle=1, busy=1)
 
-    Acquired(pool)
+    endpoint.hold = True
+    Acquired(pool), Acquired(pool)
     assert pool.statistics() == statistics(open=2, busy=2, connecting=1)
     Acquired(pool), Acquired(pool)
     assert pool.statistics() == statistics(open=2, busy=2, connecting=1, waiting=2)
+
+
+def test_a_connection_given_back_goes_to_a_request_waiting_for_a_connect_in_progress() -> None:
+    endpoint, pool = makePool(maxConnections=2)
+    first = Acquired(pool)
+    endpoint.flush()
+    endpoint.hold = True
+    second = Acquired(pool)
+    runRequest(endpoint, first.protocol)
+
+    pool.release(first.protocol)
+    endpoint.completeHeld()
+    endpoint.flush()
+
+    assert second.protocol is first.protocol
+    assert pool.statistics() == statistics(open=2, idle=1, busy=1)
 
 
 def test_close_closes_the_idle_connections_and_leaves_the_busy_ones() -> None:
@@ -407,3 +451,71 @@ def test_close_closes_the_idle_connections_and_leaves_the_busy_ones() -> None:
     assert backendOf(endpoint, idle.protocol).closed
     assert not backendOf(endpoint, busy.protocol).closed
     assert later.protocol is not idle.protocol
+
+
+def test_after_close_a_released_connection_is_closed_not_kept() -> None:
+    endpoint, pool = makePool(maxConnections=2)
+    busy = Acquired(pool)
+    endpoint.flush()
+    runRequest(endpoint, busy.protocol)
+
+    pool.close()
+    pool.release(busy.protocol)
+    endpoint.flush()
+
+    assert backendOf(endpoint, busy.protocol).closed
+    assert pool.statistics() == statistics()
+
+
+def fullPool() -> tuple[Clock, ConnectionPool]:
+    """A pool whose one connection is busy, at time 100."""
+    endpoint, pool = makePool(maxConnections=1)
+    endpoint.clock.advance(100)
+    Acquired(pool)
+    endpoint.flush()
+    return endpoint.clock, pool
+
+
+def test_a_waiting_request_fails_with_BackendTimeout_at_its_read_timeout_from_its_arrival() -> None:
+    """
+    A request that arrived 50 s before it asked waits at most 10 s more, with
+    a read timeout of 60 s, though the queue timeout is 30 s: it is then a
+    504, as if php-fpm had not answered in time, which it has not.
+    """
+    clock, pool = fullPool()
+
+    late = Acquisition(pool.acquire(since=clock.seconds() - 50))
+    clock.advance(10 - 0.001)
+    assert late.waiting
+    clock.advance(0.001)
+
+    assert late.failure.check(BackendTimeout)
+    assert pool.statistics() == statistics(open=1, busy=1)
+
+
+def test_the_queue_timeout_applies_when_it_comes_before_the_read_timeout() -> None:
+    clock, pool = fullPool()
+
+    waiting = Acquisition(pool.acquire(since=clock.seconds() - 20))
+    clock.advance(QUEUE_TIMEOUT)
+
+    assert waiting.failure.check(QueueTimeout)
+
+
+def test_a_request_past_its_read_timeout_gets_no_connection() -> None:
+    endpoint, pool = makePool(maxConnections=1)
+    clock = endpoint.clock
+    clock.advance(100)
+
+    late = Acquisition(pool.acquire(since=clock.seconds() - 60))
+
+    assert late.failure.check(BackendTimeout)
+    assert endpoint.connectAttempts == 0
+
+
+def test_a_connection_given_back_twice_is_an_error() -> None:
+    endpoint, pool = makePool(maxConnections=1)
+    request = usedOnce(endpoint, pool)
+
+    with pytest.raises(PoolStateError):
+        pool.release(request.protocol)

@@ -6,6 +6,8 @@ of a connection.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import pytest
 from hypothesis import given, settings
@@ -18,6 +20,8 @@ from txfastcgi.records import (
     AbortRequest,
     BeginRequest,
     ClientConnection,
+    ConnectionEvent,
+    ConnectionState,
     Data,
     EndRequest,
     GetValues,
@@ -30,6 +34,7 @@ from txfastcgi.records import (
     RecordDecoder,
     RecordType,
     Role,
+    StateError,
     Stderr,
     Stdin,
     Stdout,
@@ -626,3 +631,153 @@ def test_decoding_errors_reach_the_connection() -> None:
     connection = startedConnection()
     with pytest.raises(UnsupportedVersion):
         connection.receiveData(header(RecordType.STDOUT, 1, 0, version=2))
+
+
+# ClientConnection: every state against every event
+
+
+@dataclass(frozen=True)
+class Meaning:
+    """
+    What a state means, written apart from the implementation's table: the
+    phase of the request, whether the body is still being sent, which
+    response streams have ended.
+    """
+
+    phase: str  # idle, awaiting (no response byte yet), receiving, ended, error
+    bodyOpen: bool = False
+    endedStreams: frozenset[str] = frozenset()
+
+
+S = ConnectionState
+E = ConnectionEvent
+BOTH = frozenset(("STDOUT", "STDERR"))
+MEANINGS: dict[ConnectionState, Meaning] = {
+    S.IDLE: Meaning("idle"),
+    S.SENDING_BODY: Meaning("awaiting", bodyOpen=True),
+    S.SENDING_BODY_RECEIVING: Meaning("receiving", bodyOpen=True),
+    S.SENDING_BODY_STDOUT_ENDED: Meaning("receiving", True, frozenset(("STDOUT",))),
+    S.SENDING_BODY_STDERR_ENDED: Meaning("receiving", True, frozenset(("STDERR",))),
+    S.SENDING_BODY_STREAMS_ENDED: Meaning("receiving", True, BOTH),
+    S.AWAITING_RESPONSE: Meaning("awaiting"),
+    S.RECEIVING: Meaning("receiving"),
+    S.STDOUT_ENDED: Meaning("receiving", endedStreams=frozenset(("STDOUT",))),
+    S.STDERR_ENDED: Meaning("receiving", endedStreams=frozenset(("STDERR",))),
+    S.STREAMS_ENDED: Meaning("receiving", endedStreams=BOTH),
+    S.ENDED: Meaning("ended"),
+    S.ENDED_EARLY: Meaning("ended", bodyOpen=True),
+    S.ERROR: Meaning("error"),
+}
+STATES_MEANING = {meaning: state for state, meaning in MEANINGS.items()}
+STREAM_OF = {
+    E.STDOUT: "STDOUT",
+    E.STDOUT_END: "STDOUT",
+    E.STDERR: "STDERR",
+    E.STDERR_END: "STDERR",
+}
+
+
+def expectedMove(meaning: Meaning, event: ConnectionEvent) -> Meaning | type[Exception]:
+    """
+    The FastCGI client's rules: one request at a time; the body, if not
+    given whole, is sent until endBody(); the peer may answer before that,
+    with STDOUT, STDERR (no data on a stream after its end) and END_REQUEST;
+    a connection carries the next request only if the whole body was sent.
+    """
+    if event in (E.START, E.START_WITH_BODY):
+        if meaning.phase != "idle":
+            return StateError
+        return Meaning("awaiting", bodyOpen=event is E.START)
+    if event in (E.SEND_BODY, E.END_BODY):
+        if not meaning.bodyOpen or meaning.phase not in ("awaiting", "receiving"):
+            return StateError
+        return replace(meaning, bodyOpen=event is E.SEND_BODY)
+    if event is E.RESET:
+        if meaning.phase != "ended" or meaning.bodyOpen:
+            return StateError
+        return Meaning("idle")
+    # The peer's events: any byte means the response has started.
+    if meaning.phase not in ("awaiting", "receiving"):
+        return UnexpectedRecord
+    meaning = replace(meaning, phase="receiving")
+    if event is E.END_REQUEST:
+        return Meaning("ended", bodyOpen=meaning.bodyOpen)
+    if event in (E.STDOUT_END, E.STDERR_END):
+        return replace(meaning, endedStreams=meaning.endedStreams | {STREAM_OF[event]})
+    if event in (E.STDOUT, E.STDERR) and STREAM_OF[event] in meaning.endedStreams:
+        return UnexpectedRecord
+    return meaning
+
+
+# Each event through the public API.
+DO: dict[ConnectionEvent, Callable[[ClientConnection], object]] = {
+    E.START: lambda connection: connection.startRequest([(b"A", b"B")], keepConnection=True),
+    E.START_WITH_BODY: lambda connection: connection.startRequest([], True, body=b"all"),
+    E.SEND_BODY: lambda connection: connection.sendBody(b"more"),
+    E.END_BODY: lambda connection: connection.endBody(),
+    E.RESET: lambda connection: connection.reset(),
+    E.BYTES: lambda connection: connection.receiveData(Stdout(1, b"partial").encode()[:5]),
+    E.STDOUT: lambda connection: connection.receiveData(Stdout(1, b"out").encode()),
+    E.STDERR: lambda connection: connection.receiveData(Stderr(1, b"err").encode()),
+    E.STDOUT_END: lambda connection: connection.receiveData(Stdout(1, b"").encode()),
+    E.STDERR_END: lambda connection: connection.receiveData(Stderr(1, b"").encode()),
+    E.END_REQUEST: lambda connection: connection.receiveData(END.encode()),
+}
+# A way into each state from a new connection.
+PATHS: dict[ConnectionState, list[ConnectionEvent]] = {
+    S.IDLE: [],
+    S.SENDING_BODY: [E.START],
+    S.SENDING_BODY_RECEIVING: [E.START, E.STDERR],
+    S.SENDING_BODY_STDOUT_ENDED: [E.START, E.STDOUT, E.STDOUT_END],
+    S.SENDING_BODY_STDERR_ENDED: [E.START, E.STDERR_END],
+    S.SENDING_BODY_STREAMS_ENDED: [E.START, E.STDERR_END, E.STDOUT_END],
+    S.AWAITING_RESPONSE: [E.START, E.SEND_BODY, E.END_BODY],
+    S.RECEIVING: [E.START_WITH_BODY, E.STDOUT],
+    S.STDOUT_ENDED: [E.START_WITH_BODY, E.STDOUT_END],
+    S.STDERR_ENDED: [E.START, E.STDERR, E.STDERR_END, E.END_BODY],
+    S.STREAMS_ENDED: [E.START_WITH_BODY, E.STDOUT_END, E.STDERR_END],
+    S.ENDED: [E.START_WITH_BODY, E.STDOUT, E.END_REQUEST],
+    S.ENDED_EARLY: [E.START, E.STDOUT, E.END_REQUEST],
+    S.ERROR: [E.BYTES],
+}
+
+
+def connectionIn(state: ConnectionState) -> ClientConnection:
+    connection = ClientConnection()
+    for event in PATHS[state]:
+        try:
+            DO[event](connection)
+        except UnexpectedRecord:
+            assert state is S.ERROR
+    assert connection.state is state
+    return connection
+
+
+def test_the_meanings_name_every_state_once() -> None:
+    assert set(MEANINGS) == set(ConnectionState)
+    assert len(STATES_MEANING) == len(MEANINGS)
+
+
+@pytest.mark.parametrize("event", list(ConnectionEvent), ids=lambda event: event.name)
+@pytest.mark.parametrize("state", list(ConnectionState), ids=lambda state: state.name)
+def test_every_event_in_every_state(state: ConnectionState, event: ConnectionEvent) -> None:
+    connection = connectionIn(state)
+    expected = expectedMove(MEANINGS[state], event)
+
+    if isinstance(expected, Meaning):
+        DO[event](connection)
+        assert connection.state is STATES_MEANING[expected]
+    else:
+        with pytest.raises(expected):
+            DO[event](connection)
+        # The caller's mistakes change nothing; the peer's are the end.
+        assert connection.state is (S.ERROR if expected is UnexpectedRecord else state)
+    meaning = MEANINGS[connection.state]
+    assert connection.requestComplete is (meaning.phase == "ended")
+    if meaning.phase != "error":
+        assert connection.responseStarted is (meaning.phase in ("receiving", "ended"))
+
+
+def test_misuse_by_the_caller_is_a_runtime_error_and_not_a_protocol_error() -> None:
+    assert issubclass(StateError, RuntimeError)
+    assert not issubclass(StateError, ProtocolError)

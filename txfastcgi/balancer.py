@@ -26,7 +26,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from txfastcgi.client import FastCGIClientProtocol
+from txfastcgi.client import BackendTimeout, FastCGIClientProtocol
 from txfastcgi.pool import BackendUnavailable, ConnectionPool, PoolStatistics, QueueTimeout
 
 __all__ = ["BackendStatistics", "Balancer"]
@@ -42,7 +42,8 @@ class BackendStatistics:
         a probe gets a connection again.
     @ivar requests: requests it was given a connection for.
     @ivar errors: requests that could not get a connection to it: connect
-        refused or timed out, or waited longer than the queue timeout.
+        refused or timed out, or waited longer than the queue timeout or
+        past their read timeout.
     @ivar connections: its pool's connections and queue.
     """
 
@@ -98,19 +99,26 @@ class Balancer:
         self._turn = 0
         self._owners: dict[FastCGIClientProtocol, _Backend] = {}
 
-    def acquire(self, fresh: bool = False) -> Deferred[FastCGIClientProtocol]:
+    def acquire(
+        self, fresh: bool = False, since: float | None = None
+    ) -> Deferred[FastCGIClientProtocol]:
         """
         A connection to one of the backends, for one request; a new one, not
-        a kept one, if C{fresh} (see L{ConnectionPool.acquire}).
+        a kept one, if C{fresh}; not later than the read timeout after
+        C{since}, the reactor time the request arrived (see
+        L{ConnectionPool.acquire}).
 
         Fails with L{BackendUnavailable} when no backend could be connected
-        to, or with L{QueueTimeout} when the chosen backend stayed busy too
-        long (trying another then would double the wait).
+        to, or with L{QueueTimeout} or L{BackendTimeout} when the chosen
+        backend stayed busy too long (trying another then would double the
+        wait).
         """
-        return self._acquireFrom(fresh, [])
+        if since is None:
+            since = self._reactor.seconds()
+        return self._acquireFrom(fresh, since, [])
 
     def _acquireFrom(
-        self, fresh: bool, tried: list[tuple[_Backend, BackendUnavailable]]
+        self, fresh: bool, since: float, tried: list[tuple[_Backend, BackendUnavailable]]
     ) -> Deferred[FastCGIClientProtocol]:
         """
         Try the best backend not tried yet, and the next one if it cannot be
@@ -145,13 +153,13 @@ class Balancer:
                 backend.errors += 1
                 self._markDown(backend, error)
                 tried.append((backend, error))
-                return self._acquireFrom(fresh, tried)
-            if isinstance(error, QueueTimeout):
+                return self._acquireFrom(fresh, since, tried)
+            if isinstance(error, (QueueTimeout, BackendTimeout)):
                 backend.errors += 1
             # Otherwise cancelled, because the client went away.
             return reason
 
-        return backend.pool.acquire(fresh).addCallbacks(acquired, failed)
+        return backend.pool.acquire(fresh, since).addCallbacks(acquired, failed)
 
     def release(self, protocol: FastCGIClientProtocol) -> None:
         """Give a connection back to the pool it came from."""

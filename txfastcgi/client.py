@@ -10,12 +10,19 @@ connection can carry the next request once the previous one ended cleanly.
 from __future__ import annotations
 
 import itertools
+from enum import Enum
 from typing import IO
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import (
+    IConsumer,
+    IDelayedCall,
+    IPushProducer,
+    IReactorTime,
+    ITransport,
+)
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Cooperator
 from twisted.python.failure import Failure
@@ -25,8 +32,10 @@ from zope.interface import implementer
 from txfastcgi.records import (
     MAX_CONTENT_LENGTH,
     ClientConnection,
+    ConnectionState,
     EndRequest,
     ProtocolError,
+    StateError,
     Stderr,
     Stdout,
 )
@@ -35,7 +44,10 @@ __all__ = [
     "BackendClosed",
     "BackendTimeout",
     "FastCGIClientProtocol",
+    "ProtocolEvent",
+    "ProtocolState",
     "ResponseReceiver",
+    "StateError",
 ]
 
 # A body up to this size is read into memory and sent in the same write as
@@ -97,34 +109,191 @@ class ResponseReceiver(TypingProtocol):
         """
 
 
+class ProtocolState(Enum):
+    """
+    Where a L{FastCGIClientProtocol} is in its life; each value says so in
+    words, for error messages.  Whether the body is still being sent and
+    whether any response byte has arrived belong to the request, and are
+    the L{ClientConnection}'s states.
+    """
+
+    # Identity is equality for these; this keeps lookups cheap.
+    __hash__ = object.__hash__
+
+    CONNECTING = "not connected yet"
+    IDLE = "idle"
+    IN_FLIGHT = "carrying a request"
+    PAUSED = "carrying a request whose response is held back for a slow client"
+    SPENT = "done: its last request ended and the backend will not take another on it"
+    ABORTED = "given up and closing"
+    CLOSED = "closed"
+
+
+class ProtocolEvent(Enum):
+    """What moves a L{FastCGIClientProtocol}."""
+
+    __hash__ = object.__hash__
+
+    CONNECT = "connectionMade()"
+    SEND = "sendRequest()"
+    END_KEPT = "the end of a request on a connection the backend keeps"
+    END_LAST = "the end of the last request the connection can carry"
+    PAUSE = "pauseProducing()"
+    RESUME = "resumeProducing()"
+    FAIL = "a failure of the connection"
+    ABORT = "abort()"
+    LOSE = "connectionLost()"
+
+
+_S = ProtocolState
+_E = ProtocolEvent
+
+# A request in flight moves the same way whether its response is held back
+# or not.
+_CARRYING_MOVES = {
+    _E.END_KEPT: _S.IDLE,
+    _E.END_LAST: _S.SPENT,
+    _E.PAUSE: _S.PAUSED,
+    _E.RESUME: _S.IN_FLIGHT,
+    _E.FAIL: _S.ABORTED,
+    _E.ABORT: _S.ABORTED,
+    _E.LOSE: _S.CLOSED,
+}
+# Every legal move: state -> event -> next state; anything else is a
+# L{StateError}.  Pausing means holding a response back, so outside a
+# request it changes nothing: a pause left over from an earlier request
+# must not stall the next one.  The read timeout runs exactly in IN_FLIGHT.
+_TRANSITIONS: dict[ProtocolState, dict[ProtocolEvent, ProtocolState]] = {
+    _S.CONNECTING: {_E.CONNECT: _S.IDLE},
+    _S.IDLE: {
+        _E.SEND: _S.IN_FLIGHT,
+        _E.PAUSE: _S.IDLE,
+        _E.RESUME: _S.IDLE,
+        _E.FAIL: _S.ABORTED,
+        _E.ABORT: _S.ABORTED,
+        _E.LOSE: _S.CLOSED,
+    },
+    _S.IN_FLIGHT: _CARRYING_MOVES,
+    _S.PAUSED: _CARRYING_MOVES,
+    _S.SPENT: {
+        _E.PAUSE: _S.SPENT,
+        _E.RESUME: _S.SPENT,
+        _E.FAIL: _S.ABORTED,
+        _E.ABORT: _S.ABORTED,
+        _E.LOSE: _S.CLOSED,
+    },
+    _S.ABORTED: {
+        _E.PAUSE: _S.ABORTED,
+        _E.RESUME: _S.ABORTED,
+        _E.ABORT: _S.ABORTED,
+        _E.LOSE: _S.CLOSED,
+    },
+    _S.CLOSED: {_E.PAUSE: _S.CLOSED, _E.RESUME: _S.CLOSED, _E.ABORT: _S.CLOSED},
+}
+
+# The states with a request whose response goes to a receiver.
+_CARRYING = frozenset((_S.IN_FLIGHT, _S.PAUSED))
+# The states whose transport is open and not being aborted yet.
+_OPEN = frozenset((_S.IDLE, _S.IN_FLIGHT, _S.PAUSED, _S.SPENT))
+_UNCONNECTED = frozenset((_S.CONNECTING, _S.CLOSED))
+
+# Looking a member up on its Enum class costs some 70 ns on Python 3.11
+# (the metaclass has a __getattr__); what runs for every request uses
+# these names instead.
+_IDLE = _S.IDLE
+_IN_FLIGHT = _S.IN_FLIGHT
+_PAUSED = _S.PAUSED
+_SEND = _E.SEND
+_END_KEPT = _E.END_KEPT
+_END_LAST = _E.END_LAST
+_REQUEST_ENDED = ConnectionState.ENDED
+
+
 @implementer(IPushProducer)
 class FastCGIClientProtocol(Protocol):
     """
-    One FastCGI connection.
+    One FastCGI connection, a state machine (L{ProtocolState}, moves in
+    L{_TRANSITIONS}) around the sans-IO L{ClientConnection}.
 
     As an L{IPushProducer} it produces the response: the HTTP side registers
     it, so that a slow HTTP client pauses reading from the backend and
     backpressure reaches php-fpm.
 
     @ivar whenClosed: fires once the connection is closed, for the pool.
+    @ivar requestsStarted: how many requests this connection has carried.
+    @ivar requestNumber: the place of its latest request among all requests
+        sent, over all connections.
     """
 
     def __init__(self, reactor: IReactorTime, readTimeout: float | None = None) -> None:
         self._reactor = reactor
         self._readTimeout = readTimeout
+        self._state = ProtocolState.CONNECTING
         self._connection = ClientConnection()
+        # The request in flight: where its response goes, and whether the
+        # backend was asked to keep the connection after it.
         self._receiver: ResponseReceiver | None = None
         self._keepConnection = False
         self._bodyProducer: FileBodyProducer | None = None
-        self._bodySent = False
-        self._responseStarted = False
-        self._failed = False
-        self._paused = False
         self._timeoutCall: IDelayedCall | None = None
         self.requestsStarted = 0
         self.requestNumber = 0
-        self.connected = False
         self.whenClosed: Deferred[None] = Deferred()
+
+    @property
+    def state(self) -> ProtocolState:
+        """Where the connection is in its life."""
+        return self._state
+
+    @property
+    def connected(self) -> bool:  # type: ignore[override]
+        """
+        Whether the transport is open: from connectionMade to connectionLost.
+        Read-only, unlike L{Protocol}'s flag: the state says it.
+        """
+        return self._state not in _UNCONNECTED
+
+    def makeConnection(self, transport: ITransport) -> None:
+        # Protocol's own sets the connected flag, which is the state here.
+        self.transport = transport
+        self.connectionMade()
+
+    @property
+    def reusable(self) -> bool:
+        """
+        Whether this connection can carry another request: it is open and
+        either new or the backend agreed to keep it and the last request ended
+        cleanly, its body all sent.
+        """
+        return self._state is _IDLE
+
+    @property
+    def maybeInBacklog(self) -> bool:
+        """
+        Whether the backend may not have accepted this connection yet: it is
+        new, carries its first request, and not a byte has come back. php-fpm
+        leaves a connection in its listen backlog while every worker is bound
+        to another connection, busy or idle.
+        """
+        return (
+            self.requestsStarted == 1
+            and self._state in _CARRYING
+            and not self._connection.responseStarted
+        )
+
+    def _next(self, event: ProtocolEvent) -> ProtocolState:
+        """The state C{event} leads to, if it is legal now."""
+        nextState = _TRANSITIONS[self._state].get(event)
+        if nextState is None:
+            raise StateError(
+                f"{event.value} is not allowed while the connection is {self._state.value}"
+            )
+        return nextState
+
+    def _move(self, event: ProtocolEvent) -> ProtocolState:
+        """Make the move for C{event}, if it is legal; the state it left."""
+        left, self._state = self._state, self._next(event)
+        return left
 
     # Sending
 
@@ -135,6 +304,7 @@ class FastCGIClientProtocol(Protocol):
         bodyLength: int,
         receiver: ResponseReceiver,
         keepConnection: bool,
+        since: float | None = None,
     ) -> None:
         """
         Send one request; the response goes to C{receiver}.
@@ -143,22 +313,31 @@ class FastCGIClientProtocol(Protocol):
             STDIN records unless it is small, never read whole into memory.
         @param keepConnection: ask php-fpm to keep the connection open after
             the request so that it can be reused (FCGI_KEEP_CONN).
+        @param since: the reactor time the request arrived, if it waited
+            (for a connection): its first response byte is due within the
+            read timeout of then, not of now.  A request already overdue is
+            not sent at all but fails at once, leaving the connection idle.
+        @raise StateError: unless the connection is L{reusable}.
         """
+        inFlight = self._next(_SEND)
         assert self.transport is not None
-        if self.requestsStarted:
-            self._connection.reset()
+        firstByteDue = self._readTimeout
+        if firstByteDue is not None and since is not None:
+            firstByteDue += since - self._reactor.seconds()
+            if firstByteDue <= 0:
+                receiver.requestFailed(self._timeoutFailure())
+                return
+        self._state = inFlight
         self.requestsStarted += 1
         self.requestNumber = next(_requestNumbers)
         self._receiver = receiver
         self._keepConnection = keepConnection
-        self._responseStarted = False
-        self._bodySent = False
-        self._restartTimeout()
+        if firstByteDue is not None:
+            self._timeoutCall = self._reactor.callLater(firstByteDue, self._timedOut)
         if bodyLength <= _COALESCED_BODY_LIMIT:
             self.transport.write(
                 self._connection.startRequest(params, keepConnection, body.read(bodyLength))
             )
-            self._bodySent = True
             return
         self.transport.write(self._connection.startRequest(params, keepConnection))
         # Read on our own reactor, not the global one that
@@ -168,8 +347,9 @@ class FastCGIClientProtocol(Protocol):
             _Unclosable(body), cooperator=cooperator, readSize=_BODY_READ_SIZE
         )
         IConsumer(self.transport).registerProducer(self._bodyProducer, True)
+        # Should reading the spooled body fail, nothing sensible can follow.
         self._bodyProducer.startProducing(_StdinWriter(self)).addCallbacks(
-            self._bodyDone, self._bodyFailed
+            self._bodyDone, self._fail
         )
 
     def _writeBody(self, data: bytes) -> None:
@@ -181,13 +361,6 @@ class FastCGIClientProtocol(Protocol):
         self._bodyProducer = None
         IConsumer(self.transport).unregisterProducer()
         self.transport.write(self._connection.endBody())
-        self._bodySent = True
-
-    def _bodyFailed(self, reason: Failure) -> None:
-        self._bodyProducer = None
-        if not self._failed:
-            # Reading the spooled body failed: nothing sensible can follow.
-            self._fail(reason)
 
     def _stopBody(self) -> None:
         if self._bodyProducer is not None:
@@ -199,156 +372,119 @@ class FastCGIClientProtocol(Protocol):
     # Receiving
 
     def connectionMade(self) -> None:
-        self.connected = True
+        self._move(_E.CONNECT)
         # Read several of php-fpm's 64 KiB records at a time: a large
         # response then costs a quarter of the reads and reactor turns.
         self.transport.bufferSize = _READ_SIZE  # type: ignore[union-attr]
 
     def dataReceived(self, data: bytes) -> None:
-        if self._failed:
+        if self._state not in _OPEN:
+            # Given up on: nothing more is delivered.
             return
         try:
             events = self._connection.receiveData(data)
         except ProtocolError:
+            # Also output nobody asked for, on an idle or spent connection.
             self._fail(Failure())
             return
         receiver = self._receiver
-        if receiver is None:
-            # Output nobody asked for, on an idle connection.
-            self._fail(Failure(ProtocolError("data received with no request outstanding")))
-            return
-        # Any byte, even of stderr or of an unfinished record, shows that the
-        # backend took the request: sending it again would run it twice.
-        self._responseStarted = True
-        self._restartTimeout()
+        assert receiver is not None, "the connection accepted data with no request in flight"
+        if self._timeoutCall is not None and self._readTimeout is not None:
+            # The first byte came, or another: the backend has readTimeout
+            # seconds again for the next.
+            self._timeoutCall.reset(self._readTimeout)
         for event in events:
             if isinstance(event, Stdout):
                 receiver.stdoutReceived(event.data)
             elif isinstance(event, Stderr):
                 receiver.stderrReceived(event.data)
-            elif isinstance(event, EndRequest):
+            else:
+                # END_REQUEST, always the last event.
                 self._ended(receiver, event)
-            if self._failed or self._receiver is not receiver:
+                return
+            if self._receiver is not receiver:
                 # The receiver gave up in a callback (its client went away).
                 return
 
     def _ended(self, receiver: ResponseReceiver, event: EndRequest) -> None:
+        # A body still being sent was cut short: the rest of STDIN must not
+        # be taken as the next request's, so the connection carries no other.
+        self._stopBody()
+        kept = self._keepConnection and self._connection.state is _REQUEST_ENDED
+        left = self._move(_END_KEPT if kept else _END_LAST)
         self._cancelTimeout()
         self._receiver = None
-        if self._paused:
+        if kept:
+            self._connection.reset()
+        if left is _PAUSED:
             # Held back for a slow client while the last records arrived; the
             # next request on this connection must be read.
-            self.resumeProducing()
-        if not self._bodySent:
-            # The script answered without reading all of the body: the rest
-            # of STDIN must not be taken as the next request's.
-            self._stopBody()
-            self._keepConnection = False
+            self.transport.resumeProducing()  # type: ignore[union-attr]
         receiver.requestEnded(event.appStatus, event.protocolStatus)
 
-    @property
-    def reusable(self) -> bool:
-        """
-        Whether this connection can carry another request: it is open and
-        either new or the backend agreed to keep it and the last request ended
-        cleanly.
-        """
-        return (
-            bool(self.connected)
-            and not self._failed
-            and self._receiver is None
-            and (
-                self.requestsStarted == 0
-                or (self._keepConnection and self._connection.requestComplete)
-            )
-        )
-
-    @property
-    def maybeInBacklog(self) -> bool:
-        """
-        Whether the backend may not have accepted this connection yet: it is
-        new, carries its first request, and not a byte has come back. php-fpm
-        leaves a connection in its listen backlog while every worker is bound
-        to another connection, busy or idle.
-        """
-        return (
-            self.requestsStarted == 1 and self._receiver is not None and not self._responseStarted
-        )
-
     def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
-        self.connected = False
+        self._move(_E.LOSE)
         self._cancelTimeout()
         self._stopBody()
-        if self._receiver is not None and not self._failed:
-            self._fail(
-                Failure(
-                    BackendClosed(
-                        reason,
-                        beforeResponse=not self._responseStarted,
-                    )
-                )
+        receiver, self._receiver = self._receiver, None
+        if receiver is not None:
+            receiver.requestFailed(
+                Failure(BackendClosed(reason, beforeResponse=not self._connection.responseStarted))
             )
         self.whenClosed.callback(None)
 
     def _fail(self, reason: Failure) -> None:
-        """Give up on the current request and the connection with it."""
-        self._failed = True
-        self._cancelTimeout()
-        self._stopBody()
-        receiver, self._receiver = self._receiver, None
-        if self.transport is not None and self.connected:
-            self.transport.abortConnection()  # type: ignore[attr-defined]
-        if receiver is not None:
-            receiver.requestFailed(reason)
+        """Give up on the current request, if any, and the connection with it."""
+        self._giveUp(_E.FAIL, reason)
 
     def abort(self) -> None:
         """
-        Stop the request in progress by closing the connection: php-fpm
-        ignores FCGI_ABORT_REQUEST, so this is the only way to stop a script.
+        Stop the request in progress, if any, by closing the connection:
+        php-fpm ignores FCGI_ABORT_REQUEST, so this is the only way to stop a
+        script.  The receiver hears nothing more.
         """
-        self._receiver = None
-        self._failed = True
+        self._giveUp(_E.ABORT, None)
+
+    def _giveUp(self, event: ProtocolEvent, reason: Failure | None) -> None:
+        left = self._move(event)
         self._cancelTimeout()
         self._stopBody()
-        if self.transport is not None and self.connected:
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+        receiver, self._receiver = self._receiver, None
+        if left in _OPEN:
+            self.transport.abortConnection()  # type: ignore[union-attr]
+        if receiver is not None and reason is not None:
+            receiver.requestFailed(reason)
 
     # Read timeout: it runs only while we wait for the backend, never while
     # we hold it back for a slow HTTP client.
 
-    def _restartTimeout(self) -> None:
-        if self._readTimeout is None or self._paused:
-            return
-        if self._timeoutCall is not None and self._timeoutCall.active():
-            self._timeoutCall.reset(self._readTimeout)
-        else:
-            self._timeoutCall = self._reactor.callLater(self._readTimeout, self._timedOut)
-
     def _cancelTimeout(self) -> None:
-        if self._timeoutCall is not None and self._timeoutCall.active():
+        # A timer is kept only until it fires or is cancelled: it is active.
+        if self._timeoutCall is not None:
             self._timeoutCall.cancel()
-        self._timeoutCall = None
+            self._timeoutCall = None
 
     def _timedOut(self) -> None:
         self._timeoutCall = None
-        self._fail(
-            Failure(BackendTimeout(f"no output from the backend for {self._readTimeout} seconds"))
+        self._fail(self._timeoutFailure())
+
+    def _timeoutFailure(self) -> Failure:
+        return Failure(
+            BackendTimeout(f"no output from the backend for {self._readTimeout} seconds")
         )
 
     # IPushProducer, for the response direction
 
     def pauseProducing(self) -> None:
-        self._paused = True
-        self._cancelTimeout()
-        if self.transport is not None:
-            self.transport.pauseProducing()  # type: ignore[attr-defined]
+        if self._move(_E.PAUSE) is _IN_FLIGHT:
+            self._cancelTimeout()
+            self.transport.pauseProducing()  # type: ignore[union-attr]
 
     def resumeProducing(self) -> None:
-        self._paused = False
-        if self._receiver is not None:
-            self._restartTimeout()
-        if self.transport is not None:
-            self.transport.resumeProducing()  # type: ignore[attr-defined]
+        if self._move(_E.RESUME) is _PAUSED:
+            if self._readTimeout is not None:
+                self._timeoutCall = self._reactor.callLater(self._readTimeout, self._timedOut)
+            self.transport.resumeProducing()  # type: ignore[union-attr]
 
     def stopProducing(self) -> None:
         self.abort()

@@ -7,39 +7,56 @@ opened a connection whenever none was idle could therefore starve itself
 behind its own idle connections. This one caps open connections, queues the
 requests beyond the cap in arrival order, and hands a freed connection to the
 oldest waiting request before anything opens another, unless a request may
-be waiting in php-fpm's listen backlog: then it closes the freed connection,
-so that its worker accepts the backlogged one, and learns to keep no more
-connections than php-fpm has shown it serves.
+be waiting in php-fpm's backlog: then it closes the freed connection, so that
+its worker accepts the backlogged one, and keeps no more connections open
+than php-fpm has shown it serves. When to do which is the business of
+L{txfastcgi._poolpolicy.PoolPolicy}, which tells a slow script from a
+backlogged request; this module is the mechanism: it hands out, takes back,
+times out and closes.
+
+Each connection of the pool is in one L{ConnectionState}, changed only
+through the one table of legal moves, L{TRANSITIONS}; an illegal move (a
+connection given back twice, say) raises L{PoolStateError}.
+
+A request waits in the queue at most the queue timeout (then
+L{QueueTimeout}, a 503) and never past its read timeout counted from its
+arrival (then L{BackendTimeout}, a 504, as if php-fpm had not answered in
+time): a frozen php-fpm answers every request within the read timeout.
 """
 
 from __future__ import annotations
 
-import math
+import itertools
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import Enum
 
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail, succeed
 from twisted.internet.endpoints import connectProtocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from txfastcgi.client import FastCGIClientProtocol
+from txfastcgi._poolpolicy import PoolPolicy, Seen, Suspicion
+from txfastcgi.client import BackendTimeout, FastCGIClientProtocol
 
-__all__ = ["BackendUnavailable", "ConnectionPool", "PoolStatistics", "QueueTimeout"]
+__all__ = [
+    "TRANSITIONS",
+    "BackendUnavailable",
+    "ConnectionPool",
+    "ConnectionState",
+    "PoolEvent",
+    "PoolStateError",
+    "PoolStatistics",
+    "QueueTimeout",
+    "nextState",
+]
 
 
-PROBE_INTERVAL = 1.0
-"""
-Seconds between tries of one more connection, once the pool has learnt that
-the backend served fewer than C{maxConnections} at once.
-"""
-
-BACKLOG_GRACE = 0.1
-"""
-Seconds a freed connection idles while a request on a new connection has had
-no answer at all, before it is closed to let php-fpm accept that request.
-"""
+# A timer set for the time T, as now + (T - now), may fire a rounding error
+# before T, when what it waits for is still in the future: it fires this
+# much later instead.
+_TIMER_SLACK = 1e-6
 
 
 class BackendUnavailable(Exception):
@@ -48,6 +65,69 @@ class BackendUnavailable(Exception):
 
 class QueueTimeout(Exception):
     """A request waited longer than the queue timeout for a free connection."""
+
+
+class PoolStateError(Exception):
+    """A connection was moved in a way its state does not allow."""
+
+
+class ConnectionState(Enum):
+    """Where one connection of a pool stands."""
+
+    CONNECTING = "connecting"
+    IDLE = "idle"
+    """Open, and free for the next request."""
+    BUSY = "busy"
+    """Lent to a caller, who gives it back with L{ConnectionPool.release}."""
+    CLOSING = "closing"
+    """Closed by the pool; the transport has yet to report the close."""
+    LOST = "lost"
+    """Closed while lent: its caller has yet to give it back."""
+    CLOSED = "closed"
+
+
+class PoolEvent(Enum):
+    """What can happen to one connection of a pool."""
+
+    CONNECTED = "connected"
+    CONNECT_FAILED = "connect failed"
+    LENT = "lent"
+    RETURNED = "returned"
+    CLOSED = "closed by the pool"
+    LOST = "connection lost"
+
+
+_S = ConnectionState
+_E = PoolEvent
+
+TRANSITIONS: dict[tuple[ConnectionState, PoolEvent], ConnectionState] = {
+    (_S.CONNECTING, _E.CONNECTED): _S.IDLE,
+    (_S.CONNECTING, _E.CONNECT_FAILED): _S.CLOSED,
+    (_S.IDLE, _E.LENT): _S.BUSY,
+    (_S.IDLE, _E.CLOSED): _S.CLOSING,
+    (_S.IDLE, _E.LOST): _S.CLOSED,
+    (_S.BUSY, _E.RETURNED): _S.IDLE,
+    (_S.BUSY, _E.CLOSED): _S.CLOSING,
+    (_S.BUSY, _E.LOST): _S.LOST,
+    (_S.LOST, _E.RETURNED): _S.CLOSED,
+    (_S.CLOSING, _E.LOST): _S.CLOSED,
+}
+"""
+Every legal move of a pool's connection: (state, event) -> the next state.
+Whatever is missing is illegal.
+"""
+
+
+def nextState(state: ConnectionState, event: PoolEvent) -> ConnectionState:
+    """
+    The state C{event} moves a connection in C{state} to.
+
+    @raise PoolStateError: if C{event} cannot happen in C{state}.
+    """
+    try:
+        return TRANSITIONS[state, event]
+    except KeyError:
+        raise PoolStateError(f"a {state.value} connection cannot be {event.value}") from None
 
 
 @dataclass(frozen=True)
@@ -61,14 +141,54 @@ class PoolStatistics:
     waiting: int
 
 
+@dataclass(eq=False)
+class _Connection:
+    """One connection of the pool, with what the pool knows of it."""
+
+    protocol: FastCGIClientProtocol
+    connecting: Deferred[FastCGIClientProtocol]
+    state: ConnectionState = ConnectionState.CONNECTING
+    # php-fpm answered on it at least once.
+    accepted: bool = False
+    # When it was lent for its first request.
+    firstLentAt: float | None = None
+    # Orders idle connections: the most recently used is lent first.
+    idleSince: int = 0
+    idleTimer: IDelayedCall | None = None
+
+    def seen(self) -> Seen:
+        protocol = self.protocol
+        if not self.accepted and protocol.requestsStarted and not protocol.maybeInBacklog:
+            self.accepted = True
+        waiting = not self.accepted and protocol.maybeInBacklog
+        return Seen(
+            accepted=self.accepted,
+            waitingSince=self.firstLentAt if waiting else None,
+            request=protocol.requestNumber,
+        )
+
+
+@dataclass(eq=False)
+class _Waiter:
+    """A request waiting for a connection."""
+
+    deferred: Deferred[FastCGIClientProtocol]
+    # It must have a new connection, not a kept one.
+    fresh: bool
+    timer: IDelayedCall | None = field(default=None)
+
+
 class ConnectionPool:
     """
     Connections to one FastCGI backend, at most C{maxConnections} at once.
 
     @param endpoint: where the backend listens.
+    @param maxConnections: the most connections open or being made at once;
+        best no more than php-fpm's C{pm.max_children}.
     @param connectTimeout: seconds a connect may take before the request
         fails with L{BackendUnavailable}.
-    @param readTimeout: seconds the backend may stay silent during a request.
+    @param readTimeout: seconds the backend may stay silent during a request,
+        and the most a request may wait for a connection after it arrived.
     @param idleTimeout: seconds an idle kept connection stays open.
     @param queueTimeout: seconds a request may wait for a connection before
         it fails with L{QueueTimeout}.
@@ -82,7 +202,7 @@ class ConnectionPool:
         reactor: IReactorTime,
         endpoint: IStreamClientEndpoint,
         *,
-        maxConnections: int = 8,
+        maxConnections: int = 4,
         connectTimeout: float = 5.0,
         readTimeout: float = 60.0,
         idleTimeout: float = 5.0,
@@ -93,248 +213,351 @@ class ConnectionPool:
         self._endpoint = endpoint
         self.name = repr(endpoint) if name is None else name
         self.maxConnections = maxConnections
-        # As many connections as the backend has shown it can serve at once.
-        self._limit = maxConnections
-        self._lastShrink = -math.inf
+        self.policy = PoolPolicy(maxConnections)
         self._connectTimeout = connectTimeout
         self._readTimeout = readTimeout
         self._idleTimeout = idleTimeout
         self._queueTimeout = queueTimeout
-        self._connections: set[FastCGIClientProtocol] = set()
-        self._idle: list[FastCGIClientProtocol] = []
-        self._idleTimers: dict[FastCGIClientProtocol, IDelayedCall] = {}
-        self._connecting = 0
-        self._waiting: deque[Deferred[FastCGIClientProtocol]] = deque()
-        # Waiting requests that must have a new connection, not a kept one.
-        self._wantNew: set[Deferred[FastCGIClientProtocol]] = set()
+        # Every connection open or being made (not LOST or CLOSED), in the
+        # order they were opened: php-fpm accepts them in that order.
+        self._connections: list[_Connection] = []
+        self._byProtocol: dict[FastCGIClientProtocol, _Connection] = {}
+        self._waiting: deque[_Waiter] = deque()
+        self._shutDown = False
+        self._updating = False
+        self._updateAgain = False
+        self._wakeCall: IDelayedCall | None = None
+        self._idleOrder = itertools.count(1)
 
     def statistics(self) -> PoolStatistics:
-        """How many connections are open, idle, busy and being made, and how many requests wait."""
+        """
+        How many connections are open (idle, or busy: lent, or closing), and
+        being made, and how many requests wait beyond those the connections
+        being made will serve.
+        """
+        counts = dict.fromkeys(ConnectionState, 0)
+        for connection in self._connections:
+            counts[connection.state] += 1
+        idle = counts[_S.IDLE]
+        busy = counts[_S.BUSY] + counts[_S.CLOSING]
         return PoolStatistics(
-            open=len(self._connections),
-            idle=len(self._idle),
-            busy=len(self._connections) - len(self._idle),
-            connecting=self._connecting,
-            waiting=len(self._waiting),
+            open=idle + busy,
+            idle=idle,
+            busy=busy,
+            connecting=counts[_S.CONNECTING],
+            waiting=max(0, len(self._waiting) - counts[_S.CONNECTING]),
         )
 
-    def acquire(self, fresh: bool = False) -> Deferred[FastCGIClientProtocol]:
+    def acquire(
+        self, fresh: bool = False, since: float | None = None
+    ) -> Deferred[FastCGIClientProtocol]:
         """
         A connection for one request, all to the caller until L{release}.
 
-        The most recently used idle connection is reused first, so that the
-        others age out; failing that a new one is opened under the cap;
-        failing that the request waits in line.
+        The most recently used idle connection is lent first, so that the
+        others age out; failing that a new one is opened if the policy
+        allows; failing that the request waits in line.
 
         @param fresh: a new connection, never a kept one: for a request sent
             again because its kept connection turned out to be closed, when
             the other kept ones may be closed too (php-fpm restarted, or its
             workers reached pm.max_requests).
+        @param since: the reactor time the request arrived (default: now).
+            It fails with L{BackendTimeout} rather than wait for a connection
+            past C{since} plus the read timeout.
         """
-        while self._idle and not fresh:
-            protocol = self._takeIdle()
-            if protocol.reusable:
-                return succeed(protocol)
-            # It broke while idle (the backend sent stray bytes) and its
-            # close has not completed yet.
-            protocol.abort()
-        if self._mayConnect():
-            return self._connect()
-        waiter: Deferred[FastCGIClientProtocol] = Deferred(self._forget)
-        if fresh:
-            self._wantNew.add(waiter)
-            if self._idle:
-                # Make room: the new connection is opened once this one closes.
-                self._closeIdle(self._idle[0])
+        now = self._reactor.seconds()
+        due = (now if since is None else since) + self._readTimeout
+        if due <= now:
+            return fail(self._lateFailure())
+        if not self._waiting:
+            idle = self._idleFor(fresh)
+            if idle is not None:
+                self._move(idle, _E.LENT)
+                return succeed(idle.protocol)
+        waiter = _Waiter(Deferred(self._forget), fresh)
         self._waiting.append(waiter)
-        waiter.addTimeout(self._queueTimeout, self._reactor)
-        waiter.addErrback(self._queueTimedOut)
-        return waiter
-
-    def _forget(self, waiter: Deferred[FastCGIClientProtocol]) -> None:
-        # A waiter already handed a connection is no longer in line.
-        self._wantNew.discard(waiter)
-        if waiter in self._waiting:
-            self._waiting.remove(waiter)
-
-    def _queueTimedOut(self, reason: Failure) -> Failure:
-        if reason.check(TimeoutError):
-            self.log.warn(
-                "FastCGI pool saturated: a request waited {timeout} s for one of "
-                "{maxConnections} connections",
-                timeout=self._queueTimeout,
-                maxConnections=self.maxConnections,
-            )
-            return Failure(
-                QueueTimeout(f"no FastCGI connection free within {self._queueTimeout} s")
-            )
-        return reason
+        queueDue = now + self._queueTimeout
+        waiter.timer = self._reactor.callLater(
+            min(due, queueDue) - now, self._waitedTooLong, waiter, due < queueDue
+        )
+        self._update()
+        return waiter.deferred
 
     def release(self, protocol: FastCGIClientProtocol) -> None:
         """
         Give back a connection. One that cannot carry another request (an
         error, an aborted response, a backend that did not keep it) is
-        closed; a good one goes to the oldest waiting request, or idles.
-
-        php-fpm may hold a request in its listen backlog while all its workers
-        are bound to other connections, and a worker stays bound to its
-        connection as long as that is open, busy or idle. So a freed
-        connection is closed instead of handed on when a request sent before
-        the one that just ended may be backlogged: its worker then accepts
-        that request, and requests are served in order. A newer request on a
-        new connection is most likely still running, and closing for it would
-        cost every connection its keep-alive under load. An idle connection
-        helps nobody: while anything may be backlogged it is closed after
-        L{BACKLOG_GRACE} seconds instead of the idle timeout.
+        closed, and so is every one after L{close}; a good one goes to the
+        oldest waiting request, or idles, unless the policy closes it to free
+        its php-fpm worker for a request that may wait in php-fpm's backlog.
         """
-        if not protocol.reusable:
-            protocol.abort()
-        elif self._waiting:
-            if self._backlogged(protocol.requestNumber):
-                self._closeForBacklog(protocol)
-            elif self._waiting[0] in self._wantNew:
-                # The waiting request gets a new connection once this closes.
-                protocol.abort()
-            else:
-                self._waiting.popleft().callback(protocol)
+        connection = self._byProtocol.get(protocol)
+        if connection is None:
+            raise PoolStateError(f"{protocol!r} is not a connection of this pool")
+        if connection.state is _S.LOST:
+            self._move(connection, _E.RETURNED)
+        elif not protocol.reusable or self._shutDown:
+            self._close(connection)
         else:
-            self._idle.append(protocol)
-            closeAt = self._reactor.seconds() + self._idleTimeout
-            if self._backlogged():
-                self._idleTimers[protocol] = self._reactor.callLater(
-                    BACKLOG_GRACE, self._closeIdleIfBacklogged, protocol, closeAt
-                )
-            else:
-                self._idleTimers[protocol] = self._reactor.callLater(
-                    self._idleTimeout, self._closeIdle, protocol
-                )
-
-    def _closeIdleIfBacklogged(self, protocol: FastCGIClientProtocol, closeAt: float) -> None:
-        if self._backlogged():
-            self._removeIdle(protocol)
-            self._closeForBacklog(protocol)
-        else:
-            # No new connection opens while one idles: no backlog can form.
-            self._idleTimers[protocol] = self._reactor.callLater(
-                max(0.0, closeAt - self._reactor.seconds()), self._closeIdle, protocol
-            )
-
-    def _closeForBacklog(self, protocol: FastCGIClientProtocol) -> None:
-        """
-        Close a connection so that its worker accepts a backlogged one, and
-        learn from it: the backend has a worker for each connection it has
-        accepted and none more, so no more connections than that are kept
-        open until a probe finds that it has more (L{PROBE_INTERVAL}).
-        """
-        accepted = sum(not other.maybeInBacklog for other in self._connections)
-        self._limit = max(1, min(self._limit, accepted))
-        self._lastShrink = self._reactor.seconds()
-        protocol.abort()
-
-    def _backlogged(self, sentBefore: float = math.inf) -> bool:
-        """
-        Whether a request (sent before request number C{sentBefore}) may be
-        waiting in the backend's listen backlog.
-        """
-        return any(
-            protocol.maybeInBacklog and protocol.requestNumber < sentBefore
-            for protocol in self._connections
-        )
+            self._move(connection, _E.RETURNED)
+        self._update()
 
     def close(self) -> None:
-        """Close the idle connections, for shutdown; busy ones close when released."""
-        for protocol in list(self._idle):
-            self._closeIdle(protocol)
+        """
+        For shutdown: close the idle connections now, and every other one
+        when it is given back; none is kept from now on.
+        """
+        self._shutDown = True
+        for connection in self._inState(_S.IDLE):
+            self._close(connection)
 
-    def _mayConnect(self) -> bool:
+    # Waiting requests
+
+    def _forget(self, deferred: Deferred[FastCGIClientProtocol]) -> None:
         """
-        Whether another connection may be opened: under the limit learnt from
-        the backend, or, once per L{PROBE_INTERVAL} while below
-        C{maxConnections}, one more to see whether the backend has grown.
+        The request gave up waiting (its client went away). A connect made
+        for no one any more is given up too: a backend that swallows connects
+        then holds up no later request.
         """
-        if len(self._connections) + self._connecting < self._limit:
-            return True
+        for waiter in self._waiting:
+            if waiter.deferred is deferred:
+                self._dequeue(waiter)
+                break
+        connecting = self._inState(_S.CONNECTING)
+        if len(connecting) > len(self._waiting):
+            connecting[-1].connecting.cancel()
+
+    def _dequeue(self, waiter: _Waiter) -> None:
+        self._waiting.remove(waiter)
+        if waiter.timer is not None and waiter.timer.active():
+            waiter.timer.cancel()
+
+    def _waitedTooLong(self, waiter: _Waiter, late: bool) -> None:
+        self._dequeue(waiter)
+        if late:
+            waiter.deferred.errback(self._lateFailure())
+            return
+        self.log.warn(
+            "FastCGI pool saturated: a request waited {timeout} s for one of "
+            "{maxConnections} connections",
+            timeout=self._queueTimeout,
+            maxConnections=self.maxConnections,
+        )
+        waiter.deferred.errback(
+            QueueTimeout(f"no FastCGI connection free within {self._queueTimeout} s")
+        )
+
+    def _lateFailure(self) -> Failure:
+        return Failure(
+            BackendTimeout(
+                f"no FastCGI connection free within the read timeout of {self._readTimeout} s"
+            )
+        )
+
+    # The one place decisions are made
+
+    def _update(self) -> None:
+        """
+        After anything happened: free workers for requests that may be in
+        php-fpm's backlog, lend idle connections to waiting requests, open
+        connections for the others as the policy allows, and set the timer
+        for the next decision that time alone can bring.
+
+        Lending runs the caller's code, which may acquire or release in
+        turn: those calls only ask for another round.
+        """
+        if self._updating:
+            self._updateAgain = True
+            return
+        self._updating = True
+        try:
+            self._updateAgain = True
+            while self._updateAgain:
+                self._updateAgain = False
+                self._decide()
+        finally:
+            self._updating = False
+
+    def _decide(self) -> None:
         now = self._reactor.seconds()
-        if self._limit < self.maxConnections and now - self._lastShrink >= PROBE_INTERVAL:
-            self._limit += 1
-            self._lastShrink = now
-            return True
-        return False
+        policy = self.policy
+        seen = self._seen()
+        policy.learn(seen)
+        while (holder := self._holder()) is not None:
+            suspicion = policy.suspicion(now, seen, holder.protocol.requestNumber)
+            if suspicion is Suspicion.NONE:
+                break
+            wasExhausted = policy.exhausted
+            policy.freed(now, suspicion)
+            if policy.exhausted and not wasExhausted:
+                self.log.info(
+                    "FastCGI backend {endpoint} ran out of workers with {workers} connections: "
+                    "keeping no more open, trying one more each second",
+                    endpoint=self.name,
+                    workers=policy.workers,
+                )
+            self._close(holder)
+            seen = self._seen()
+        self._lendIdle()
+        needed = len(self._waiting) - len(self._inState(_S.CONNECTING))
+        while needed > 0 and len(self._connections) < policy.limit(now):
+            self._connect()
+            needed -= 1
+        if needed > len(self._inState(_S.CLOSING)):
+            # Fresh requests the limit leaves waiting: make room.
+            idle = self._inState(_S.IDLE)
+            if idle:
+                self._close(min(idle, key=lambda connection: connection.idleSince))
+        self._startIdleTimers()
+        self._schedule(now, blocked=needed > 0)
 
-    def _takeIdle(self) -> FastCGIClientProtocol:
-        protocol = self._idle[-1]
-        self._removeIdle(protocol)
-        return protocol
+    def _seen(self) -> list[Seen]:
+        return [
+            connection.seen()
+            for connection in self._connections
+            if connection.state is _S.IDLE or connection.state is _S.BUSY
+        ]
 
-    def _removeIdle(self, protocol: FastCGIClientProtocol) -> None:
-        """Take C{protocol} off the idle list, with its timer, which may have fired."""
-        self._idle.remove(protocol)
-        timer = self._idleTimers.pop(protocol)
-        if timer.active():
-            timer.cancel()
+    def _holder(self) -> _Connection | None:
+        """The idle connection php-fpm surely gave a worker, that served the latest request."""
+        accepted = [c for c in self._inState(_S.IDLE) if c.accepted]
+        return max(accepted, key=lambda c: c.protocol.requestNumber, default=None)
 
-    def _closeIdle(self, protocol: FastCGIClientProtocol) -> None:
+    def _lendIdle(self) -> None:
         """
-        Close an idle connection.  It leaves the idle list now rather than
-        when the close completes, so that no request is handed it meanwhile.
+        Lend idle connections to waiting requests, oldest first: the most
+        recently used to those that take kept ones, one never lent to those
+        that want a new one.
         """
-        self._removeIdle(protocol)
-        protocol.abort()
+        while True:
+            for waiter in self._waiting:
+                idle = self._idleFor(waiter.fresh)
+                if idle is not None:
+                    self._lend(idle, waiter)
+                    break
+            else:
+                return
 
-    def _connect(self) -> Deferred[FastCGIClientProtocol]:
-        self._connecting += 1
+    def _idleFor(self, fresh: bool) -> _Connection | None:
+        """
+        The idle connection to lend next (never lent before, if C{fresh}).
+        One that broke while idle (the backend sent stray bytes) is closed.
+        """
+        while True:
+            idle = [c for c in self._inState(_S.IDLE) if not fresh or c.firstLentAt is None]
+            connection = max(idle, key=lambda c: c.idleSince, default=None)
+            if connection is None or connection.protocol.reusable:
+                return connection
+            self._close(connection)
+
+    def _lend(self, connection: _Connection, waiter: _Waiter) -> None:
+        self._dequeue(waiter)
+        self._move(connection, _E.LENT)
+        waiter.deferred.callback(connection.protocol)
+
+    def _schedule(self, now: float, blocked: bool) -> None:
+        wakeAt = self.policy.wakeAt(
+            now, self._seen(), blocked=blocked, holding=self._holder() is not None
+        )
+        call = self._wakeCall
+        if call is not None and call.active():
+            if wakeAt is not None and call.getTime() == wakeAt:
+                return
+            call.cancel()
+        self._wakeCall = (
+            None
+            if wakeAt is None
+            else self._reactor.callLater(wakeAt - now + _TIMER_SLACK, self._update)
+        )
+
+    # Connections
+
+    def _inState(self, state: ConnectionState) -> list[_Connection]:
+        return [connection for connection in self._connections if connection.state is state]
+
+    def _move(self, connection: _Connection, event: PoolEvent) -> None:
+        """Make one legal move, and what entering and leaving a state entails."""
+        state = nextState(connection.state, event)
+        if connection.idleTimer is not None:
+            if connection.idleTimer.active():
+                connection.idleTimer.cancel()
+            connection.idleTimer = None
+        connection.state = state
+        if state is _S.IDLE:
+            # Its idle timer starts once the pool has decided not to lend it
+            # at once (see _startIdleTimers), not for every hand-over.
+            connection.idleSince = next(self._idleOrder)
+        elif state is _S.BUSY and connection.firstLentAt is None:
+            connection.firstLentAt = self._reactor.seconds()
+        elif state is _S.LOST or state is _S.CLOSED:
+            if connection in self._connections:
+                self._connections.remove(connection)
+            if state is _S.CLOSED:
+                del self._byProtocol[connection.protocol]
+
+    def _startIdleTimers(self) -> None:
+        for connection in self._inState(_S.IDLE):
+            if connection.idleTimer is None:
+                connection.idleTimer = self._reactor.callLater(
+                    self._idleTimeout, self._idleTimedOut, connection
+                )
+
+    def _idleTimedOut(self, connection: _Connection) -> None:
+        connection.idleTimer = None
+        self._close(connection)
+        self._update()
+
+    def _close(self, connection: _Connection) -> None:
+        """
+        Close a connection. It is CLOSING before the transport is told, so
+        that nothing lends it meanwhile, even if the close is reported at once.
+        """
+        self._move(connection, _E.CLOSED)
+        connection.protocol.abort()
+
+    def _connect(self) -> None:
         protocol = FastCGIClientProtocol(self._reactor, self._readTimeout)
         connecting: Deferred[FastCGIClientProtocol] = connectProtocol(self._endpoint, protocol)
+        connection = _Connection(protocol, connecting)
+        self._connections.append(connection)
+        self._byProtocol[protocol] = connection
         connecting.addTimeout(self._connectTimeout, self._reactor)
+        connecting.addCallbacks(
+            lambda _: self._connected(connection),
+            lambda reason: self._connectFailed(connection, reason),
+        )
 
-        def connected(protocol: FastCGIClientProtocol) -> FastCGIClientProtocol:
-            self._connecting -= 1
-            self._connections.add(protocol)
-            protocol.whenClosed.addCallback(lambda _: self._closed(protocol))
-            return protocol
+    def _connected(self, connection: _Connection) -> None:
+        self._move(connection, _E.CONNECTED)
+        connection.protocol.whenClosed.addCallback(lambda _: self._lost(connection))
+        if self._shutDown and not self._waiting:
+            self._close(connection)
+        self._update()
 
-        def failed(reason: Failure) -> Failure:
-            self._connecting -= 1
-            # Whatever the reason, there is room again for a waiting request.
-            self._serveWaiting()
-            if reason.check(CancelledError):
-                return reason
-            message = (
-                f"connect timed out after {self._connectTimeout} s"
-                if reason.check(TimeoutError)
-                else reason.getErrorMessage()
-            )
-            self.log.error(
-                "cannot connect to FastCGI backend {endpoint}: {error}",
-                endpoint=self.name,
-                error=message,
-            )
-            return Failure(BackendUnavailable(message))
+    def _lost(self, connection: _Connection) -> None:
+        self._move(connection, _E.LOST)
+        self._update()
 
-        return connecting.addCallbacks(connected, failed)
-
-    def _closed(self, protocol: FastCGIClientProtocol) -> None:
-        self._connections.discard(protocol)
-        if protocol in self._idleTimers:
-            self._removeIdle(protocol)
-        self._serveWaiting()
-
-    def _serveWaiting(self) -> None:
-        """Open connections for waiting requests while there is room."""
-        while self._waiting and self._mayConnect():
-            waiter = self._waiting.popleft()
-            self._wantNew.discard(waiter)
-            self._connect().addCallbacks(
-                lambda protocol, waiter=waiter: self._deliver(waiter, protocol),
-                lambda reason, waiter=waiter: None if waiter.called else waiter.errback(reason),
-            )
-
-    def _deliver(
-        self, waiter: Deferred[FastCGIClientProtocol], protocol: FastCGIClientProtocol
-    ) -> None:
-        if waiter.called:
-            # The request gave up (its client left, or its queue time ran out)
-            # while the connection was being made: keep it for the next one.
-            self.release(protocol)
-        else:
-            waiter.callback(protocol)
+    def _connectFailed(self, connection: _Connection, reason: Failure) -> None:
+        self._move(connection, _E.CONNECT_FAILED)
+        if reason.check(CancelledError):
+            # Given up by _forget: no one waits for it.
+            self._update()
+            return
+        message = (
+            f"connect timed out after {self._connectTimeout} s"
+            if reason.check(TimeoutError)
+            else reason.getErrorMessage()
+        )
+        self.log.error(
+            "cannot connect to FastCGI backend {endpoint}: {error}",
+            endpoint=self.name,
+            error=message,
+        )
+        # The oldest waiting request, whom this connect would have served.
+        if self._waiting:
+            waiter = self._waiting[0]
+            self._dequeue(waiter)
+            waiter.deferred.errback(BackendUnavailable(message))
+        self._update()

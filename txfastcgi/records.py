@@ -13,7 +13,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import Enum, IntEnum
 from typing import ClassVar, TypeAlias
 
 FCGI_VERSION_1 = 1
@@ -231,9 +231,14 @@ class BeginRequest:
         return bool(self.flags & FCGI_KEEP_CONN)
 
     def encode(self) -> bytes:
-        return _BEGIN_REQUEST_RECORD.pack(
-            FCGI_VERSION_1, RecordType.BEGIN_REQUEST, self.requestId, 8, 0, self.role, self.flags
-        )
+        return _encodeBeginRequest(self.requestId, self.role, self.flags)
+
+
+def _encodeBeginRequest(requestId: int, role: int, flags: int) -> bytes:
+    """Header and body at once: every request starts with one."""
+    return _BEGIN_REQUEST_RECORD.pack(
+        FCGI_VERSION_1, RecordType.BEGIN_REQUEST, requestId, 8, 0, role, flags
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -480,15 +485,186 @@ class RecordDecoder:
         return records
 
 
+class StateError(RuntimeError):
+    """
+    A method was called in a state that does not allow it: a programming
+    error of the caller, unlike L{ProtocolError}, which the peer causes.
+    """
+
+
+class ConnectionState(Enum):
+    """
+    Where a L{ClientConnection} is in its request cycle; each value says so
+    in words, for error messages.
+
+    Two things go on at once during a request: the body is still being sent
+    or not, and the response has not started, is being received (with
+    neither, one or both of its streams ended), or has ended.  Each
+    combination the protocol allows is one state, so that one table
+    (L{_TRANSITIONS}) holds every legal move.  The C{SENDING_BODY_*} states
+    mirror the usual ones for a script that answers before it has read the
+    whole body.
+    """
+
+    # Plain enum members hash through a Python-level method; identity is
+    # what equality means here anyway, and it keeps lookups cheap.
+    __hash__ = object.__hash__
+
+    IDLE = "no request is in progress"
+    SENDING_BODY = "the request body is being sent"
+    SENDING_BODY_RECEIVING = "the response arrives while the body is being sent"
+    SENDING_BODY_STDOUT_ENDED = "STDOUT has ended while the body is being sent"
+    SENDING_BODY_STDERR_ENDED = "STDERR has ended while the body is being sent"
+    SENDING_BODY_STREAMS_ENDED = "both streams have ended while the body is being sent"
+    AWAITING_RESPONSE = "the request is sent and no response byte has arrived"
+    RECEIVING = "the response is being received"
+    STDOUT_ENDED = "STDOUT has ended"
+    STDERR_ENDED = "STDERR has ended"
+    STREAMS_ENDED = "both streams have ended"
+    ENDED = "the request has ended"
+    ENDED_EARLY = "the request ended before its body was sent, so the connection cannot be reused"
+    ERROR = "the peer broke the protocol"
+
+
+class ConnectionEvent(Enum):
+    """
+    What moves a L{ClientConnection}: a call of the caller's, or something
+    received from the peer (any byte, then each record as it completes).
+    """
+
+    __hash__ = object.__hash__
+
+    START = "startRequest() without the body"
+    START_WITH_BODY = "startRequest() with the whole body"
+    SEND_BODY = "sendBody()"
+    END_BODY = "endBody()"
+    RESET = "reset()"
+    BYTES = "data"
+    STDOUT = "STDOUT data"
+    STDERR = "STDERR data"
+    STDOUT_END = "the end of STDOUT"
+    STDERR_END = "the end of STDERR"
+    END_REQUEST = "END_REQUEST"
+
+
+_S = ConnectionState
+_E = ConnectionEvent
+
+# Every legal move: state -> event -> next state.  Anything missing is
+# illegal: a L{StateError} for the caller's events, an L{UnexpectedRecord}
+# (and then L{ConnectionState.ERROR}, for good) for the peer's.  A stream's
+# end may come again (it ends nothing more); its data may not.
+_TRANSITIONS: dict[ConnectionState, dict[ConnectionEvent, ConnectionState]] = {
+    _S.IDLE: {_E.START: _S.SENDING_BODY, _E.START_WITH_BODY: _S.AWAITING_RESPONSE},
+    _S.SENDING_BODY: {
+        _E.SEND_BODY: _S.SENDING_BODY,
+        _E.END_BODY: _S.AWAITING_RESPONSE,
+        _E.BYTES: _S.SENDING_BODY_RECEIVING,
+    },
+    _S.SENDING_BODY_RECEIVING: {
+        _E.SEND_BODY: _S.SENDING_BODY_RECEIVING,
+        _E.END_BODY: _S.RECEIVING,
+        _E.BYTES: _S.SENDING_BODY_RECEIVING,
+        _E.STDOUT: _S.SENDING_BODY_RECEIVING,
+        _E.STDERR: _S.SENDING_BODY_RECEIVING,
+        _E.STDOUT_END: _S.SENDING_BODY_STDOUT_ENDED,
+        _E.STDERR_END: _S.SENDING_BODY_STDERR_ENDED,
+        _E.END_REQUEST: _S.ENDED_EARLY,
+    },
+    _S.SENDING_BODY_STDOUT_ENDED: {
+        _E.SEND_BODY: _S.SENDING_BODY_STDOUT_ENDED,
+        _E.END_BODY: _S.STDOUT_ENDED,
+        _E.BYTES: _S.SENDING_BODY_STDOUT_ENDED,
+        _E.STDERR: _S.SENDING_BODY_STDOUT_ENDED,
+        _E.STDOUT_END: _S.SENDING_BODY_STDOUT_ENDED,
+        _E.STDERR_END: _S.SENDING_BODY_STREAMS_ENDED,
+        _E.END_REQUEST: _S.ENDED_EARLY,
+    },
+    _S.SENDING_BODY_STDERR_ENDED: {
+        _E.SEND_BODY: _S.SENDING_BODY_STDERR_ENDED,
+        _E.END_BODY: _S.STDERR_ENDED,
+        _E.BYTES: _S.SENDING_BODY_STDERR_ENDED,
+        _E.STDOUT: _S.SENDING_BODY_STDERR_ENDED,
+        _E.STDOUT_END: _S.SENDING_BODY_STREAMS_ENDED,
+        _E.STDERR_END: _S.SENDING_BODY_STDERR_ENDED,
+        _E.END_REQUEST: _S.ENDED_EARLY,
+    },
+    _S.SENDING_BODY_STREAMS_ENDED: {
+        _E.SEND_BODY: _S.SENDING_BODY_STREAMS_ENDED,
+        _E.END_BODY: _S.STREAMS_ENDED,
+        _E.BYTES: _S.SENDING_BODY_STREAMS_ENDED,
+        _E.STDOUT_END: _S.SENDING_BODY_STREAMS_ENDED,
+        _E.STDERR_END: _S.SENDING_BODY_STREAMS_ENDED,
+        _E.END_REQUEST: _S.ENDED_EARLY,
+    },
+    _S.AWAITING_RESPONSE: {_E.BYTES: _S.RECEIVING},
+    _S.RECEIVING: {
+        _E.BYTES: _S.RECEIVING,
+        _E.STDOUT: _S.RECEIVING,
+        _E.STDERR: _S.RECEIVING,
+        _E.STDOUT_END: _S.STDOUT_ENDED,
+        _E.STDERR_END: _S.STDERR_ENDED,
+        _E.END_REQUEST: _S.ENDED,
+    },
+    _S.STDOUT_ENDED: {
+        _E.BYTES: _S.STDOUT_ENDED,
+        _E.STDERR: _S.STDOUT_ENDED,
+        _E.STDOUT_END: _S.STDOUT_ENDED,
+        _E.STDERR_END: _S.STREAMS_ENDED,
+        _E.END_REQUEST: _S.ENDED,
+    },
+    _S.STDERR_ENDED: {
+        _E.BYTES: _S.STDERR_ENDED,
+        _E.STDOUT: _S.STDERR_ENDED,
+        _E.STDOUT_END: _S.STREAMS_ENDED,
+        _E.STDERR_END: _S.STDERR_ENDED,
+        _E.END_REQUEST: _S.ENDED,
+    },
+    _S.STREAMS_ENDED: {
+        _E.BYTES: _S.STREAMS_ENDED,
+        _E.STDOUT_END: _S.STREAMS_ENDED,
+        _E.STDERR_END: _S.STREAMS_ENDED,
+        _E.END_REQUEST: _S.ENDED,
+    },
+    _S.ENDED: {_E.RESET: _S.IDLE},
+    _S.ENDED_EARLY: {},
+    _S.ERROR: {},
+}
+
+# The states in which nothing of the response has arrived yet.
+_NOTHING_RECEIVED = frozenset((_S.IDLE, _S.SENDING_BODY, _S.AWAITING_RESPONSE))
+
+# The events that end a stream, which are not reported: END_REQUEST ends them all.
+_STREAM_ENDS = frozenset((_E.STDOUT_END, _E.STDERR_END))
+_ENDED_STATES = frozenset((_S.ENDED, _S.ENDED_EARLY))
+
+# Looking a member up on its Enum class costs some 70 ns on Python 3.11
+# (the metaclass has a __getattr__); what runs for every request and every
+# record uses these names instead.
+_START = _E.START
+_START_WITH_BODY = _E.START_WITH_BODY
+_SEND_BODY = _E.SEND_BODY
+_END_BODY = _E.END_BODY
+_RESET = _E.RESET
+_BYTES = _E.BYTES
+_STDOUT = _E.STDOUT
+_STDERR = _E.STDERR
+_STDOUT_END = _E.STDOUT_END
+_STDERR_END = _E.STDERR_END
+_END_REQUEST = _E.END_REQUEST
+
+
 class ClientConnection:
     """
     The client side of one FastCGI connection, one request at a time: php-fpm
     never multiplexes (it answers FCGI_MPXS_CONNS=0), so neither do we.
 
     Sans-IO: the request methods return the bytes to write and
-    L{receiveData} returns the response events.  Misuse by the caller raises
-    L{RuntimeError}; misbehaviour by the peer raises L{ProtocolError}, after
-    which the connection is dead and must be closed.
+    L{receiveData} returns the response events.  It is a state machine
+    (L{ConnectionState}, moves in L{_TRANSITIONS}): misuse by the caller
+    raises L{StateError} and changes nothing; misbehaviour by the peer
+    raises L{ProtocolError}, after which the connection is dead
+    (L{ConnectionState.ERROR}) and must be closed.
     """
 
     def __init__(self, requestId: int = 1) -> None:
@@ -496,16 +672,35 @@ class ClientConnection:
             raise ValueError(f"request id {requestId} is not in 1..65535")
         self._requestId = requestId
         self._decoder = RecordDecoder()
+        self._state = ConnectionState.IDLE
+        # What ERROR raises again, so that every later call fails the same way.
         self._error: ProtocolError | None = None
-        self._started = False
-        self._bodyOpen = False
-        self._complete = False
-        self._endedStreams: set[type[Stdout | Stderr]] = set()
+
+    @property
+    def state(self) -> ConnectionState:
+        """Where the connection is in its request cycle."""
+        return self._state
 
     @property
     def requestComplete(self) -> bool:
         """Whether END_REQUEST has been received for the current request."""
-        return self._complete
+        return self._state in _ENDED_STATES
+
+    @property
+    def responseStarted(self) -> bool:
+        """
+        Whether any byte of the response has arrived, even of an unfinished
+        record: then the peer has taken the request.
+        """
+        return self._state not in _NOTHING_RECEIVED
+
+    def _call(self, event: ConnectionEvent) -> None:
+        """Make the move for one of the caller's events, if it is legal."""
+        state = self._state
+        try:
+            self._state = _TRANSITIONS[state][event]
+        except KeyError:
+            raise StateError(f"{event.value} is not allowed while {state.value}") from None
 
     def startRequest(
         self,
@@ -520,42 +715,43 @@ class ClientConnection:
         request goes out in one write.  Without it, follow with any number of
         L{sendBody} calls and one L{endBody}.
         """
-        if self._started:
-            raise RuntimeError("startRequest() called twice; reset() after END_REQUEST first")
-        self._started = True
-        flags = FCGI_KEEP_CONN if keepConnection else 0
-        parts = [
-            BeginRequest(self._requestId, Role.RESPONDER, flags).encode(),
-            encodeParams(self._requestId, params),
-        ]
+        self._call(_START if body is None else _START_WITH_BODY)
+        requestId = self._requestId
+        # Packed without a BeginRequest: this is done for every request.
+        begin = _encodeBeginRequest(
+            requestId, Role.RESPONDER, FCGI_KEEP_CONN if keepConnection else 0
+        )
         if body is None:
-            self._bodyOpen = True
-        else:
-            parts += (
-                _encodeStream(RecordType.STDIN, self._requestId, body),
-                _encodeRecord(RecordType.STDIN, self._requestId, b""),
+            return begin + encodeParams(requestId, params)
+        return b"".join(
+            (
+                begin,
+                encodeParams(requestId, params),
+                _encodeStream(RecordType.STDIN, requestId, body),
+                _encodeRecord(RecordType.STDIN, requestId, b""),
             )
-        return b"".join(parts)
+        )
 
     def sendBody(self, data: bytes) -> bytes:
         """
         Return STDIN records for C{data}; empty C{data} gives no bytes rather
         than a terminator, so callers can pass along empty reads.
         """
-        self._checkBodyOpen("sendBody")
+        self._call(_SEND_BODY)
         return _encodeStream(RecordType.STDIN, self._requestId, data)
 
     def endBody(self) -> bytes:
         """Return the empty STDIN record that ends the request body."""
-        self._checkBodyOpen("endBody")
-        self._bodyOpen = False
+        self._call(_END_BODY)
         return _encodeRecord(RecordType.STDIN, self._requestId, b"")
 
-    def _checkBodyOpen(self, method: str) -> None:
-        if not self._bodyOpen:
-            raise RuntimeError(
-                f"{method}() is only allowed between startRequest(body=None) and endBody()"
-            )
+    def reset(self) -> None:
+        """
+        Get ready for the next request on a kept connection: only after
+        END_REQUEST, and only if the whole body was sent, since the rest of
+        it could be taken for the next request's.
+        """
+        self._call(_RESET)
 
     def receiveData(self, data: bytes) -> list[Stdout | Stderr | EndRequest]:
         """
@@ -568,49 +764,45 @@ class ClientConnection:
         """
         if self._error is not None:
             raise self._error.with_traceback(None)
+        state = self._state
         try:
-            events = [
-                event
-                for record in self._decoder.receiveData(data)
-                if (event := self._acceptRecord(record)) is not None
-            ]
-            if self._decoder.pendingBytes and not self._awaitingResponse:
-                raise UnexpectedRecord("data received while no request is in progress")
+            if data:
+                state = self._peer(state, _BYTES)
+            events: list[Stdout | Stderr | EndRequest] = []
+            for record in self._decoder.receiveData(data):
+                if isinstance(record, Stdout):
+                    event = _STDOUT if record.data else _STDOUT_END
+                elif isinstance(record, Stderr):
+                    event = _STDERR if record.data else _STDERR_END
+                elif isinstance(record, EndRequest):
+                    event = _END_REQUEST
+                else:
+                    raise UnexpectedRecord(
+                        f"a FastCGI client must not receive {type(record).__name__} records"
+                    )
+                if record.requestId != self._requestId:
+                    raise UnexpectedRecord(
+                        f"{type(record).__name__} record for request {record.requestId},"
+                        f" expected {self._requestId}"
+                    )
+                state = self._peer(state, event)
+                if event not in _STREAM_ENDS:
+                    events.append(record)
+            if self._decoder.pendingBytes:
+                # The start of a record after the last one, which may have
+                # been END_REQUEST.
+                state = self._peer(state, _BYTES)
         except ProtocolError as error:
+            self._state = _S.ERROR
             self._error = error
             raise
+        self._state = state
         return events
 
-    @property
-    def _awaitingResponse(self) -> bool:
-        return self._started and not self._complete
-
-    def _acceptRecord(self, record: Record) -> Stdout | Stderr | EndRequest | None:
-        """Check one record against the state, returning the event to report if any."""
-        name = type(record).__name__
-        if not self._awaitingResponse:
-            raise UnexpectedRecord(f"{name} record received while no request is in progress")
-        if not isinstance(record, (Stdout, Stderr, EndRequest)):
-            raise UnexpectedRecord(f"a FastCGI client must not receive {name} records")
-        if record.requestId != self._requestId:
-            raise UnexpectedRecord(
-                f"{name} record for request {record.requestId}, expected {self._requestId}"
-            )
-        if isinstance(record, EndRequest):
-            self._complete = True
-            return record
-        if not record.data:
-            self._endedStreams.add(type(record))
-            return None
-        if type(record) in self._endedStreams:
-            raise UnexpectedRecord(f"{name} data after the end of its stream")
-        return record
-
-    def reset(self) -> None:
-        """Get ready for the next request on a kept connection."""
-        if not self._complete:
-            raise RuntimeError("reset() before END_REQUEST: the request is still in progress")
-        self._started = False
-        self._bodyOpen = False
-        self._complete = False
-        self._endedStreams.clear()
+    @staticmethod
+    def _peer(state: ConnectionState, event: ConnectionEvent) -> ConnectionState:
+        """The move for one of the peer's events from C{state}, if it is legal."""
+        nextState = _TRANSITIONS[state].get(event)
+        if nextState is None:
+            raise UnexpectedRecord(f"{event.value} received while {state.value}")
+        return nextState

@@ -48,6 +48,8 @@ _IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 _REFUSED_METHODS = frozenset({b"CONNECT", b"TRACE"})
 _ALLOWED_METHODS = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 
+_NO_ANSWER_IN_TIME = "The PHP backend did not answer in time."
+
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -55,8 +57,15 @@ _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 class ConnectionSource(TypingProtocol):
     """Where FastCGI connections come from: a L{ConnectionPool} or a balancer of several."""
 
-    def acquire(self, fresh: bool = False) -> Deferred[FastCGIClientProtocol]:
-        """A connection for one request; a new one, not a kept one, if C{fresh}."""
+    def acquire(
+        self, fresh: bool = False, since: float | None = None
+    ) -> Deferred[FastCGIClientProtocol]:
+        """
+        A connection for one request; a new one, not a kept one, if
+        C{fresh}. It fails with L{BackendTimeout} if the request, which
+        arrived at reactor time C{since}, is still waiting when its read
+        timeout is up.
+        """
 
     def release(self, protocol: FastCGIClientProtocol) -> None:
         """Give back a connection acquired before."""
@@ -100,13 +109,14 @@ class FastCGIResource(Resource):
         reactor: IReactorTime | None = None,
     ) -> None:
         super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as globalReactor
+
+            reactor = cast(IReactorTime, globalReactor)
+        self._clock = reactor
         if isinstance(endpoint, ConnectionSource):
             self._connections: ConnectionSource = endpoint
         else:
-            if reactor is None:
-                from twisted.internet import reactor as globalReactor
-
-                reactor = cast(IReactorTime, globalReactor)
             self._connections = ConnectionPool(reactor, endpoint)
         self._router = Router(documentRoot, index, frontController)
         self.documentRoot = self._router.documentRoot
@@ -211,6 +221,8 @@ class _Exchange:
         self._resource = resource
         self._request = request
         self._script = script
+        # Its read timeout counts from here, time in the pool's queue included.
+        self._arrived = resource._clock.seconds()
         self._protocol: FastCGIClientProtocol | None = None
         self._acquiring: Deferred[FastCGIClientProtocol] | None = None
         self._outcome: Deferred[int] = Deferred()
@@ -242,7 +254,7 @@ class _Exchange:
         while not self._clientGone:
             connections = self._resource._connections
             try:
-                self._acquiring = connections.acquire(fresh=retrying)
+                self._acquiring = connections.acquire(fresh=retrying, since=self._arrived)
                 protocol = self._protocol = await self._acquiring
             except CancelledError:
                 return
@@ -253,11 +265,16 @@ class _Exchange:
                 request.setHeader(b"retry-after", b"5")
                 self._fail(http.SERVICE_UNAVAILABLE, "The PHP backend is overloaded.", str(e))
                 return
+            except BackendTimeout as e:
+                self._fail(http.GATEWAY_TIMEOUT, _NO_ANSWER_IN_TIME, str(e))
+                return
             finally:
                 self._acquiring = None
             self._outcome = Deferred()
             body.seek(0)
-            protocol.sendRequest(params, body, bodyLength, self, keepConnection=True)
+            protocol.sendRequest(
+                params, body, bodyLength, self, keepConnection=True, since=self._arrived
+            )
             try:
                 protocolStatus = await self._outcome
             except CancelledError:
@@ -275,7 +292,7 @@ class _Exchange:
                 self._fail(http.BAD_GATEWAY, "The PHP backend closed the connection.", str(e))
                 return
             except BackendTimeout as e:
-                self._fail(http.GATEWAY_TIMEOUT, "The PHP backend did not answer in time.", str(e))
+                self._fail(http.GATEWAY_TIMEOUT, _NO_ANSWER_IN_TIME, str(e))
                 return
             except (ProtocolError, MalformedResponse) as e:
                 self._fail(http.BAD_GATEWAY, "The PHP backend sent an invalid response.", str(e))

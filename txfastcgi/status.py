@@ -21,8 +21,9 @@ The document, with every number a count::
 C{open} connections are C{idle} or C{busy}; C{connecting} are being made;
 C{waiting} requests wait for a connection because the backend has
 C{--max-connections} busy. C{requests} were given a connection;
-C{errors} could not get one (connect refused or timed out, or waited past
-the queue timeout), and are answered with 502 or 503.
+C{errors} could not get one (connect refused or timed out, waited past the
+queue timeout, or waited past the read timeout), and are answered with 502,
+503 or 504.
 """
 
 from __future__ import annotations
