@@ -44,7 +44,12 @@ from io import BytesIO
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionRefusedError
+from twisted.internet.error import (
+    ConnectingCancelledError,
+    ConnectionAborted,
+    ConnectionDone,
+    ConnectionRefusedError,
+)
 from twisted.internet.interfaces import (
     IDelayedCall,
     IProtocol,
@@ -641,6 +646,9 @@ class FakeBackendEndpoint:
         self._attempts.remove(attempt)
         if attempt.call is not None and attempt.call.active():
             attempt.call.cancel()
+        # What Twisted's own endpoints fail a cancelled connect with: not a
+        # CancelledError.
+        attempt.deferred.errback(ConnectingCancelledError(FakeAddress()))
 
     def _complete(self, attempt: _Attempt) -> None:
         self._attempts.remove(attempt)

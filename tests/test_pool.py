@@ -373,6 +373,25 @@ def test_a_connect_no_request_waits_for_any_more_is_given_up() -> None:
     assert endpoint.connectAttempts == 2
 
 
+def test_a_connect_given_up_for_a_request_that_left_fails_no_one_else() -> None:
+    """
+    Twisted's endpoints fail a cancelled connect with ConnectingCancelledError:
+    that is no backend failure, and the request still waiting must not get it.
+    """
+    endpoint, pool = makePool(maxConnections=2)
+    endpoint.hold = True
+    gone, staying = Acquired(pool), Acquired(pool)
+
+    gone.deferred.cancel()
+    endpoint.completeHeld()
+    endpoint.flush()
+
+    assert gone.failure.check(CancelledError)
+    assert staying.protocol is endpoint.links[0].client
+    assert endpoint.connectAttempts == 2
+    assert pool.statistics() == statistics(open=1, busy=1)
+
+
 def test_a_refused_connect_fails_the_request_and_those_waiting_with_BackendUnavailable() -> None:
     endpoint, pool = makePool(maxConnections=1)
     endpoint.refuse = True

@@ -33,6 +33,7 @@ from enum import Enum
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail, succeed
 from twisted.internet.endpoints import connectProtocol
+from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -522,7 +523,9 @@ class ConnectionPool:
         connection = _Connection(protocol, connecting)
         self._connections.append(connection)
         self._byProtocol[protocol] = connection
-        connecting.addTimeout(self._connectTimeout, self._reactor)
+        # A timed-out connect is cancelled, and Twisted's endpoints fail a
+        # cancelled connect with ConnectingCancelledError, not CancelledError.
+        connecting.addTimeout(self._connectTimeout, self._reactor, _connectTimedOut)
         connecting.addCallbacks(
             lambda _: self._connected(connection),
             lambda reason: self._connectFailed(connection, reason),
@@ -541,7 +544,7 @@ class ConnectionPool:
 
     def _connectFailed(self, connection: _Connection, reason: Failure) -> None:
         self._move(connection, _E.CONNECT_FAILED)
-        if reason.check(CancelledError):
+        if reason.check(CancelledError, ConnectingCancelledError):
             # Given up by _forget: no one waits for it.
             self._update()
             return
@@ -561,3 +564,8 @@ class ConnectionPool:
             self._dequeue(waiter)
             waiter.deferred.errback(BackendUnavailable(message))
         self._update()
+
+
+def _connectTimedOut(result: object, timeout: float) -> Failure:
+    """What a connect cancelled by its timeout fails with, whatever the endpoint says."""
+    return Failure(TimeoutError(f"connect timed out after {timeout} s"))
