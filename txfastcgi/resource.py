@@ -16,7 +16,7 @@ from weakref import WeakKeyDictionary
 
 import twisted
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.interfaces import IAddress, IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -25,6 +25,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from twisted.web.static import File
 
+from txfastcgi._emptied import Emptied
 from txfastcgi._version import __version__
 from txfastcgi.cgi import CGIRequest, MalformedResponse, ResponseHeadParser
 from txfastcgi.client import BackendClosed, BackendTimeout, FastCGIClientProtocol
@@ -124,7 +125,7 @@ class FastCGIResource(Resource):
         self._https = https
         self._trustedProxies = TrustedProxies(trustedProxies)
         self._inFlight = 0
-        self._idleWaiters: list[Deferred[None]] = []
+        self._idle = Emptied()
 
     def render(self, request: Request) -> bytes | int:
         if request.method in _REFUSED_METHODS:
@@ -149,18 +150,12 @@ class FastCGIResource(Resource):
         Fires once no script request is in progress, for a graceful shutdown:
         stop listening, wait for this, then stop php-fpm.
         """
-        if not self._inFlight:
-            return succeed(None)
-        waiter: Deferred[None] = Deferred()
-        self._idleWaiters.append(waiter)
-        return waiter
+        return self._idle.wait(not self._inFlight)
 
     def _requestDone(self, ignored: None) -> None:
         self._inFlight -= 1
         if not self._inFlight:
-            waiters, self._idleWaiters = self._idleWaiters, []
-            for waiter in waiters:
-                waiter.callback(None)
+            self._idle.fire()
 
     def _cgiRequest(self, request: Request, script: Script, bodyLength: int) -> CGIRequest:
         prefix = b"/".join([b"", *(request.prepath or ())]).decode("utf-8", "surrogateescape")

@@ -34,6 +34,7 @@ from twisted.web import http
 from twisted.web.resource import IResource
 from twisted.web.server import Site
 
+from txfastcgi._emptied import Emptied
 from txfastcgi.balancer import Balancer
 from txfastcgi.forwarded import TrustedProxies
 from txfastcgi.lifecycle import Lifecycle, Step, onHangup
@@ -388,7 +389,7 @@ class _Site(FastCGISite):
         self._toStandardOutput = accessLog == "-"
         self._logging = accessLog != os.devnull
         self._connections: set[_Tracked] = set()
-        self._closed: list[Deferred[None]] = []
+        self._allClosed = Emptied()
         super().__init__(
             resource,
             maxBodySize=options["max-body-size"],
@@ -429,14 +430,7 @@ class _Site(FastCGISite):
         """
         for connection in list(self._connections):
             connection.transport.loseConnection()
-        return self._whenNoConnections()
-
-    def _whenNoConnections(self) -> Deferred[None]:
-        if not self._connections:
-            return succeed(None)
-        closed: Deferred[None] = Deferred()
-        self._closed.append(closed)
-        return closed
+        return self._allClosed.wait(not self._connections)
 
     def _opened(self, connection: _Tracked) -> None:
         self._connections.add(connection)
@@ -444,9 +438,7 @@ class _Site(FastCGISite):
     def _lost(self, connection: _Tracked) -> None:
         self._connections.discard(connection)
         if not self._connections:
-            closed, self._closed = self._closed, []
-            for waiter in closed:
-                waiter.callback(None)
+            self._allClosed.fire()
 
 
 class _Tracked(proxyForInterface(IProtocol, "_protocol")):  # type: ignore[misc]

@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 from twisted.runner.procmon import ProcessMonitor
 
 from txfastcgi._child import moduleCommand
+from txfastcgi._emptied import Emptied
 
 __all__ = ["WORKER_OPTIONS_VARIABLE", "WorkerProcesses"]
 
@@ -121,23 +122,17 @@ class _Monitor(ProcessMonitor):
 
     def __init__(self, reactor: IReactorTime) -> None:
         super().__init__(reactor)  # type: ignore[arg-type]
-        self._emptyWaiters: list[Deferred[None]] = []
+        self._empty = Emptied()
 
     def whenEmpty(self) -> Deferred[None]:
-        if not self.protocols:
-            return succeed(None)
-        waiter: Deferred[None] = Deferred()
-        self._emptyWaiters.append(waiter)
-        return waiter
+        return self._empty.wait(not self.protocols)
 
     def _monitoredProcessExited(self, name: str, reason: Failure | None = None) -> None:
         # What LoggingProtocol calls when a process ends: procmon's one
         # notification (its public connectionLost is no longer called).
         super()._monitoredProcessExited(name, reason)
         if not self.protocols:
-            waiters, self._emptyWaiters = self._emptyWaiters, []
-            for waiter in waiters:
-                waiter.callback(None)
+            self._empty.fire()
 
 
 def _family(port: IListeningPort) -> int:
