@@ -49,11 +49,12 @@ TESTED_EXAMPLES = {
     "klein.tac",
     "subdirectory.tac",
     "laravel.tac",
-    "txfastcgi.service",
     "wordpress/txfastcgi-rewrite.php",
     "wordpress/uploads.ini",
 }
 TESTED_BY_END_TO_END = {"blog.tac", "proxy.tac"}
+# Run under systemd-socket-activate by tests/test_operations_systemd.py.
+TESTED_BY_OPERATIONS = {"txfastcgi.service", "txfastcgi.socket"}
 
 # Programs of other projects that shell samples call: installing packages,
 # managing services and files. They are not run here; every command of
@@ -326,7 +327,7 @@ def test_the_php_samples_are_valid_php(tmp_path: Path) -> None:
 
 def test_every_example_is_shown_and_tested() -> None:
     examples = {str(path.relative_to(EXAMPLES)) for path in EXAMPLES.rglob("*") if path.is_file()}
-    assert examples == TESTED_EXAMPLES | TESTED_BY_END_TO_END
+    assert examples == TESTED_EXAMPLES | TESTED_BY_END_TO_END | TESTED_BY_OPERATIONS
     shown = "\n".join(page.read_text() for page in PAGES)
     for name in examples:
         assert f"examples/{name}" in shown, f"docs/examples/{name} is on no page"
@@ -397,21 +398,6 @@ def test_the_uploads_ini_raises_phps_limits() -> None:
     )
     assert result.stdout == "64M 72M"
     assert result.stderr == ""
-
-
-def test_the_systemd_unit_runs_a_valid_command(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    unit = (EXAMPLES / "txfastcgi.service").read_text().replace("\\\n", " ")
-    (execStart,) = re.findall(r"^ExecStart=(.*)$", unit, re.MULTILINE)
-    words = shlex.split(execStart)
-    # Where docs/getting-started.rst installs it.
-    assert words[0] == "/opt/txfastcgi/bin/twist"
-    arguments = fastcgiProxyArguments(words)
-    assert arguments is not None
-    options = parseLikeTheCommandLine(arguments, monkeypatch, tmp_path)
-    assert options["php-fpm"] == ["unix:/run/php/php8.2-fpm.sock"]
-    assert re.search(r"^User=www-data$", unit, re.MULTILINE)
 
 
 @dataclass

@@ -11,8 +11,10 @@ Start-up, in order:
                             10 s it goes on, and the log says why
   3. listen                 a listener that cannot (a port in use) is fatal:
                             the process shuts down and exits with status 1
-  4. start workers          (C{--workers N}, main process only)
-  5. reopen logs on SIGHUP  what logrotate's postrotate sends
+  4. announce               (main process only) one line of what is served,
+                            one warning for each thing that will not work
+  5. start workers          (C{--workers N}, main process only)
+  6. reopen logs on SIGHUP  what logrotate's postrotate sends
 
 Shutdown (SIGTERM, SIGINT, a fatal start-up step), in order:
   1. stop listening         new connections are refused; workers are told to

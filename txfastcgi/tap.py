@@ -9,14 +9,18 @@ and stop is written down there.
 from __future__ import annotations
 
 import os
+import platform
+import re
 import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
+import twisted
 from twisted.application.service import IService
 from twisted.internet import endpoints
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.interfaces import (
     IAddress,
@@ -27,6 +31,7 @@ from twisted.internet.interfaces import (
     ITransport,
 )
 from twisted.internet.testing import MemoryReactor
+from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.components import proxyForInterface
 from twisted.python.failure import Failure
@@ -35,6 +40,8 @@ from twisted.web.resource import IResource
 from twisted.web.server import Site
 
 from txfastcgi._emptied import Emptied
+from txfastcgi._units import parseDuration, parseSize
+from txfastcgi._version import __version__
 from txfastcgi.balancer import Balancer
 from txfastcgi.forwarded import TrustedProxies
 from txfastcgi.lifecycle import Lifecycle, Step, onHangup
@@ -61,23 +68,39 @@ EXTERNAL_CONNECTIONS = 4
 _SHAREABLE = frozenset({"tcp", "tcp6", "unix"})
 
 
-def _number(kind: type[int] | type[float], minimum: float) -> Callable[[str], float]:
-    """A coercer that accepts numbers of C{kind} no smaller than C{minimum}."""
+def _parameter(
+    name: str, default: object, doc: str, parse: Callable[[str], float], minimum: float
+) -> list[object]:
+    """
+    An C{optParameters} row whose value C{parse} reads, no smaller than
+    C{minimum}; a value it refuses is named with its option in the error.
+    """
 
     def coerce(value: str) -> float:
         try:
-            number = kind(value)
-        except ValueError:
-            raise usage.UsageError(f"{value!r} is not a number") from None
+            number = parse(value)
+        except ValueError as e:
+            raise usage.UsageError(f"--{name}: {e}") from None
         if number < minimum:
-            raise usage.UsageError(f"{value!r} is below {minimum}")
+            raise usage.UsageError(f"--{name}: {value!r} is below {minimum:g}")
         return number
 
-    return coerce
+    return [name, None, default, doc, coerce]
 
 
-_count = _number(int, 1)
-_seconds = _number(float, 0.001)
+def _integer(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a number") from None
+
+
+def _count(name: str, default: object, doc: str) -> list[object]:
+    return _parameter(name, default, doc, _integer, 1)
+
+
+def _seconds(name: str, default: float, doc: str) -> list[object]:
+    return _parameter(name, default, f"{doc} Seconds, or 500ms, 30s, 2m.", parseDuration, 0.001)
 
 
 class Options(usage.Options):
@@ -95,7 +118,7 @@ class Options(usage.Options):
     ]
 
     optParameters = [
-        ["path", None, os.curdir, "Document root: static files and scripts."],
+        ["path", None, None, "Document root: static files and scripts. [default: .]"],
         ["index", None, "index.php", "Directory index script."],
         ["front-controller", None, "/index.php", "Where paths that name no file go."],
         [
@@ -105,48 +128,39 @@ class Options(usage.Options):
             "Access log file in combined format; - for stdout, /dev/null for none.",
         ],
         ["status-path", None, None, "URL path of a JSON status page of the backends (off)."],
-        ["spawn-children", None, 4, "Workers of the php-fpm started by --php-fpm spawn.", _count],
-        [
+        _count("spawn-children", 4, "Workers of the php-fpm started by --php-fpm spawn."),
+        _count(
             "max-connections",
-            None,
             None,
             "Most FastCGI connections open to one backend"
             f" [default: {EXTERNAL_CONNECTIONS}; with spawn, --spawn-children].",
-            _count,
-        ],
-        ["connect-timeout", None, 5.0, "Seconds to connect to the backend (then 502).", _seconds],
-        ["read-timeout", None, 60.0, "Seconds to wait for backend output (then 504).", _seconds],
-        ["idle-timeout", None, 5.0, "Seconds a kept FastCGI connection may stay idle.", _seconds],
-        ["queue-timeout", None, 30.0, "Seconds to wait for a connection (then 503).", _seconds],
-        ["workers", None, 1, "Processes sharing the listening sockets.", _count],
-        [
+        ),
+        _seconds("connect-timeout", 5.0, "Time to connect to the backend (then 502)."),
+        _seconds("read-timeout", 60.0, "Time to wait for backend output (then 504)."),
+        _seconds("idle-timeout", 5.0, "Time a kept FastCGI connection may stay idle."),
+        _seconds("queue-timeout", 30.0, "Time to wait for a connection (then 503)."),
+        _count("workers", 1, "Processes sharing the listening sockets."),
+        _parameter(
             "max-body-size",
-            None,
             DEFAULT_MAX_BODY_SIZE,
-            "Largest request body in bytes; larger ones get 413 without reaching PHP.",
-            _count,
-        ],
-        [
+            "Largest request body, in bytes or with K, M, G (powers of 1024);"
+            " larger ones get 413 without reaching PHP.",
+            parseSize,
+            1,
+        ),
+        _seconds(
             "header-timeout",
-            None,
             60.0,
-            "Seconds a client may take to send a whole request head (then 408).",
-            _seconds,
-        ],
-        [
-            "body-timeout",
-            None,
-            60.0,
-            "Seconds a client may pause while sending a request body (then 408).",
-            _seconds,
-        ],
-        [
+            "Time a client may take to send a whole request head (then 408).",
+        ),
+        _seconds(
+            "body-timeout", 60.0, "Time a client may pause while sending a request body (then 408)."
+        ),
+        _seconds(
             "shutdown-timeout",
-            None,
             30.0,
-            "On SIGTERM, seconds to let requests in progress finish and their connections close.",
-            _seconds,
-        ],
+            "On SIGTERM, time to let requests in progress finish and their connections close.",
+        ),
     ]
 
     def __init__(self) -> None:
@@ -191,7 +205,15 @@ class Options(usage.Options):
             raise usage.UsageError(f"--param wants NAME=VALUE, not {assignment!r}")
         self["param"][name] = value
 
+    def opt_version(self) -> NoReturn:
+        """Print txfastcgi's version (and Twisted's and Python's) and exit."""
+        print(versionLine())
+        raise SystemExit(0)
+
     def postOptions(self) -> None:
+        self["path-defaulted"] = self["path"] is None
+        if self["path-defaulted"]:
+            self["path"] = os.curdir
         if not os.path.isdir(self["path"]):
             raise usage.UsageError(f"--path {self['path']!r} is not a directory")
         self["path"] = os.path.abspath(self["path"])
@@ -226,6 +248,14 @@ class Options(usage.Options):
             _exitWithUsageError(str(e))
 
 
+def versionLine() -> str:
+    """C{txfastcgi X.Y.Z (Twisted A.B.C, Python D.E.F)}: what a bug report needs."""
+    return (
+        f"txfastcgi {__version__} (Twisted {twisted.__version__},"
+        f" Python {platform.python_version()})"
+    )
+
+
 def _exitWithUsageError(message: str) -> NoReturn:
     sys.stderr.write(f"twist fastcgi-proxy: error: {message}\n")
     raise SystemExit(2)
@@ -237,10 +267,60 @@ def _checkEndpoint(parse: Callable[[object, str], object], description: str, opt
     The reactor is not chosen yet while options are parsed, so the check
     builds the endpoint for a stand-in that is never used.
     """
-    try:
-        parse(MemoryReactor(), description)
-    except (ValueError, TypeError, KeyError, OSError) as e:
-        raise usage.UsageError(f"{option} {description!r} is not a valid endpoint: {e}") from None
+    kind = description.removeprefix("haproxy:").partition(":")
+    if kind[0] == "unix" and not kind[2]:
+        problem = "a unix endpoint needs a socket path, like unix:/run/txfastcgi.sock"
+    else:
+        try:
+            endpoint = parse(MemoryReactor(), description)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, OSError) as e:
+            problem = _explain(kind[0], e)
+        else:
+            if not isinstance(endpoint, endpoints.AdoptedStreamServerEndpoint) or _listening(
+                endpoint
+            ):
+                return
+            problem = (
+                "systemd passed a connection, not a listening socket:"
+                " the .socket unit needs Accept=no (systemd-socket-activate: no --accept)"
+            )
+    raise usage.UsageError(f"{option} {description!r} is not a valid endpoint: {problem}")
+
+
+def _listening(endpoint: endpoints.AdoptedStreamServerEndpoint) -> bool:
+    """
+    Whether the socket systemd passed listens: with C{Accept=yes} it passes
+    one accepted connection instead, on which the reactor's accept would
+    fail in a loop.
+    """
+    with socket.fromfd(endpoint.fileno, endpoint.addressFamily, socket.SOCK_STREAM) as adopted:
+        return bool(adopted.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+
+
+def _explain(kind: str, error: Exception) -> str:
+    """
+    What Twisted's endpoint parsers mean by C{error}, in the words of
+    someone who wrote the endpoint string rather than of its parser's code.
+    """
+    if kind == "systemd" and isinstance(error, (IndexError, KeyError)):
+        return (
+            "this process was given no such socket by systemd socket activation"
+            " (LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID; under systemd-socket-activate,"
+            " give --fdname)"
+        )
+    if kind == "systemd" and isinstance(error, AttributeError):
+        return "its domain must be INET, INET6 or UNIX"
+    if isinstance(error, OSError) and error.filename is not None:
+        hint = " (give privateKey=KEY.pem and certKey=CERT.pem)" if kind == "ssl" else ""
+        return f"{error.strerror}: {error.filename}{hint}"
+    message = str(error)
+    number = re.fullmatch(r"invalid literal for int\(\) with base 10: (.*)", message)
+    if number:
+        return f"{number.group(1)} is not a number"
+    missing = re.search(r"missing \d+ required positional arguments?: (.*)", message)
+    if missing:
+        return f"{missing.group(1)} is missing".replace("'", "")
+    return message
 
 
 def makeService(options: Options) -> IService:
@@ -273,7 +353,9 @@ def makeService(options: Options) -> IService:
         workers = WorkerProcesses(
             reactor, served, options["workers"] - 1, options["shutdown-timeout"]
         )
-    return _lifecycle(cast(IReactorTime, reactor), served, listeners, phpFPM, workers)
+    return _lifecycle(
+        cast(IReactorTime, reactor), served, listeners, phpFPM, workers, announce=True
+    )
 
 
 def makeWorkerService(options: Mapping[str, Any], inherited: Sequence[tuple[int, int]]) -> IService:
@@ -299,10 +381,13 @@ def _lifecycle(
     listeners: _Listeners,
     phpFPM: PHPFPMService | None = None,
     workers: WorkerProcesses | None = None,
+    announce: bool = False,
 ) -> Lifecycle:
     """
     The steps of one process's life, in the order that
     L{txfastcgi.lifecycle} documents, without those it has nothing for.
+
+    @param announce: log what is served once it listens (the main process).
     """
     site, resource, balancer = _site(options, reactor)
 
@@ -321,6 +406,7 @@ def _lifecycle(
         *(Step("start php-fpm", p.startService) for p in spawning),
         *(Step("wait for php-fpm", p.whenListening) for p in spawning),
         Step("listen", partial(listeners.listen, site), fatal=True),
+        *([Step("announce", partial(_announce, options, listeners.ports))] if announce else []),
         *(Step("start workers", partial(w.start, listeners.ports)) for w in supervising),
         Step("reopen logs on SIGHUP", partial(onHangup, reactor, reopenLogs)),
     ]
@@ -333,6 +419,69 @@ def _lifecycle(
         *(Step("stop php-fpm", p.stopService) for p in spawning),
     ]
     return Lifecycle(reactor, startup, shutdown, options["shutdown-timeout"])
+
+
+_log = Logger(namespace="txfastcgi")
+
+
+def _announce(options: Mapping[str, Any], ports: Sequence[IListeningPort]) -> None:
+    """
+    Log one line that says what this proxy serves, and one warning for each
+    thing in it that will not work as the operator probably thinks.
+    """
+    urls = [_url(d, p.getHost()) for d, p in zip(options["listen"], ports, strict=True)]
+    _log.info(
+        "{version} serving {root} on {urls} with PHP from {backends}",
+        version=versionLine(),
+        root=options["path"],
+        urls=", ".join(urls),
+        backends=", ".join(options["php-fpm"]),
+    )
+    if options.get("path-defaulted"):
+        _log.warn("serving the current directory {root}: no --path was given", root=options["path"])
+    frontController = options["front-controller"]
+    if frontController is not None:
+        script = frontController.partition("?")[0].lstrip("/")
+        if not os.path.isfile(os.path.join(options["path"], script)):
+            _log.warn(
+                "--front-controller {url}: there is no {script} in {root}",
+                url=frontController,
+                script=script,
+                root=options["path"],
+            )
+    for backend in options["php-fpm"]:
+        problem = _unixBackendProblem(backend)
+        if problem is not None:
+            _log.warn("PHP backend {backend}: {problem}", backend=backend, problem=problem)
+
+
+def _unixBackendProblem(description: str) -> str | None:
+    """
+    Why the unix socket of backend C{description} cannot be connected to
+    now, if it cannot; C{None} for a socket that accepts and for other kinds.
+    """
+    kind, _, rest = description.partition(":")
+    if kind != "unix":
+        return None
+    path = rest.split(":")[0].removeprefix("path=")
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(path)
+        except OSError as e:
+            return f"cannot connect to {path}: {e.strerror} (is php-fpm running?)"
+    return None
+
+
+def _url(description: str, address: IAddress) -> str:
+    """Where clients reach a listener of C{description} at C{address}."""
+    if isinstance(address, UNIXAddress):
+        return f"unix:{os.fsdecode(address.name or b'')}"
+    assert isinstance(address, (IPv4Address, IPv6Address))
+    wrapped = description.removeprefix("haproxy:")
+    scheme = "https" if wrapped.partition(":")[0] in ("ssl", "tls") else "http"
+    host = f"[{address.host}]" if isinstance(address, IPv6Address) else address.host
+    proxied = " (PROXY protocol)" if wrapped != description else ""
+    return f"{scheme}://{host}:{address.port}/{proxied}"
 
 
 def _site(
@@ -382,7 +531,15 @@ class _Site(FastCGISite):
     rather than opened again: a second open file would write at its own
     offset, over the lines written through the first. An access log to
     C{/dev/null} is no access log: no line is even formatted.
+
+    Not noisy, and named C{txfastcgi} in the ports' own log lines: the
+    start-up line says where it listens, under a name an operator knows.
     """
+
+    noisy = False
+
+    def logPrefix(self) -> str:
+        return "txfastcgi"
 
     def __init__(self, resource: IResource, options: Mapping[str, Any]) -> None:
         accessLog = options["access-log"]
