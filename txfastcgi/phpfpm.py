@@ -47,8 +47,9 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import quoteStringArgument
 from twisted.internet.interfaces import IReactorProcess, IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, LogEvent, Logger, globalLogPublisher
 from twisted.python.failure import Failure
+from zope.interface import provider
 
 from txfastcgi._child import moduleCommand
 
@@ -161,12 +162,18 @@ class PoolConfiguration:
         otherwise; see L{workerUser}.
     @ivar maxRequests: Requests a worker serves before php-fpm replaces it
         (C{pm.max_requests}); 0 never replaces them.
+    @ivar errorsToWebServer: Whether PHP also sends its errors to the web
+        server as FastCGI STDERR (C{fastcgi.logging}).  A worker always writes
+        them to its standard error too, which C{catch_workers_output} copies
+        to php-fpm's log: a supervisor that logs php-fpm's log turns this off,
+        or each error would be logged twice.
     """
 
     socketPath: str
     children: int = 4
     runAsUser: str | None = None
     maxRequests: int = 0
+    errorsToWebServer: bool = True
 
     @property
     def endpointDescription(self) -> str:
@@ -183,8 +190,10 @@ class PoolConfiguration:
         standard error, where the supervisor logs it.  Worker output is
         passed through undecorated, so that a PHP script's C{php://stderr}
         lines reach the same log as they were written.  PHP's own
-        C{error_log} is left unset, so that PHP reports errors to the web
-        server as FastCGI STDERR, as behind nginx.  Uploads up to 16 MB are
+        C{error_log} is left unset, so that PHP reports errors to the worker's
+        standard error, hence php-fpm's log, and, unless
+        L{errorsToWebServer} is off, to the web server as FastCGI STDERR, as
+        behind nginx.  Uploads up to 16 MB are
         allowed (PHP's defaults stop at 2 MB) so the demo site's upload page
         takes files of a few megabytes.  C{clear_env} keeps php-fpm's default:
         scripts see only what the web server sends.
@@ -216,8 +225,10 @@ class PoolConfiguration:
             "decorate_workers_output = no",
             "php_admin_value[upload_max_filesize] = 16M",
             "php_admin_value[post_max_size] = 16M",
-            "",
         ]
+        if not self.errorsToWebServer:
+            lines.append("php_admin_flag[fastcgi.logging] = off")
+        lines.append("")
         return "\n".join(lines)
 
 
@@ -300,6 +311,19 @@ def acceptsConnections(socketPath: str) -> bool:
     return True
 
 
+@provider(ILogObserver)
+def _withoutBlankLines(event: LogEvent) -> None:
+    """
+    Pass the supervisor's events on to the global log, except php-fpm's
+    empty lines, which say nothing: ProcessMonitor relays one each time
+    php-fpm exits, and php-fpm writes some of its own.
+    """
+    line = event.get("line")
+    if isinstance(line, str) and not line.strip():
+        return
+    globalLogPublisher(event)
+
+
 class PHPFPMService(Service):
     """
     A private php-fpm serving C{documentRoot}, supervised for the lifetime of
@@ -348,6 +372,8 @@ class PHPFPMService(Service):
             socketPath=os.path.join(self.directory, "php-fpm.sock"),
             children=children,
             runAsUser=workerUser(self.documentRoot),
+            # php-fpm's log is relayed to ours, PHP's errors with it.
+            errorsToWebServer=False,
         )
         self._monitor: ProcessMonitor | None = None
 
@@ -398,6 +424,11 @@ class PHPFPMService(Service):
         # run by hand; clear_env keeps them from the scripts.
         command, environment = moduleCommand("txfastcgi._guardian", [self.directory, "--", *phpFPM])
         self._monitor = ProcessMonitor(self._reactor())
+        self._monitor.log = Logger(
+            namespace=self._monitor.log.namespace,
+            source=self._monitor,
+            observer=_withoutBlankLines,
+        )
         self._monitor.addProcess(_PROCESS_NAME, command, env=environment)
         self._monitor.startService()
 

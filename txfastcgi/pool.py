@@ -30,11 +30,17 @@ import itertools
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import cast
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail, succeed
-from twisted.internet.endpoints import connectProtocol
 from twisted.internet.error import ConnectingCancelledError
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -519,7 +525,10 @@ class ConnectionPool:
 
     def _connect(self) -> None:
         protocol = FastCGIClientProtocol(self._reactor, self._readTimeout)
-        connecting: Deferred[FastCGIClientProtocol] = connectProtocol(self._endpoint, protocol)
+        # The endpoint's Deferred fires with what the factory built: protocol.
+        connecting = cast(
+            "Deferred[FastCGIClientProtocol]", self._endpoint.connect(_OneConnection(protocol))
+        )
         connection = _Connection(protocol, connecting)
         self._connections.append(connection)
         self._byProtocol[protocol] = connection
@@ -553,7 +562,8 @@ class ConnectionPool:
             if reason.check(TimeoutError)
             else reason.getErrorMessage()
         )
-        self.log.error(
+        # Debug only: the request's 502 line says this, with its URI.
+        self.log.debug(
             "cannot connect to FastCGI backend {endpoint}: {error}",
             endpoint=self.name,
             error=message,
@@ -564,6 +574,22 @@ class ConnectionPool:
             self._dequeue(waiter)
             waiter.deferred.errback(BackendUnavailable(message))
         self._update()
+
+
+class _OneConnection(Factory[FastCGIClientProtocol]):
+    """
+    What L{twisted.internet.endpoints.connectProtocol} does, quietly: a
+    pool opens connections all the time, and Twisted's C{Starting factory}
+    and C{Stopping factory} lines for each would drown the log.
+    """
+
+    noisy = False
+
+    def __init__(self, protocol: FastCGIClientProtocol) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: IAddress | None) -> FastCGIClientProtocol:
+        return self._protocol
 
 
 def _connectTimedOut(result: object, timeout: float) -> Failure:

@@ -1,7 +1,9 @@
 """
 A Klein application with a PHP blog mounted under /blog/.
 
-Run it with ``twistd -ny klein.tac``. The environment variables BLOG_PHP_FPM,
+It needs Klein, which txfastcgi does not: ``pip install klein`` in the
+virtual environment txfastcgi is installed in. Run it with
+``twistd -ny klein.tac``. The environment variables BLOG_PHP_FPM,
 BLOG_ROOT and BLOG_LISTEN say where php-fpm listens, where the PHP files are
 and where to listen.
 """

@@ -1,14 +1,19 @@
 """
 A plain Twisted web server: pages of its own, and a PHP blog under /blog/.
 
-Run it with ``python3 plain.py``. The environment variables PHP_FPM,
+Run it with the Python of the virtual environment txfastcgi is installed
+in, ``/opt/txfastcgi/bin/python plain.py`` (the system's ``python3`` has
+neither txfastcgi nor Twisted). The environment variables PHP_FPM,
 BLOG_ROOT and LISTEN say where php-fpm listens, where the PHP files are and
-where to listen.
+where to listen. It logs to standard output, as ``twist`` does: that it
+listens, each request, and what goes wrong.
 """
 
 import os
+import sys
 
 from twisted.internet import endpoints, reactor
+from twisted.logger import globalLogBeginner, textFileLogObserver
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
@@ -27,6 +32,8 @@ class Clock(Resource):
 
 
 def main():
+    # Unlike twist and twistd, a script of its own must start logging itself.
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
     phpFPM = os.environ.get("PHP_FPM", "unix:/run/php/php-fpm.sock")
     blogRoot = os.environ.get("BLOG_ROOT", "/srv/blog")
     listen = os.environ.get("LISTEN", "tcp:8080")
