@@ -57,6 +57,8 @@ from twisted.web.http import _GenericHTTPChannelProtocol
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
+from txfastcgi.accesslog import combinedLogLine
+
 __all__ = [
     "DEFAULT_BODY_TIMEOUT",
     "DEFAULT_HEADER_TIMEOUT",
@@ -141,6 +143,7 @@ class FastCGISite(Site):
             _LimitedRequest,
             parsePOSTFormSubmission=False,
             logPath=logPath,
+            logFormatter=combinedLogLine,
             timeout=timeout,
             reactor=reactor,
         )
