@@ -132,12 +132,14 @@ def test_a_port_in_use_exits_non_zero_and_stops_the_spawned_php_fpm(
     assert not _runDirectory(output).exists()
 
 
-def test_sighup_reopens_the_access_log_and_keeps_serving(
-    tmp_path: Path, php_document_root: str
+@pytest.mark.parametrize("rotated", [signal.SIGHUP, signal.SIGUSR1])
+def test_sighup_or_sigusr1_reopens_the_access_log_and_keeps_serving(
+    tmp_path: Path, php_document_root: str, rotated: signal.Signals
 ) -> None:
     """
-    logrotate renames the access log, then sends SIGHUP: the server goes on
-    serving, with its spawned php-fpm, and writes to a new file of that name.
+    logrotate renames the access log, then sends SIGHUP or SIGUSR1: the
+    server goes on serving, with its spawned php-fpm, and writes to a new
+    file of that name.
     """
     accessLog = tmp_path / "access.log"
     proxy = startProxy(
@@ -149,7 +151,7 @@ def test_sighup_reopens_the_access_log_and_keeps_serving(
         assert browser.request("/hello/before").status == 200
         _waitFor(lambda: "/hello/before" in accessLog.read_text(), "no access line")
         accessLog.rename(tmp_path / "access.log.1")
-        proxy.process.send_signal(signal.SIGHUP)
+        proxy.process.send_signal(rotated)
         _waitFor(accessLog.exists, "the access log was not reopened")
         assert browser.request("/hello/after").status == 200
         _waitFor(lambda: "/hello/after" in accessLog.read_text(), "no line in the new log")

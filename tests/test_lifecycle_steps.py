@@ -155,7 +155,7 @@ class ProxyStepsTests(SynchronousTestCase):
                 "wait for php-fpm",
                 "listen",
                 "start workers",
-                "reopen logs on SIGHUP",
+                "reopen logs on SIGHUP or SIGUSR1",
             ],
         )
         self.assertEqual(
@@ -179,7 +179,8 @@ class ProxyStepsTests(SynchronousTestCase):
         served = self.served(self.options())
         lifecycle = _lifecycle(MemoryReactorClock(), served, _Listeners([]))
         self.assertEqual(
-            [step.name for step in lifecycle.startup], ["listen", "reopen logs on SIGHUP"]
+            [step.name for step in lifecycle.startup],
+            ["listen", "reopen logs on SIGHUP or SIGUSR1"],
         )
         self.assertEqual(
             [step.name for step in lifecycle.shutdown],

@@ -19,8 +19,9 @@ things:
 It knows the master as its own child, so it learns of its end from
 C{waitpid}, which every POSIX system has, and finds the workers as the
 master's process group, which it created: no C{/proc}.  It ignores SIGINT
-and SIGHUP, which a terminal sends to the proxy's whole process group: the
-proxy decides when php-fpm stops, after the requests it serves.
+and SIGHUP, which a terminal sends to the proxy's whole process group, and
+SIGUSR1, which C{systemctl kill -s USR1} sends to every process of the
+service: the proxy decides when php-fpm stops, after the requests it serves.
 
 Only the standard library is used, and nothing is imported from txfastcgi,
 so that it starts fast and cannot fail where the proxy would not.
@@ -94,6 +95,7 @@ def guard(runDirectory: str, command: list[str], parent: int = 0) -> int:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _requestStop)
     signal.signal(signal.SIGCHLD, _wake)
     wakeRead, wakeWrite = os.pipe()

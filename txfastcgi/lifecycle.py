@@ -14,7 +14,7 @@ Start-up, in order:
   4. announce               (main process only) one line of what is served,
                             one warning for each thing that will not work
   5. start workers          (C{--workers N}, main process only)
-  6. reopen logs on SIGHUP  what logrotate's postrotate sends
+  6. reopen logs on SIGHUP or SIGUSR1, what logrotate's postrotate sends
 
 Shutdown (SIGTERM, SIGINT, a fatal start-up step), in order:
   1. stop listening         new connections are refused; workers are told to
@@ -45,7 +45,7 @@ from twisted.internet.interfaces import IReactorCore, IReactorFromThreads, IReac
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-__all__ = ["Lifecycle", "Step", "exitAtInterpreterExit", "onHangup"]
+__all__ = ["Lifecycle", "Step", "exitAtInterpreterExit", "onLogRotation"]
 
 
 @dataclass(frozen=True)
@@ -83,18 +83,20 @@ def exitAtInterpreterExit(status: int) -> None:
     atexit.register(exitNow)
 
 
-def onHangup(reactor: IReactorTime, action: Callable[[], None]) -> None:
+def onLogRotation(reactor: IReactorTime, action: Callable[[], None]) -> None:
     """
-    Call C{action} in the reactor's thread on every SIGHUP, which would
-    otherwise end the process.
+    Call C{action} in the reactor's thread on every SIGHUP or SIGUSR1, the
+    signals logrotate's C{postrotate} is told to send (nginx reopens its logs
+    on USR1, Apache on HUP), and which would otherwise end the process.
 
     @param reactor: an L{IReactorFromThreads}.
     """
 
-    def hangup(signum: int, frame: FrameType | None) -> None:
+    def rotated(signum: int, frame: FrameType | None) -> None:
         IReactorFromThreads(reactor).callFromThread(action)
 
-    signal.signal(signal.SIGHUP, hangup)
+    for signum in (signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(signum, rotated)
 
 
 class Lifecycle(Service):

@@ -44,7 +44,7 @@ from txfastcgi._units import parseDuration, parseSize
 from txfastcgi._version import __version__
 from txfastcgi.balancer import Balancer
 from txfastcgi.forwarded import TrustedProxies
-from txfastcgi.lifecycle import Lifecycle, Step, onHangup
+from txfastcgi.lifecycle import Lifecycle, Step, onLogRotation
 from txfastcgi.phpfpm import PHPFPMNotFound, PHPFPMService, findPHPFPM
 from txfastcgi.pool import ConnectionPool
 from txfastcgi.resource import FastCGIResource
@@ -408,7 +408,7 @@ def _lifecycle(
         Step("listen", partial(listeners.listen, site), fatal=True),
         *([Step("announce", partial(_announce, options, listeners.ports))] if announce else []),
         *(Step("start workers", partial(w.start, listeners.ports)) for w in supervising),
-        Step("reopen logs on SIGHUP", partial(onHangup, reactor, reopenLogs)),
+        Step("reopen logs on SIGHUP or SIGUSR1", partial(onLogRotation, reactor, reopenLogs)),
     ]
     shutdown = [
         Step("stop listening", listeners.stopListening),
