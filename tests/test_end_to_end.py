@@ -189,7 +189,10 @@ def test_the_demo_runs_with_a_spawned_php_fpm(tmp_path: Path, php_fpm: Any) -> N
         (["--param", "NOEQUALS"], "--param wants NAME=VALUE"),
         (["--php-fpm", "tcp:127.0.0.1:9000"] * 2, "--php-fpm 'tcp:127.0.0.1:9000' is given twice"),
         (["--status-path", "status"], "--status-path 'status' must start with /"),
-        (["--trusted-proxy", "somewhere"], "--trusted-proxy 'somewhere' is not an address"),
+        (
+            ["--trusted-proxy", "somewhere"],
+            "--trusted-proxy: 'somewhere' is not an address or network",
+        ),
         (["--listen", "ssl:8443:privateKey=/nonexistent.pem"], "is not a valid endpoint"),
     ],
 )

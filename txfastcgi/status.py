@@ -28,9 +28,13 @@ queue timeout, or waited past the read timeout), and are answered with 502,
 
 from __future__ import annotations
 
+import ipaddress
 import json
-from dataclasses import asdict
+from collections.abc import Iterable
+from dataclasses import asdict, replace
 
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.web import http
 from twisted.web.resource import IResource, Resource, getChildForRequest
 from twisted.web.server import Request
 
@@ -42,18 +46,49 @@ _COUNTS = ("open", "idle", "busy", "connecting", "waiting", "requests", "errors"
 
 
 class StatusResource(Resource):
-    """The status of a L{Balancer}'s backends, as JSON, never cached."""
+    """
+    The status of a L{Balancer}'s backends, as JSON, never cached.
+
+    Only loopback clients may read it, and those in C{allowed} (addresses or
+    networks, such as C{10.0.0.0/8}); others get 403. The connection's own
+    address decides, never a forwarding header. Readers other than loopback
+    see no unix socket path: it tells an attacker where to look.
+    """
 
     isLeaf = True
 
-    def __init__(self, balancer: Balancer) -> None:
+    def __init__(self, balancer: Balancer, allowed: Iterable[str] = ()) -> None:
         super().__init__()
         self._balancer = balancer
+        self._allowed = tuple(ipaddress.ip_network(network, strict=False) for network in allowed)
 
     def render_GET(self, request: Request) -> bytes:
+        address = request.getClientAddress()
+        ip = (
+            ipaddress.ip_address(address.host)
+            if isinstance(address, IPv4Address | IPv6Address)
+            else None
+        )
+        local = ip is None or ip.is_loopback  # a unix socket peer is on this machine
+        if not local and not any(ip in network for network in self._allowed):
+            request.setResponseCode(http.FORBIDDEN)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return b"The status page is for this machine and --status-allow networks only.\n"
+        backends = self._balancer.statistics()
+        document = statusDocument(backends if local else _withoutSocketPaths(backends))
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
-        return json.dumps(statusDocument(self._balancer.statistics()), indent=2).encode() + b"\n"
+        return json.dumps(document, indent=2).encode() + b"\n"
+
+
+def _withoutSocketPaths(backends: list[BackendStatistics]) -> list[BackendStatistics]:
+    """The backends with each unix socket path replaced by the backend's number."""
+    return [
+        replace(backend, endpoint=f"unix socket #{number}")
+        if backend.endpoint.startswith("unix:")
+        else backend
+        for number, backend in enumerate(backends, 1)
+    ]
 
 
 def statusDocument(backends: list[BackendStatistics]) -> dict[str, object]:

@@ -8,6 +8,7 @@ and stop is written down there.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import platform
 import re
@@ -43,7 +44,6 @@ from txfastcgi._emptied import Emptied
 from txfastcgi._units import parseDuration, parseSize
 from txfastcgi._version import __version__
 from txfastcgi.balancer import Balancer
-from txfastcgi.forwarded import TrustedProxies
 from txfastcgi.lifecycle import Lifecycle, Step, onLogRotation
 from txfastcgi.phpfpm import PHPFPMNotFound, PHPFPMService, findPHPFPM
 from txfastcgi.pool import ConnectionPool
@@ -171,6 +171,7 @@ class Options(usage.Options):
         self["listen"] = []
         self["param"] = {}
         self["trusted-proxy"] = []
+        self["status-allow"] = []
 
     def opt_php_fpm(self, description: str) -> None:
         """
@@ -192,11 +193,14 @@ class Options(usage.Options):
         Address or network of a proxy in front of this server whose Forwarded or
         X-Forwarded-For/-Proto headers set REMOTE_ADDR and HTTPS, repeatable.
         """
-        try:
-            TrustedProxies([network])
-        except ValueError:
-            raise usage.UsageError(f"--trusted-proxy {network!r} is not an address") from None
-        self["trusted-proxy"].append(network)
+        self["trusted-proxy"].append(_network("--trusted-proxy", network))
+
+    def opt_status_allow(self, network: str) -> None:
+        """
+        Address or network (10.0.0.0/8) of clients that may read the status page
+        besides this machine's loopback, repeatable; they see no socket paths.
+        """
+        self["status-allow"].append(_network("--status-allow", network))
 
     def opt_param(self, assignment: str) -> None:
         """Extra FastCGI param NAME=VALUE, repeatable; wins over anything a client sends."""
@@ -254,6 +258,15 @@ def versionLine() -> str:
         f"txfastcgi {__version__} (Twisted {twisted.__version__},"
         f" Python {platform.python_version()})"
     )
+
+
+def _network(option: str, network: str) -> str:
+    """C{network}, if it is an address or a network, for C{option}."""
+    try:
+        ipaddress.ip_network(network, strict=False)
+    except ValueError:
+        raise usage.UsageError(f"{option}: {network!r} is not an address or network") from None
+    return network
 
 
 def _exitWithUsageError(message: str) -> NoReturn:
@@ -518,7 +531,11 @@ def _site(
     )
     root: IResource = resource
     if options["status-path"] is not None:
-        root = WithStatusPage(resource, options["status-path"].encode(), StatusResource(balancer))
+        root = WithStatusPage(
+            resource,
+            options["status-path"].encode(),
+            StatusResource(balancer, options["status-allow"]),
+        )
     return _Site(root, options), resource, balancer
 
 
