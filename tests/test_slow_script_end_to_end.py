@@ -10,9 +10,9 @@ workers on demand (``pm = dynamic``).
 from __future__ import annotations
 
 import http.client
-import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -27,39 +27,36 @@ SLOW_SCRIPT = "/slow.php?ms=2500"
 
 def fastResponses(proxy: Proxy, seconds: float) -> int:
     """How many 200s CLIENTS keep-alive clients get from a fast script in C{seconds}."""
-    counts = [0] * CLIENTS
     stopAt = time.monotonic() + seconds
 
-    def client(index: int) -> None:
+    def client() -> int:
+        answered = 0
         connection = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
         while time.monotonic() < stopAt:
             connection.request("GET", "/status.php?code=200")
             response = connection.getresponse()
             response.read()
             assert response.status == 200, response.status
-            counts[index] += 1
+            answered += 1
         connection.close()
+        return answered
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return sum(counts)
+    # Futures, so that a client's failed assertion fails the test.
+    with ThreadPoolExecutor(CLIENTS) as clients:
+        return sum(future.result() for future in [clients.submit(client) for _ in range(CLIENTS)])
 
 
-def slowRequest(proxy: Proxy) -> threading.Thread:
+def slowRequest(proxy: Proxy, background: ThreadPoolExecutor) -> Future[bytes]:
     """Start a request to a script that takes 2.5 s before its first byte."""
 
-    def request() -> None:
+    def request() -> bytes:
         connection = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
         connection.request("GET", SLOW_SCRIPT)
-        assert connection.getresponse().read() == b"slept\n"
+        return connection.getresponse().read()
 
-    thread = threading.Thread(target=request)
-    thread.start()
+    answer = background.submit(request)
     time.sleep(0.1)  # It has reached php-fpm before the fast load starts.
-    return thread
+    return answer
 
 
 def proxyFor(pool: PHPFPMPool, tmp_path: Path, *options: str) -> Iterator[Proxy]:
@@ -79,9 +76,10 @@ def test_a_slow_script_on_a_cold_pool_leaves_fast_requests_their_throughput(
 ) -> None:
     pool = php_fpm_factory(children=4, dynamicFrom=2 if dynamic else None)
     for proxy in proxyFor(pool, tmp_path):
-        slow = slowRequest(proxy)
-        during = fastResponses(proxy, LOAD_SECONDS)
-        slow.join()
+        with ThreadPoolExecutor(1) as background:
+            slow = slowRequest(proxy, background)
+            during = fastResponses(proxy, LOAD_SECONDS)
+            assert slow.result() == b"slept\n"
         baseline = fastResponses(proxy, LOAD_SECONDS)
         assert during >= baseline / 2, (during, baseline, proxy.log()[-2000:])
 
@@ -93,7 +91,8 @@ def test_a_slow_script_after_the_idle_timeout_leaves_fast_requests_their_through
     for proxy in proxyFor(pool, tmp_path, "--idle-timeout", "0.2"):
         baseline = fastResponses(proxy, LOAD_SECONDS)
         time.sleep(0.5)  # Every kept FastCGI connection is closed.
-        slow = slowRequest(proxy)
-        during = fastResponses(proxy, LOAD_SECONDS)
-        slow.join()
+        with ThreadPoolExecutor(1) as background:
+            slow = slowRequest(proxy, background)
+            during = fastResponses(proxy, LOAD_SECONDS)
+            assert slow.result() == b"slept\n"
         assert during >= baseline / 2, (during, baseline, proxy.log()[-2000:])
