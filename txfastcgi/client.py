@@ -219,15 +219,19 @@ class FastCGIClientProtocol(Protocol):
     it, so that a slow HTTP client pauses reading from the backend and
     backpressure reaches php-fpm.
 
+    @ivar backend: the name of the backend it connects to, for logs and metrics.
     @ivar whenClosed: fires once the connection is closed, for the pool.
     @ivar requestsStarted: how many requests this connection has carried.
     @ivar requestNumber: the place of its latest request among all requests
         sent, over all connections.
     """
 
-    def __init__(self, reactor: IReactorTime, readTimeout: float | None = None) -> None:
+    def __init__(
+        self, reactor: IReactorTime, readTimeout: float | None = None, backend: str = ""
+    ) -> None:
         self._reactor = reactor
         self._readTimeout = readTimeout
+        self.backend = backend
         self._state = ProtocolState.CONNECTING
         self._connection = ClientConnection()
         # The request in flight: where its response goes, and whether the

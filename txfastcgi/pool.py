@@ -524,7 +524,7 @@ class ConnectionPool:
         connection.protocol.abort()
 
     def _connect(self) -> None:
-        protocol = FastCGIClientProtocol(self._reactor, self._readTimeout)
+        protocol = FastCGIClientProtocol(self._reactor, self._readTimeout, self.name)
         # The endpoint's Deferred fires with what the factory built: protocol.
         connecting = cast(
             "Deferred[FastCGIClientProtocol]", self._endpoint.connect(_OneConnection(protocol))

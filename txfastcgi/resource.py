@@ -34,6 +34,7 @@ from txfastcgi.framing import BodyFraming, responseBodyFraming
 from txfastcgi.pool import BackendUnavailable, ConnectionPool, QueueTimeout
 from txfastcgi.records import ProtocolError, ProtocolStatus
 from txfastcgi.routing import Redirect, Router, Script, StaticFile
+from txfastcgi.served import Upstream, noteUpstream
 
 __all__ = ["ConnectionSource", "FastCGIResource"]
 
@@ -225,6 +226,9 @@ class _Exchange:
         # Body bytes still due by the framing; None while only the end tells.
         self._bodyRemaining: int | None = None
         self._clientGone = False
+        # For its access log line and metrics: who ran it, how often again.
+        self._backend: str | None = None
+        self._retries = 0
 
     async def run(self) -> None:
         """Proxy the request; whatever goes wrong, the client gets an answer."""
@@ -265,6 +269,7 @@ class _Exchange:
                 return
             finally:
                 self._acquiring = None
+            self._backend = protocol.backend
             self._outcome = Deferred()
             body.seek(0)
             protocol.sendRequest(
@@ -283,6 +288,7 @@ class _Exchange:
                         uri=request.uri.decode("ascii", "replace"),
                     )
                     retrying = True
+                    self._retries += 1
                     continue
                 self._fail(http.BAD_GATEWAY, "The PHP backend closed the connection.", str(e))
                 return
@@ -357,7 +363,13 @@ class _Exchange:
         if data:
             self._request.write(data)
 
+    def _noteUpstream(self) -> None:
+        """Note what the script did on the request, before it is finished and logged."""
+        elapsed = self._resource._clock.seconds() - self._arrived
+        noteUpstream(self._request, Upstream(self._backend, elapsed, self._retries))
+
     def _finish(self, protocolStatus: int) -> None:
+        self._noteUpstream()
         request = self._request
         if self._clientGone:
             return
@@ -392,6 +404,7 @@ class _Exchange:
         Answer with an error page if no response has started yet, or cut the
         client connection so that it cannot take a partial body as complete.
         """
+        self._noteUpstream()
         request = self._request
         self.log.error(
             "{code} for {method} {uri}: {detail}",

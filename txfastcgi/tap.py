@@ -32,17 +32,17 @@ from twisted.internet.interfaces import (
     ITransport,
 )
 from twisted.internet.testing import MemoryReactor
-from twisted.logger import Logger
+from twisted.logger import Logger, textFileLogObserver
 from twisted.python import usage
 from twisted.python.components import proxyForInterface
 from twisted.python.failure import Failure
-from twisted.web import http
 from twisted.web.resource import IResource
 from twisted.web.server import Site
 
 from txfastcgi._emptied import Emptied
 from txfastcgi._units import parseDuration, parseSize
 from txfastcgi._version import __version__
+from txfastcgi.accesslog import ACCESS_LOG_FORMATS, AccessLog
 from txfastcgi.balancer import Balancer
 from txfastcgi.lifecycle import Lifecycle, Step, onLogRotation
 from txfastcgi.phpfpm import PHPFPMNotFound, PHPFPMService, findPHPFPM
@@ -124,8 +124,15 @@ class Options(usage.Options):
         [
             "access-log",
             None,
-            "-",
-            "Access log file in combined format; - for stdout, /dev/null for none.",
+            None,
+            "Access log file; - for standard output, /dev/null for none."
+            " [default: the event log, as txfastcgi.access events]",
+        ],
+        [
+            "access-log-format",
+            None,
+            "combined",
+            "Access line format: combined, or json (with request and upstream time, backend).",
         ],
         ["status-path", None, None, "URL path of a JSON status page of the backends (off)."],
         _count("spawn-children", 4, "Workers of the php-fpm started by --php-fpm spawn."),
@@ -243,6 +250,11 @@ class Options(usage.Options):
             raise usage.UsageError(f"--status-path {self['status-path']!r} must start with /")
         if self["no-front-controller"]:
             self["front-controller"] = None
+        if self["access-log-format"] not in ACCESS_LOG_FORMATS:
+            raise usage.UsageError(
+                f"--access-log-format {self['access-log-format']!r} is not one of"
+                f" {', '.join(ACCESS_LOG_FORMATS)}"
+            )
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
         """Parse, or exit with status 2 and one line that says what is wrong."""
@@ -346,6 +358,8 @@ def makeService(options: Options) -> IService:
     # Imported here: it imports procmon, which installs the global reactor.
     from txfastcgi.workers import WorkerProcesses
 
+    _preferTextEvents(options)
+
     backends = list(options["php-fpm"])
     phpFPM = None
     limits = {backend: options["max-connections"] or EXTERNAL_CONNECTIONS for backend in backends}
@@ -369,6 +383,23 @@ def makeService(options: Options) -> IService:
     return _lifecycle(
         cast(IReactorTime, reactor), served, listeners, phpFPM, workers, announce=True
     )
+
+
+def _preferTextEvents(options: Options, argv: Sequence[str] = sys.argv) -> None:
+    """
+    Under C{twist}, log events as text lines, not JSON, when standard output
+    is no terminal (the journal, a file), unless C{--log-format} says
+    otherwise: twist's own default would put JSON events and text access
+    lines in one stream. twist reads its choice after this runs, and keeps
+    no note of whether it was asked for, so the command line tells.
+    """
+    from twisted.application.twist._options import TwistOptions
+
+    parent = getattr(options, "parent", None)
+    if isinstance(parent, TwistOptions) and not any(
+        argument.startswith("--log-format") for argument in argv
+    ):
+        parent["fileLogObserverFactory"] = textFileLogObserver
 
 
 def makeWorkerService(options: Mapping[str, Any], inherited: Sequence[tuple[int, int]]) -> IService:
@@ -405,7 +436,7 @@ def _lifecycle(
     site, resource, balancer = _site(options, reactor)
 
     def reopenLogs() -> None:
-        site.reopenLog()
+        site.accessLog.reopen()
         if workers is not None:
             workers.signal("HUP")
 
@@ -544,11 +575,6 @@ class _Site(FastCGISite):
     The proxy's site: the access log and the client connections, as the
     lifecycle handles them.
 
-    An access log C{-} is standard output, shared with the process's own log
-    rather than opened again: a second open file would write at its own
-    offset, over the lines written through the first. An access log to
-    C{/dev/null} is no access log: no line is even formatted.
-
     Not noisy, and named C{txfastcgi} in the ports' own log lines: the
     start-up line says where it listens, under a name an operator knows.
     """
@@ -559,36 +585,16 @@ class _Site(FastCGISite):
         return "txfastcgi"
 
     def __init__(self, resource: IResource, options: Mapping[str, Any]) -> None:
-        accessLog = options["access-log"]
-        self._toStandardOutput = accessLog == "-"
-        self._logging = accessLog != os.devnull
         self._connections: set[_Tracked] = set()
         self._allClosed = Emptied()
+        self.accessLog = AccessLog(options["access-log"], options["access-log-format"])
         super().__init__(
             resource,
             maxBodySize=options["max-body-size"],
             headerTimeout=options["header-timeout"],
             bodyTimeout=options["body-timeout"],
-            logPath=accessLog if self._logging and not self._toStandardOutput else None,
+            observers=[self.accessLog],
         )
-
-    def startFactory(self) -> None:
-        super().startFactory()
-        if self._toStandardOutput:
-            self.logFile = _StandardOutput()
-
-    def log(self, request: http.Request) -> None:
-        if self._logging:
-            super().log(request)
-
-    def reopenLog(self) -> None:
-        """
-        Open the access log file again, under its name: logrotate has
-        renamed it and sends SIGHUP.
-        """
-        if self.logPath is not None and self.numPorts:
-            previous, self.logFile = self.logFile, self._openLogFile(self.logPath)
-            previous.close()
 
     def buildProtocol(self, addr: IAddress | None) -> _Tracked:
         return _Tracked(super().buildProtocol(addr), self)
@@ -634,19 +640,6 @@ class _Tracked(proxyForInterface(IProtocol, "_protocol")):  # type: ignore[misc]
             self._protocol.connectionLost(reason)
         finally:
             self._site._lost(self)
-
-
-class _StandardOutput:
-    """
-    File descriptor 1, written a whole line at a time. Not C{sys.stdout}:
-    twist redirects that into its log, which would wrap each line in an event.
-    """
-
-    def write(self, line: str) -> None:
-        os.write(1, line.encode("utf-8"))
-
-    def close(self) -> None:
-        """Standard output is not ours to close."""
 
 
 def _adopt(

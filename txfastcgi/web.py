@@ -44,9 +44,10 @@ Usage::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, ISSLTransport, ITCPTransport
 from twisted.internet.protocol import connectionDone
 from twisted.internet.task import LoopingCall
@@ -57,7 +58,8 @@ from twisted.web.http import _GenericHTTPChannelProtocol
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
-from txfastcgi.accesslog import combinedLogLine
+from txfastcgi.accesslog import AccessLog
+from txfastcgi.served import Served, upstreamOf
 
 __all__ = [
     "DEFAULT_BODY_TIMEOUT",
@@ -117,7 +119,9 @@ class FastCGISite(Site):
     @param resource: the root resource, usually a L{txfastcgi.FastCGIResource}.
     @param maxBodySize: the largest request body, in bytes, declared or chunked.
     @param maxHeaderSize: the largest request line and request head, in bytes.
-    @param logPath: the access log, in combined log format; L{None} for none.
+    @param observers: what is called with a L{Served} record of each request
+        answered, once its last byte is written: an L{AccessLog}, metrics.
+        By default, an access log in combined format to the event log.
     @param timeout: seconds an idle client connection stays open between
         requests.
     @param headerTimeout: seconds a request head may take, from the
@@ -132,7 +136,7 @@ class FastCGISite(Site):
         *,
         maxBodySize: int = DEFAULT_MAX_BODY_SIZE,
         maxHeaderSize: int = DEFAULT_MAX_HEADER_SIZE,
-        logPath: str | None = None,
+        observers: Sequence[Callable[[Served], object]] | None = None,
         timeout: float = 60 * 60 * 12,
         headerTimeout: float = DEFAULT_HEADER_TIMEOUT,
         bodyTimeout: float = DEFAULT_BODY_TIMEOUT,
@@ -142,8 +146,6 @@ class FastCGISite(Site):
             resource,
             _LimitedRequest,
             parsePOSTFormSubmission=False,
-            logPath=logPath,
-            logFormatter=combinedLogLine,
             timeout=timeout,
             reactor=reactor,
         )
@@ -151,9 +153,46 @@ class FastCGISite(Site):
         self.maxHeaderSize = maxHeaderSize
         self.headerTimeout = headerTimeout
         self.bodyTimeout = bodyTimeout
+        self.observers = list(observers) if observers is not None else [AccessLog()]
         self._channels: set[_LimitedChannel] = set()
         self._sweep = LoopingCall(self._checkDeadlines)
         self._sweep.clock = self.reactor
+
+    def startFactory(self) -> None:
+        super().startFactory()
+        for observer in self.observers:
+            if isinstance(observer, AccessLog):
+                observer.open()
+
+    def stopFactory(self) -> None:
+        super().stopFactory()
+        for observer in self.observers:
+            if isinstance(observer, AccessLog):
+                observer.close()
+
+    def log(self, request: http.Request) -> None:
+        """Hand a record of C{request}, just answered, to each observer."""
+        if not self.observers:
+            return
+        address = request.getClientAddress()
+        arrived = getattr(request, "arrived", None)
+        now = self.reactor.seconds()
+        served = Served(
+            time=now if arrived is None else arrived,
+            client=address.host if isinstance(address, IPv4Address | IPv6Address) else "-",
+            method=request.method,
+            target=request.uri,
+            protocol=request.clientproto,
+            status=request.code,
+            sent=request.sentLength,
+            referrer=request.getHeader(b"referer"),
+            userAgent=request.getHeader(b"user-agent"),
+            host=request.getHeader(b"host"),
+            seconds=0.0 if arrived is None else now - arrived,
+            upstream=upstreamOf(request),
+        )
+        for observer in self.observers:
+            observer(served)
 
     def protocol(self) -> _GenericHTTPChannelProtocol:
         # As Twisted's own factory does, so that HTTP/2 negotiated over TLS
@@ -406,6 +445,8 @@ class _LimitedRequest(Request):
         super().__init__(channel, *args, **kwargs)
         # The channel is an HTTP/1.1 channel or an HTTP/2 stream: both know the site.
         self._site: FastCGISite = channel.site
+        # When its first byte came, for the access log's request time.
+        self.arrived = self._site.reactor.seconds()
 
     def gotLength(self, length: int | None) -> None:
         if length is not None and length > self._site.maxBodySize:

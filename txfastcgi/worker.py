@@ -4,7 +4,8 @@ A worker process of C{twist fastcgi-proxy --workers N}.
 The main process passes its parsed options as JSON in the environment and
 the listening sockets as inherited file descriptors (C{FD:FAMILY}
 arguments); the worker serves the same site on them until SIGTERM, then
-shuts down like the main process.  Its standard input is a pipe from the
+shuts down like the main process, and writes its log events back to the
+main process, as JSON, on a pipe of their own.  Its standard input is a pipe from the
 main process: when that reaches its end, the main process is gone (killed
 with SIGKILL, say) and the worker shuts down too, rather than serving on
 alone.
@@ -18,12 +19,12 @@ import sys
 
 from twisted.internet.interfaces import IReactorCore, IReactorFDSet, IReadDescriptor
 from twisted.internet.main import CONNECTION_DONE
-from twisted.logger import globalLogBeginner, textFileLogObserver
+from twisted.logger import globalLogBeginner, jsonFileLogObserver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txfastcgi.tap import makeWorkerService
-from txfastcgi.workers import WORKER_OPTIONS_VARIABLE
+from txfastcgi.workers import WORKER_EVENTS_DESCRIPTOR, WORKER_OPTIONS_VARIABLE
 
 
 @implementer(IReadDescriptor)
@@ -56,7 +57,8 @@ def main(sockets: list[str]) -> None:
     for spec in sockets:
         descriptor, family = spec.split(":")
         inherited.append((int(descriptor), int(family)))
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
+    events = open(WORKER_EVENTS_DESCRIPTOR, "w", buffering=1, encoding="utf-8")
+    globalLogBeginner.beginLoggingTo([jsonFileLogObserver(events)])
     options = json.loads(os.environ.pop(WORKER_OPTIONS_VARIABLE))
     service = makeWorkerService(options, inherited)
     service.startService()

@@ -23,6 +23,7 @@ from twisted.internet.interfaces import (
     IReactorProcess,
     IReactorTime,
 )
+from twisted.logger import eventFromJSON, globalLogPublisher
 from twisted.python.components import proxyForInterface
 from twisted.python.failure import Failure
 from twisted.runner.procmon import ProcessMonitor
@@ -30,10 +31,13 @@ from twisted.runner.procmon import ProcessMonitor
 from txfastcgi._child import moduleCommand
 from txfastcgi._emptied import Emptied
 
-__all__ = ["WORKER_OPTIONS_VARIABLE", "WorkerProcesses"]
+__all__ = ["WORKER_EVENTS_DESCRIPTOR", "WORKER_OPTIONS_VARIABLE", "WorkerProcesses"]
 
 # How the main process hands its parsed options to worker processes.
 WORKER_OPTIONS_VARIABLE = "TXFASTCGI_WORKER_OPTIONS"
+
+# The file descriptor on which a worker writes its log events for the main process.
+WORKER_EVENTS_DESCRIPTOR = 3
 
 # Seconds a worker gets after its own shutdown deadline before it is killed.
 _KILL_MARGIN = 5
@@ -44,20 +48,52 @@ class _Inheriting(proxyForInterface(IReactorTime)):  # type: ignore[misc]
     A reactor whose spawned processes inherit some file descriptors (the
     listening sockets) and share our output, for L{ProcessMonitor}, which
     has no say in that.  Standard input stays a pipe from us: a worker
-    stops when it reads its end, so it never outlives us.
+    stops when it reads its end, so it never outlives us. Its log events
+    come to us on a pipe of their own (L{WORKER_EVENTS_DESCRIPTOR}).
     """
 
     def __init__(self, reactor: IReactorTime, descriptors: Sequence[int]) -> None:
         super().__init__(reactor)
-        self._childFDs: dict[int, int | str] = {0: "w", 1: 1, 2: 2}
+        self._childFDs: dict[int, int | str] = {0: "w", 1: 1, 2: 2, WORKER_EVENTS_DESCRIPTOR: "r"}
         self._childFDs.update({descriptor: descriptor for descriptor in descriptors})
 
     def spawnProcess(
         self, processProtocol: IProcessProtocol, executable: str, args: Sequence[str], **kwargs: Any
     ) -> IProcessTransport:
         return IReactorProcess(self.original).spawnProcess(
-            processProtocol, executable, args, childFDs=self._childFDs, **kwargs
+            _WorkerEvents(processProtocol), executable, args, childFDs=self._childFDs, **kwargs
         )
+
+
+class _WorkerEvents(proxyForInterface(IProcessProtocol)):  # type: ignore[misc]
+    """
+    A worker's process protocol, which also publishes the worker's log events
+    (JSON, one a line) in this process's event log, tagged with the worker's
+    process id: so the workers' messages and access lines go wherever this
+    process's go (a C{twist --log-file}, C{twistd}'s log, the journal), in
+    this process's format.
+    """
+
+    def __init__(self, original: IProcessProtocol) -> None:
+        super().__init__(original)
+        self._pending = b""
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD != WORKER_EVENTS_DESCRIPTOR:
+            self.original.childDataReceived(childFD, data)
+            return
+        *lines, self._pending = (self._pending + data).split(b"\n")
+        for line in lines:
+            self._publish(line)
+
+    def _publish(self, line: bytes) -> None:
+        try:
+            event = eventFromJSON(line.decode("utf-8").lstrip("\x1e"))
+        except ValueError:
+            return
+        pid = getattr(self.original.transport, "pid", None)
+        event["log_system"] = f"worker {pid}"
+        globalLogPublisher(event)
 
 
 class WorkerProcesses:
