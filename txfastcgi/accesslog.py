@@ -102,8 +102,6 @@ class AccessLog:
     @param format: C{combined} or C{json}.
     """
 
-    _log = Logger(namespace="txfastcgi.access")
-
     def __init__(self, destination: str | None = None, format: str = "combined") -> None:
         self._format = ACCESS_LOG_FORMATS[format]
         self._destination = destination
@@ -141,8 +139,11 @@ class AccessLog:
             # its log, which would wrap each line in an event.
             os.write(1, (line + "\n").encode("utf-8"))
         else:
-            self._log.info("{line}", line=line, status=served.status)
+            _accessEvents.info("{line}", line=line, status=served.status)
 
+
+# Module level: a Logger as a class attribute takes the class's name.
+_accessEvents = Logger(namespace="txfastcgi.access")
 
 _NEEDS_ESCAPING = re.compile(rb'[^\x20-\x7e]|["\\]')
 

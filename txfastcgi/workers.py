@@ -68,8 +68,8 @@ class _Inheriting(proxyForInterface(IReactorTime)):  # type: ignore[misc]
 class _WorkerEvents(proxyForInterface(IProcessProtocol)):  # type: ignore[misc]
     """
     A worker's process protocol, which also publishes the worker's log events
-    (JSON, one a line) in this process's event log, tagged with the worker's
-    process id: so the workers' messages and access lines go wherever this
+    (JSON, one a line) in this process's event log, with the worker's process
+    id as C{worker}: so the workers' messages and access lines go wherever this
     process's go (a C{twist --log-file}, C{twistd}'s log, the journal), in
     this process's format.
     """
@@ -91,8 +91,7 @@ class _WorkerEvents(proxyForInterface(IProcessProtocol)):  # type: ignore[misc]
             event = eventFromJSON(line.decode("utf-8").lstrip("\x1e"))
         except ValueError:
             return
-        pid = getattr(self.original.transport, "pid", None)
-        event["log_system"] = f"worker {pid}"
+        event["worker"] = getattr(self.original.transport, "pid", None)
         globalLogPublisher(event)
 
 
