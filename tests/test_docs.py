@@ -69,6 +69,7 @@ OTHER_PROGRAMS = {
     "mariadb",
     "mkdir",
     "/opt/txfastcgi/bin/pip",
+    "/opt/txfastcgi/bin/python",
     "python3",
     "systemctl",
     "tar",
@@ -502,9 +503,9 @@ def test_the_klein_example(serve: Serve, php_fpm: PHPFPMPool) -> None:
         [*TWISTD, "-ny", str(EXAMPLES / "klein.tac")],
         port,
         {
-            "BLOG_PHP_FPM": php_fpm.endpointDescription,
+            "PHP_FPM": php_fpm.endpointDescription,
             "BLOG_ROOT": php_fpm.documentRoot,
-            "BLOG_LISTEN": f"tcp:{port}:interface=127.0.0.1",
+            "LISTEN": f"tcp:{port}:interface=127.0.0.1",
         },
     )
     assert b'href="/blog/"' in server.get("/")[1]
@@ -553,7 +554,7 @@ def test_the_laravel_example_serves_the_public_disk(
         port,
         {
             "PHP_FPM": php_fpm.endpointDescription,
-            "LARAVEL_APP": str(app),
+            "LARAVEL_ROOT": str(app),
             "LISTEN": f"tcp:{port}:interface=127.0.0.1",
         },
     )

@@ -139,3 +139,47 @@ def test_theWordPressGuideCoversDebiansPackage() -> None:
     assert "apt-get install wordpress" in text
     assert "/etc/wordpress/config-" in text
     assert re.search(r"--path /usr/share/wordpress\b", text)
+
+
+def test_theExamplesNameTheirEnvironmentVariablesAlike() -> None:
+    """
+    Every example reads where php-fpm listens from PHP_FPM and where to
+    listen from LISTEN, and each document root from a NAME_ROOT: a user who
+    ran one example can run the next with the same variables.
+    """
+    names = set()
+    for example in [*EXAMPLES.glob("*.tac"), *EXAMPLES.glob("*.py")]:
+        read = set(re.findall(r"os\.environ\.get\(\"(\w+)\"", example.read_text()))
+        assert {"PHP_FPM", "LISTEN"} <= read, example.name
+        assert all(name.endswith("_ROOT") for name in read - {"PHP_FPM", "LISTEN"}), example.name
+        names |= read
+    assert names == {
+        "PHP_FPM",
+        "LISTEN",
+        "BLOG_ROOT",
+        "SITE_ROOT",
+        "PHPMYADMIN_ROOT",
+        "LARAVEL_ROOT",
+    }
+
+
+PLUGIN_CACHE = (
+    "/opt/txfastcgi/bin/python -c"
+    " 'from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))'"
+)
+
+
+def test_everyInstallWritesThePluginCache() -> None:
+    """
+    After a root install, a start by another user finds Twisted's plugin
+    cache stale and logs twice that it cannot write it: every page that
+    installs into /opt/txfastcgi writes the cache right after.
+    """
+    installs = 0
+    for page in INSTALLING + [DOCS / "https.rst"]:
+        lines = page.read_text().splitlines()
+        for number, line in enumerate(lines):
+            if "/opt/txfastcgi/bin/pip install" in line and "$ " in line:
+                installs += 1
+                assert PLUGIN_CACHE in lines[number + 1], f"{page.name}:{number + 2}"
+    assert installs >= 3

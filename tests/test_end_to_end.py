@@ -218,9 +218,9 @@ def test_the_embedding_tac_example_serves_php_under_blog(tmp_path: Path, php_fpm
         port,
         tmp_path / "twistd.log",
         {
-            "BLOG_PHP_FPM": php_fpm.endpointDescription,
+            "PHP_FPM": php_fpm.endpointDescription,
             "BLOG_ROOT": php_fpm.documentRoot,
-            "BLOG_LISTEN": f"tcp:{port}:interface=127.0.0.1",
+            "LISTEN": f"tcp:{port}:interface=127.0.0.1",
         },
     )
     try:
@@ -243,9 +243,9 @@ def test_the_options_tac_example_builds_the_command_lines_service(
         port,
         tmp_path / "twistd.log",
         {
-            "PROXY_PHP_FPM": php_fpm.endpointDescription,
-            "PROXY_ROOT": php_fpm.documentRoot,
-            "PROXY_LISTEN": f"tcp:{port}:interface=127.0.0.1",
+            "PHP_FPM": php_fpm.endpointDescription,
+            "SITE_ROOT": php_fpm.documentRoot,
+            "LISTEN": f"tcp:{port}:interface=127.0.0.1",
         },
     )
     try:

@@ -15,9 +15,9 @@ from twisted.web.static import Data
 
 from txfastcgi import FastCGIResource
 
-phpFPM = os.environ.get("BLOG_PHP_FPM", "unix:/run/php/php-fpm.sock")
+phpFPM = os.environ.get("PHP_FPM", "unix:/run/php/php-fpm.sock")
 documentRoot = os.environ.get("BLOG_ROOT", "/srv/blog")
-listen = os.environ.get("BLOG_LISTEN", "tcp:8080")
+listen = os.environ.get("LISTEN", "tcp:8080")
 
 root = Resource()
 root.putChild(b"", Data(b'<a href="/blog/">Read the blog</a>\n', "text/html"))

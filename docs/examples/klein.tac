@@ -3,8 +3,8 @@ A Klein application with a PHP blog mounted under /blog/.
 
 It needs Klein, which txfastcgi does not: ``pip install klein`` in the
 virtual environment txfastcgi is installed in. Run it with
-``twistd -ny klein.tac``. The environment variables BLOG_PHP_FPM,
-BLOG_ROOT and BLOG_LISTEN say where php-fpm listens, where the PHP files are
+``twistd -ny klein.tac``. The environment variables PHP_FPM,
+BLOG_ROOT and LISTEN say where php-fpm listens, where the PHP files are
 and where to listen.
 """
 
@@ -17,9 +17,9 @@ from twisted.web.server import Site
 
 from txfastcgi import FastCGIResource
 
-phpFPM = os.environ.get("BLOG_PHP_FPM", "unix:/run/php/php-fpm.sock")
+phpFPM = os.environ.get("PHP_FPM", "unix:/run/php/php-fpm.sock")
 documentRoot = os.environ.get("BLOG_ROOT", "/srv/blog")
-listen = os.environ.get("BLOG_LISTEN", "tcp:8080")
+listen = os.environ.get("LISTEN", "tcp:8080")
 
 app = Klein()
 blog = FastCGIResource(endpoints.clientFromString(reactor, phpFPM), documentRoot)

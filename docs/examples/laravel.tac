@@ -7,7 +7,7 @@ to storage/app/public, outside the document root, and txfastcgi never
 follows a link out of the document root: this serves that directory itself.
 
 Run it with ``twistd -ny laravel.tac``. The environment variables PHP_FPM,
-LARAVEL_APP and LISTEN say where php-fpm listens, where the application is
+LARAVEL_ROOT and LISTEN say where php-fpm listens, where the application is
 and where to listen.
 """
 
@@ -23,7 +23,7 @@ from twisted.web.static import File
 from txfastcgi import FastCGIResource
 
 phpFPM = os.environ.get("PHP_FPM", "unix:/run/php/php-fpm.sock")
-app = os.environ.get("LARAVEL_APP", "/var/www/laravel")
+app = os.environ.get("LARAVEL_ROOT", "/var/www/laravel")
 listen = os.environ.get("LISTEN", "tcp:8080")
 
 

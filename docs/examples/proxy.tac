@@ -14,9 +14,9 @@ from txfastcgi.tap import Options, makeService
 options = Options()
 options.parseOptions(
     [
-        "--php-fpm", os.environ.get("PROXY_PHP_FPM", "unix:/run/php/php-fpm.sock"),
-        "--path", os.environ.get("PROXY_ROOT", "/var/www/html"),
-        "--listen", os.environ.get("PROXY_LISTEN", "tcp:8080"),
+        "--php-fpm", os.environ.get("PHP_FPM", "unix:/run/php/php-fpm.sock"),
+        "--path", os.environ.get("SITE_ROOT", "/var/www/html"),
+        "--listen", os.environ.get("LISTEN", "tcp:8080"),
     ]
 )
 
