@@ -552,9 +552,9 @@ def txfastcgiEnvironment(repo: Path) -> dict[str, str]:
 
 def txfastcgiArguments(context: Context, pool: str, port: int) -> list[str]:
     """
-    The options of C{fastcgi-proxy}: default FastCGI settings, and the access
-    log to /dev/null. The peers write none (nginx has C{access_log off}), but
-    txfastcgi still formats and writes each line, so that cost stays in.
+    The options of C{fastcgi-proxy}: default FastCGI settings, and no access
+    log (C{/dev/null}, which formats no line), as the peers write none
+    (nginx has C{access_log off}).
     """
     return [
         "--php-fpm",
