@@ -35,14 +35,19 @@ def startWithTextLog(
     )
 
 
+def waitForLog(proxy: Proxy, text: str) -> str:
+    """The proxy's log, once it has C{text}."""
+    deadline = time.monotonic() + 10
+    while text not in proxy.log():
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {text!r} in the log:\n{proxy.log()}")
+        time.sleep(0.05)
+    return proxy.log()
+
+
 def startupLog(proxy: Proxy) -> list[str]:
     """The log lines until the reactor runs (after the start-up line)."""
-    deadline = time.monotonic() + 10
-    while "Starting reactor" not in proxy.log():
-        if time.monotonic() > deadline:
-            pytest.fail(f"no start-up line:\n{proxy.log()}")
-        time.sleep(0.05)
-    return proxy.log().partition("Starting reactor")[0].splitlines()
+    return waitForLog(proxy, "Starting reactor").partition("Starting reactor")[0].splitlines()
 
 
 def test_the_startup_line_says_what_is_served(tmp_path: Path, php_fpm: PHPFPMPool) -> None:
@@ -85,4 +90,34 @@ def test_what_will_not_work_is_warned_of_one_line_each(tmp_path: Path) -> None:
         " No such file or directory (is php-fpm running?)",
         f"PHP backend unix:{stale}: cannot connect to {stale}:"
         " Connection refused (is php-fpm running?)",
+    ]
+
+
+def test_a_tcp_backend_that_cannot_be_connected_to_is_warned_of(tmp_path: Path) -> None:
+    """
+    A connect to each tcp backend is tried at start-up, without holding it
+    up: a closed port is warned of, one that accepts is not.
+    """
+    closed = freePort()
+    with socket.socket() as accepting:
+        accepting.bind(("127.0.0.1", 0))
+        accepting.listen()
+        open_ = f"tcp:127.0.0.1:{accepting.getsockname()[1]}"
+        proxy = startWithTextLog(
+            ["--php-fpm", f"tcp:127.0.0.1:{closed}", "--php-fpm", open_], tmp_path / "proxy.log"
+        )
+        try:
+            accepting.settimeout(10)
+            accepting.accept()[0].close()  # The probe of the open one, which then closes.
+            waitForLog(proxy, "#warn] PHP backend")
+        finally:
+            stopProxy(proxy)
+    warnings = [
+        line.partition("[txfastcgi#warn] ")[2]
+        for line in proxy.log().splitlines()
+        if "#warn] PHP backend" in line
+    ]
+    assert warnings == [
+        f"PHP backend tcp:127.0.0.1:{closed}: cannot connect: Connection refused"
+        " (is php-fpm running?)"
     ]

@@ -26,7 +26,7 @@ from twisted.web.static import Data
 from txfastcgi import FastCGIResource
 from txfastcgi.balancer import BackendStatistics, Balancer
 from txfastcgi.pool import ConnectionPool, PoolStatistics
-from txfastcgi.status import StatusResource, WithStatusPage, statusDocument
+from txfastcgi.status import StatusResource, WithPages, statusDocument
 
 if TYPE_CHECKING:
     from tests.conftest import PHPFPMFactory
@@ -121,8 +121,8 @@ class StatusPageTests(TestCase):
         }
         balancer = Balancer(reactor, pools)
         self.addCleanup(balancer.close)
-        root = WithStatusPage(
-            FastCGIResource(balancer, phpFPM.documentRoot), b"/status", StatusResource(balancer)
+        root = WithPages(
+            FastCGIResource(balancer, phpFPM.documentRoot), {b"/status": StatusResource(balancer)}
         )
         self.url = self.listen(root)
         self.agent = Agent(reactor)
@@ -270,7 +270,7 @@ class StatusPageTests(TestCase):
                 },
             )
         )
-        self.url = self.listen(WithStatusPage(application, b"/status", status))
+        self.url = self.listen(WithPages(application, {b"/status": status}))
 
         response, body = yield Deferred.fromCoroutine(self.fetch("/about"))
         self.assertEqual((response.code, body), (200, b"an application page"))

@@ -35,7 +35,7 @@ __all__ = ["BackendStatistics", "Balancer"]
 @dataclass(frozen=True)
 class BackendStatistics:
     """
-    A snapshot of one backend, for the status resource.
+    A snapshot of one backend, for the status page and the metrics.
 
     @ivar endpoint: the backend's endpoint description, as configured.
     @ivar up: whether it takes requests; L{False} from a failed connect until
@@ -179,6 +179,11 @@ class Balancer:
             )
             for backend in self._backends
         ]
+
+    @property
+    def pools(self) -> dict[str, ConnectionPool]:
+        """Each backend's pool, by endpoint description, in the order they were given."""
+        return {backend.endpoint: backend.pool for backend in self._backends}
 
     def close(self) -> None:
         """Close every pool's idle connections, for shutdown."""

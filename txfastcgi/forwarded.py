@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["ForwardedClient", "TrustedProxies"]
+__all__ = ["ForwardedClient", "Networks", "TrustedProxies"]
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -32,9 +32,11 @@ class ForwardedClient:
     https: bool | None
 
 
-class TrustedProxies:
+class Networks:
     """
-    The proxies whose forwarding headers are believed.
+    Addresses and networks, as an option lists them: the one place that
+    matches an address against such a list (trusted proxies, who may read
+    the status and metrics pages).
 
     @param networks: addresses or networks: C{10.0.0.0/8}, C{127.0.0.1},
         C{::1}.
@@ -49,13 +51,33 @@ class TrustedProxies:
     def __bool__(self) -> bool:
         return bool(self._networks)
 
-    def trusts(self, address: str) -> bool:
-        """Whether C{address} is one of the trusted proxies."""
+    def __contains__(self, address: str) -> bool:
+        """Whether C{address}, an IP address as text, is in one of them."""
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:
             return False
         return any(ip in network for network in self._networks)
+
+
+class TrustedProxies:
+    """
+    The proxies whose forwarding headers are believed.
+
+    @param networks: addresses or networks: C{10.0.0.0/8}, C{127.0.0.1},
+        C{::1}.
+    @raise ValueError: for something that is neither.
+    """
+
+    def __init__(self, networks: Iterable[str]) -> None:
+        self._networks = Networks(networks)
+
+    def __bool__(self) -> bool:
+        return bool(self._networks)
+
+    def trusts(self, address: str) -> bool:
+        """Whether C{address} is one of the trusted proxies."""
+        return address in self._networks
 
     def client(
         self,

@@ -13,8 +13,12 @@ Start-up, in order:
                             the process shuts down and exits with status 1
   4. announce               (main process only) one line of what is served,
                             one warning for each thing that will not work
-  5. start workers          (C{--workers N}, main process only)
-  6. reopen logs on SIGHUP or SIGUSR1, what logrotate's postrotate sends
+  5. write metrics for the other processes
+                            (C{--workers N} with C{--metrics-path} or
+                            C{--status-path}, every process): once a second,
+                            into the directory whose files every page reads
+  6. start workers          (C{--workers N}, main process only)
+  7. reopen logs on SIGHUP or SIGUSR1, what logrotate's postrotate sends
 
 Shutdown (SIGTERM, SIGINT, a fatal start-up step), in order:
   1. stop listening         new connections are refused; workers are told to
@@ -24,6 +28,8 @@ Shutdown (SIGTERM, SIGINT, a fatal start-up step), in order:
                             are written; idle FastCGI connections close,
                             which frees php-fpm's workers
   4. stop php-fpm           last, once nothing can need it
+  5. stop writing metrics   (as start-up step 5), and, in the main process,
+                            remove the metrics directory
 
 Steps 2 and 3 share one deadline, C{--shutdown-timeout} seconds from the
 start of the shutdown: past it they are abandoned and the next step runs.

@@ -40,14 +40,15 @@ import socket
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import quoteStringArgument
-from twisted.internet.interfaces import IReactorProcess, IReactorTime
+from twisted.internet.interfaces import IProcessTransport, IReactorProcess, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import ILogObserver, LogEvent, Logger, globalLogPublisher
+from twisted.python.components import proxyForInterface
 from twisted.python.failure import Failure
 from zope.interface import provider
 
@@ -311,6 +312,23 @@ def acceptsConnections(socketPath: str) -> bool:
     return True
 
 
+class _CountingStarts(proxyForInterface(IReactorTime)):  # type: ignore[misc]
+    """
+    The reactor, as L{ProcessMonitor} sees it, counting the processes it
+    starts: its only sign of a restart (of the guardian, hence of php-fpm)
+    that no subclass of it is needed for.
+    """
+
+    def __init__(self, reactor: IReactorProcess) -> None:
+        super().__init__(reactor)
+        self._spawning = reactor
+        self.starts = 0
+
+    def spawnProcess(self, *args: Any, **kwargs: Any) -> IProcessTransport:
+        self.starts += 1
+        return self._spawning.spawnProcess(*args, **kwargs)
+
+
 @provider(ILogObserver)
 def _withoutBlankLines(event: LogEvent) -> None:
     """
@@ -376,6 +394,12 @@ class PHPFPMService(Service):
             errorsToWebServer=False,
         )
         self._monitor: ProcessMonitor | None = None
+        self._spawner: _CountingStarts | None = None
+
+    @property
+    def restarts(self) -> int:
+        """How many times php-fpm was started again after it died."""
+        return 0 if self._spawner is None else max(0, self._spawner.starts - 1)
 
     @property
     def endpointDescription(self) -> str:
@@ -423,7 +447,8 @@ class PHPFPMService(Service):
         # php-fpm's master honours PHPRC and PHP_INI_SCAN_DIR, as it would if
         # run by hand; clear_env keeps them from the scripts.
         command, environment = moduleCommand("txfastcgi._guardian", [self.directory, "--", *phpFPM])
-        self._monitor = ProcessMonitor(self._reactor())
+        self._spawner = _CountingStarts(self._reactor())
+        self._monitor = ProcessMonitor(self._spawner)
         self._monitor.log = Logger(
             namespace=self._monitor.log.namespace,
             source=self._monitor,

@@ -182,6 +182,8 @@ class _Waiter:
     deferred: Deferred[FastCGIClientProtocol]
     # It must have a new connection, not a kept one.
     fresh: bool
+    # The reactor time it began to wait.
+    since: float
     timer: IDelayedCall | None = field(default=None)
 
 
@@ -200,6 +202,11 @@ class ConnectionPool:
     @param queueTimeout: seconds a request may wait for a connection before
         it fails with L{QueueTimeout}.
     @param name: the backend's name in logs, such as its endpoint string.
+
+    @ivar waits: requests that found no idle connection and waited, for a
+        new one or a busy one, and are done waiting (served or failed).
+    @ivar waitSeconds: the time they waited, in all: with L{waits}, the
+        average wait that metrics show.
     """
 
     log = Logger()
@@ -235,6 +242,8 @@ class ConnectionPool:
         self._updateAgain = False
         self._wakeCall: IDelayedCall | None = None
         self._idleOrder = itertools.count(1)
+        self.waits = 0
+        self.waitSeconds = 0.0
 
     def statistics(self) -> PoolStatistics:
         """
@@ -282,7 +291,7 @@ class ConnectionPool:
             if idle is not None:
                 self._move(idle, _E.LENT)
                 return succeed(idle.protocol)
-        waiter = _Waiter(Deferred(self._forget), fresh)
+        waiter = _Waiter(Deferred(self._forget), fresh, now)
         self._waiting.append(waiter)
         queueDue = now + self._queueTimeout
         waiter.timer = self._reactor.callLater(
@@ -337,6 +346,8 @@ class ConnectionPool:
 
     def _dequeue(self, waiter: _Waiter) -> None:
         self._waiting.remove(waiter)
+        self.waits += 1
+        self.waitSeconds += self._reactor.seconds() - waiter.since
         if waiter.timer is not None and waiter.timer.active():
             waiter.timer.cancel()
 

@@ -24,70 +24,123 @@ C{--max-connections} busy. C{requests} were given a connection;
 C{errors} could not get one (connect refused or timed out, waited past the
 queue timeout, or waited past the read timeout), and are answered with 502,
 503 or 504.
+
+With C{--workers N} the page is the sum over every process, whichever one
+answers: see L{txfastcgi.metrics.Metrics.statistics}.
+
+The Prometheus page, L{txfastcgi.metrics.MetricsResource}, is an
+L{OperatorPage} too: both answer the same readers.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, replace
+from typing import Protocol
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.web import http
 from twisted.web.resource import IResource, Resource, getChildForRequest
 from twisted.web.server import Request
 
-from txfastcgi.balancer import BackendStatistics, Balancer
+from txfastcgi.balancer import BackendStatistics
+from txfastcgi.forwarded import Networks
 
-__all__ = ["StatusResource", "WithStatusPage"]
+__all__ = [
+    "OperatorPage",
+    "StatisticsSource",
+    "StatusResource",
+    "WithPages",
+    "hiddenEndpoints",
+    "statusDocument",
+]
 
 _COUNTS = ("open", "idle", "busy", "connecting", "waiting", "requests", "errors")
 
 
-class StatusResource(Resource):
+class OperatorPage(Resource):
     """
-    The status of a L{Balancer}'s backends, as JSON, never cached.
+    A page for operators, not for the site's visitors: only loopback
+    clients may read it (and unix socket peers, which are on this machine),
+    and those in C{allowed} (addresses or networks, such as C{10.0.0.0/8});
+    others get 403. The connection's own address decides, never a
+    forwarding header.
 
-    Only loopback clients may read it, and those in C{allowed} (addresses or
-    networks, such as C{10.0.0.0/8}); others get 403. The connection's own
-    address decides, never a forwarding header. Readers other than loopback
-    see no unix socket path: it tells an attacker where to look.
+    A subclass writes L{answer}.
     """
 
     isLeaf = True
 
-    def __init__(self, balancer: Balancer, allowed: Iterable[str] = ()) -> None:
+    def __init__(self, allowed: Iterable[str] = ()) -> None:
         super().__init__()
-        self._balancer = balancer
-        self._allowed = tuple(ipaddress.ip_network(network, strict=False) for network in allowed)
+        self._allowed = Networks(allowed)
 
     def render_GET(self, request: Request) -> bytes:
         address = request.getClientAddress()
-        ip = (
-            ipaddress.ip_address(address.host)
-            if isinstance(address, IPv4Address | IPv6Address)
-            else None
-        )
-        local = ip is None or ip.is_loopback  # a unix socket peer is on this machine
-        if not local and not any(ip in network for network in self._allowed):
+        host = address.host if isinstance(address, IPv4Address | IPv6Address) else None
+        local = host is None or ipaddress.ip_address(host).is_loopback
+        if host is not None and not local and host not in self._allowed:
             request.setResponseCode(http.FORBIDDEN)
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-            return b"The status page is for this machine and --status-allow networks only.\n"
-        backends = self._balancer.statistics()
+            return b"This page is for this machine and --status-allow networks only.\n"
+        request.setHeader(b"cache-control", b"no-store")
+        return self.answer(request, local)
+
+    def answer(self, request: Request, local: bool) -> bytes:
+        """
+        The page for C{request}, from a reader allowed to see it.
+
+        @param local: whether the reader is on this machine, and may see
+            what only this machine should (unix socket paths).
+        """
+        raise NotImplementedError()
+
+
+class StatisticsSource(Protocol):
+    """What the status page shows: a L{txfastcgi.balancer.Balancer}, say."""
+
+    def statistics(self) -> list[BackendStatistics]:
+        """A snapshot of each backend."""
+
+
+class StatusResource(OperatorPage):
+    """
+    The status of a L{Balancer}'s backends (or of another
+    L{StatisticsSource}), as JSON, never cached, for the readers that
+    L{OperatorPage} lets in. Readers other than loopback see no unix socket
+    path: it tells an attacker where to look.
+    """
+
+    def __init__(self, source: StatisticsSource, allowed: Iterable[str] = ()) -> None:
+        super().__init__(allowed)
+        self._source = source
+
+    def answer(self, request: Request, local: bool) -> bytes:
+        backends = self._source.statistics()
         document = statusDocument(backends if local else _withoutSocketPaths(backends))
         request.setHeader(b"content-type", b"application/json")
-        request.setHeader(b"cache-control", b"no-store")
         return json.dumps(document, indent=2).encode() + b"\n"
 
 
+def hiddenEndpoints(endpoints: Sequence[str]) -> dict[str, str]:
+    """
+    What readers other than loopback see of the backends C{endpoints}: each
+    unix socket path replaced by the backend's number.
+    """
+    return {
+        endpoint: f"unix socket #{number}"
+        for number, endpoint in enumerate(endpoints, 1)
+        if endpoint.startswith("unix:")
+    }
+
+
 def _withoutSocketPaths(backends: list[BackendStatistics]) -> list[BackendStatistics]:
-    """The backends with each unix socket path replaced by the backend's number."""
+    hidden = hiddenEndpoints([backend.endpoint for backend in backends])
     return [
-        replace(backend, endpoint=f"unix socket #{number}")
-        if backend.endpoint.startswith("unix:")
-        else backend
-        for number, backend in enumerate(backends, 1)
+        replace(backend, endpoint=hidden.get(backend.endpoint, backend.endpoint))
+        for backend in backends
     ]
 
 
@@ -112,31 +165,30 @@ def statusDocument(backends: list[BackendStatistics]) -> dict[str, object]:
     return {"backends": described, "totals": totals}
 
 
-class WithStatusPage(Resource):
+class WithPages(Resource):
     """
-    A site's root resource: C{status} at exactly C{path}, and every other
-    request to C{application}, as if it were the root itself.
+    A site's root resource: each of C{pages} at exactly its path, and every
+    other request to C{application}, as if it were the root itself.
 
-    This is how C{twist fastcgi-proxy --status-path} mounts the status page
-    beside a L{txfastcgi.FastCGIResource} at the root; under its own
-    prefix, a status page can simply be a child of the application's tree.
+    This is how C{twist fastcgi-proxy --status-path} and C{--metrics-path}
+    mount their pages beside a L{txfastcgi.FastCGIResource} at the root;
+    under its own prefix, such a page can simply be a child of the
+    application's tree.
 
-    @param path: the URL path of the status page, such as C{b"/status"}; it
-        hides whatever the application has at that path.
+    @param pages: the pages by URL path, such as C{b"/status"}; each hides
+        whatever the application has at that path.
     """
 
     isLeaf = True
 
-    def __init__(self, application: IResource, path: bytes, status: IResource) -> None:
+    def __init__(self, application: IResource, pages: Mapping[bytes, IResource]) -> None:
         super().__init__()
         self._application = application
-        self._path = path
-        self._status = status
+        self._pages = dict(pages)
 
     def render(self, request: Request) -> bytes | int:
-        if request.path == self._path:
-            resource = self._status
-        else:
+        resource = self._pages.get(request.path)
+        if resource is None:
             resource = getChildForRequest(self._application, request)
         result: bytes | int = resource.render(request)
         return result

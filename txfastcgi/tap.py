@@ -8,12 +8,13 @@ and stop is written down there.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import platform
 import re
+import shutil
 import socket
 import sys
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn, cast
@@ -22,7 +23,8 @@ import twisted
 from twisted.application.service import IService
 from twisted.internet import endpoints
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
-from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, TimeoutError, gatherResults, maybeDeferred, succeed
+from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import (
     IAddress,
     IListeningPort,
@@ -31,6 +33,7 @@ from twisted.internet.interfaces import (
     IReactorTime,
     ITransport,
 )
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactor
 from twisted.logger import Logger, textFileLogObserver
 from twisted.python import usage
@@ -44,14 +47,17 @@ from txfastcgi._units import parseDuration, parseSize
 from txfastcgi._version import __version__
 from txfastcgi.accesslog import ACCESS_LOG_FORMATS, AccessLog
 from txfastcgi.balancer import Balancer
+from txfastcgi.forwarded import Networks
 from txfastcgi.lifecycle import Lifecycle, Step, onLogRotation
 from txfastcgi.phpfpm import PHPFPMNotFound, PHPFPMService, findPHPFPM
 from txfastcgi.pool import ConnectionPool
 from txfastcgi.resource import FastCGIResource
-from txfastcgi.status import StatusResource, WithStatusPage
+from txfastcgi.served import Served
+from txfastcgi.status import StatisticsSource, StatusResource, WithPages
 from txfastcgi.web import DEFAULT_MAX_BODY_SIZE, FastCGISite
 
 if TYPE_CHECKING:
+    from txfastcgi.metrics import Metrics
     from txfastcgi.workers import WorkerProcesses
 
 __all__ = ["Options", "makeService"]
@@ -135,6 +141,7 @@ class Options(usage.Options):
             "Access line format: combined, or json (with request and upstream time, backend).",
         ],
         ["status-path", None, None, "URL path of a JSON status page of the backends (off)."],
+        ["metrics-path", None, None, "URL path of a Prometheus metrics page (off)."],
         _count("spawn-children", 4, "Workers of the php-fpm started by --php-fpm spawn."),
         _count(
             "max-connections",
@@ -204,8 +211,9 @@ class Options(usage.Options):
 
     def opt_status_allow(self, network: str) -> None:
         """
-        Address or network (10.0.0.0/8) of clients that may read the status page
-        besides this machine's loopback, repeatable; they see no socket paths.
+        Address or network (10.0.0.0/8) of clients that may read the status and
+        metrics pages besides this machine's loopback, repeatable; they see no
+        socket paths.
         """
         self["status-allow"].append(_network("--status-allow", network))
 
@@ -246,8 +254,11 @@ class Options(usage.Options):
                     raise usage.UsageError(
                         f"--workers shares only tcp, tcp6 and unix listeners, not {description!r}"
                     )
-        if self["status-path"] is not None and not self["status-path"].startswith("/"):
-            raise usage.UsageError(f"--status-path {self['status-path']!r} must start with /")
+        for page in ("status-path", "metrics-path"):
+            if self[page] is not None and not self[page].startswith("/"):
+                raise usage.UsageError(f"--{page} {self[page]!r} must start with /")
+        if self["metrics-path"] is not None and self["metrics-path"] == self["status-path"]:
+            raise usage.UsageError("--metrics-path and --status-path must be different paths")
         if self["no-front-controller"]:
             self["front-controller"] = None
         if self["access-log-format"] not in ACCESS_LOG_FORMATS:
@@ -275,7 +286,7 @@ def versionLine() -> str:
 def _network(option: str, network: str) -> str:
     """C{network}, if it is an address or a network, for C{option}."""
     try:
-        ipaddress.ip_network(network, strict=False)
+        Networks([network])
     except ValueError:
         raise usage.UsageError(f"{option}: {network!r} is not an address or network") from None
     return network
@@ -377,8 +388,16 @@ def makeService(options: Options) -> IService:
     )
     workers = None
     if options["workers"] > 1:
+        exited = None
+        if options["status-path"] is not None or options["metrics-path"] is not None:
+            from txfastcgi.metrics import forgetProcess
+
+            # Where every process writes its metrics, for the pages of each
+            # to show them all: private (0700), removed at shutdown.
+            served["metrics-directory"] = tempfile.mkdtemp(prefix="txfastcgi-metrics-")
+            exited = partial(forgetProcess, served["metrics-directory"])
         workers = WorkerProcesses(
-            reactor, served, options["workers"] - 1, options["shutdown-timeout"]
+            reactor, served, options["workers"] - 1, options["shutdown-timeout"], exited
         )
     return _lifecycle(
         cast(IReactorTime, reactor), served, listeners, phpFPM, workers, announce=True
@@ -433,7 +452,7 @@ def _lifecycle(
 
     @param announce: log what is served once it listens (the main process).
     """
-    site, resource, balancer = _site(options, reactor)
+    site, resource, balancer, metrics = _site(options, reactor, phpFPM)
 
     def reopenLogs() -> None:
         site.accessLog.reopen()
@@ -446,11 +465,18 @@ def _lifecycle(
 
     spawning = [] if phpFPM is None else [phpFPM]
     supervising = [] if workers is None else [workers]
+    # Metrics that other processes read: written every second.
+    sharing = [] if metrics is None or options.get("metrics-directory") is None else [metrics]
     startup = [
         *(Step("start php-fpm", p.startService) for p in spawning),
         *(Step("wait for php-fpm", p.whenListening) for p in spawning),
         Step("listen", partial(listeners.listen, site), fatal=True),
-        *([Step("announce", partial(_announce, options, listeners.ports))] if announce else []),
+        *(
+            [Step("announce", partial(_announce, reactor, options, listeners.ports))]
+            if announce
+            else []
+        ),
+        *(Step("write metrics for the other processes", m.start) for m in sharing),
         *(Step("start workers", partial(w.start, listeners.ports)) for w in supervising),
         Step("reopen logs on SIGHUP or SIGUSR1", partial(onLogRotation, reactor, reopenLogs)),
     ]
@@ -461,6 +487,12 @@ def _lifecycle(
         *(Step("wait for workers", w.whenStopped, bounded=True) for w in supervising),
         Step("close connections", closeConnections, bounded=True),
         *(Step("stop php-fpm", p.stopService) for p in spawning),
+        *(Step("stop writing metrics", m.stop) for m in sharing),
+        *(
+            Step("remove the metrics directory", partial(shutil.rmtree, directory, True))
+            for directory in [options.get("metrics-directory")]
+            if directory is not None and workers is not None
+        ),
     ]
     return Lifecycle(reactor, startup, shutdown, options["shutdown-timeout"])
 
@@ -468,10 +500,14 @@ def _lifecycle(
 _log = Logger(namespace="txfastcgi")
 
 
-def _announce(options: Mapping[str, Any], ports: Sequence[IListeningPort]) -> None:
+def _announce(
+    reactor: IReactorTime, options: Mapping[str, Any], ports: Sequence[IListeningPort]
+) -> None:
     """
     Log one line that says what this proxy serves, and one warning for each
-    thing in it that will not work as the operator probably thinks.
+    thing in it that will not work as the operator probably thinks; those
+    about tcp backends follow once a connect to each has been tried, without
+    holding up the start-up.
     """
     urls = [_url(d, p.getHost()) for d, p in zip(options["listen"], ports, strict=True)]
     _log.info(
@@ -494,9 +530,54 @@ def _announce(options: Mapping[str, Any], ports: Sequence[IListeningPort]) -> No
                 root=options["path"],
             )
     for backend in options["php-fpm"]:
-        problem = _unixBackendProblem(backend)
-        if problem is not None:
-            _log.warn("PHP backend {backend}: {problem}", backend=backend, problem=problem)
+        if backend.partition(":")[0] == "tcp":
+            _tcpBackendProblem(reactor, backend).addCallback(partial(_warnOfBackend, backend))
+        else:
+            _warnOfBackend(backend, _unixBackendProblem(backend))
+
+
+def _warnOfBackend(backend: str, problem: str | None) -> None:
+    if problem is not None:
+        _log.warn("PHP backend {backend}: {problem}", backend=backend, problem=problem)
+
+
+# Seconds a start-up connect to a tcp backend may take: a php-fpm on the
+# network answers in milliseconds; this only bounds one that drops packets.
+_PROBE_TIMEOUT = 2.0
+
+
+class _Probe(Factory[Protocol]):
+    """A connection that says nothing: whether a tcp backend accepts one."""
+
+    noisy = False
+    protocol = Protocol
+
+
+def _tcpBackendProblem(reactor: IReactorTime, description: str) -> Deferred[str | None]:
+    """
+    Why tcp backend C{description} cannot be connected to, as the
+    unix backends' problems say it, if it cannot; L{None} if it can.
+    """
+    endpoint = endpoints.clientFromString(reactor, description)
+    connecting = endpoint.connect(_Probe())
+    connecting.addTimeout(_PROBE_TIMEOUT, reactor)
+
+    def connected(protocol: Protocol) -> None:
+        assert protocol.transport is not None
+        protocol.transport.loseConnection()
+
+    def failed(reason: Failure) -> str:
+        error = reason.value
+        if isinstance(error, TimeoutError):
+            problem = f"no answer within {_PROBE_TIMEOUT:g} s"
+        elif isinstance(error, ConnectError) and isinstance(error.osError, int):
+            problem = os.strerror(error.osError)
+        else:
+            problem = reason.getErrorMessage()
+        return f"cannot connect: {problem} (is php-fpm running?)"
+
+    probed: Deferred[str | None] = connecting.addCallbacks(connected, failed)
+    return probed
 
 
 def _unixBackendProblem(description: str) -> str | None:
@@ -529,12 +610,21 @@ def _url(description: str, address: IAddress) -> str:
 
 
 def _site(
-    options: Mapping[str, Any], reactor: IReactorTime
-) -> tuple[_Site, FastCGIResource, Balancer]:
+    options: Mapping[str, Any], reactor: IReactorTime, phpFPM: PHPFPMService | None = None
+) -> tuple[_Site, FastCGIResource, Balancer, Metrics | None]:
     """
     The web site every process serves: the resource over a balancer of the
     backends (with one backend too, which then notices a restart of php-fpm
-    at once), the status page if asked for, and the access log.
+    at once), the status and metrics pages if asked for, and the access log.
+
+    With C{--workers} and either page, the metrics are kept where every
+    process reads them (C{metrics-directory}, which L{makeService} adds to
+    the options), and the status page shows them; otherwise the status page
+    reads this process's balancer, and metrics, only with C{--metrics-path},
+    cost nothing.
+
+    @param phpFPM: the php-fpm this process spawned, if any, whose restarts
+        are counted.
     """
     pools = {
         backend: ConnectionPool(
@@ -560,14 +650,27 @@ def _site(
         https=options["https"],
         trustedProxies=options["trusted-proxy"],
     )
-    root: IResource = resource
+    pages: dict[bytes, IResource] = {}
+    allowed = options["status-allow"]
+    status: StatisticsSource = balancer
+    metrics = None
+    observers: list[Callable[[Served], object]] = []
+    directory = options.get("metrics-directory")
+    if options["metrics-path"] is not None or directory is not None:
+        from txfastcgi.metrics import Metrics, MetricsResource, shareAcrossProcesses
+
+        if directory is not None:
+            shareAcrossProcesses(directory)
+        metrics = Metrics(balancer, reactor, phpFPM, directory)
+        if directory is not None:
+            status = metrics
+        if options["metrics-path"] is not None:
+            pages[options["metrics-path"].encode()] = MetricsResource(metrics, allowed)
+            observers.append(metrics)
     if options["status-path"] is not None:
-        root = WithStatusPage(
-            resource,
-            options["status-path"].encode(),
-            StatusResource(balancer, options["status-allow"]),
-        )
-    return _Site(root, options), resource, balancer
+        pages[options["status-path"].encode()] = StatusResource(status, allowed)
+    site = _Site(WithPages(resource, pages) if pages else resource, options, observers)
+    return site, resource, balancer, metrics
 
 
 class _Site(FastCGISite):
@@ -584,7 +687,15 @@ class _Site(FastCGISite):
     def logPrefix(self) -> str:
         return "txfastcgi"
 
-    def __init__(self, resource: IResource, options: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        resource: IResource,
+        options: Mapping[str, Any],
+        observers: Sequence[Callable[[Served], object]] = (),
+    ) -> None:
+        """
+        @param observers: what is told of each request besides the access log.
+        """
         self._connections: set[_Tracked] = set()
         self._allClosed = Emptied()
         self.accessLog = AccessLog(options["access-log"], options["access-log-format"])
@@ -593,7 +704,7 @@ class _Site(FastCGISite):
             maxBodySize=options["max-body-size"],
             headerTimeout=options["header-timeout"],
             bodyTimeout=options["body-timeout"],
-            observers=[self.accessLog],
+            observers=[self.accessLog, *observers],
         )
 
     def buildProtocol(self, addr: IAddress | None) -> _Tracked:

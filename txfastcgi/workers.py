@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -102,16 +102,24 @@ class WorkerProcesses:
     """
 
     def __init__(
-        self, reactor: IReactorTime, options: Mapping[str, Any], count: int, timeout: float
+        self,
+        reactor: IReactorTime,
+        options: Mapping[str, Any],
+        count: int,
+        timeout: float,
+        exited: Callable[[int], object] | None = None,
     ) -> None:
         """
         @param options: the parsed options, which the workers serve.
         @param timeout: the workers' own C{--shutdown-timeout}.
+        @param exited: called with the process id of each worker that
+            exits, for whoever keeps something of it (its metrics).
         """
         self._reactor = reactor
         self._options = options
         self._count = count
         self._killTime = math.ceil(timeout) + _KILL_MARGIN
+        self._exited = exited
         self._monitor: _Monitor | None = None
 
     def start(self, ports: Sequence[IListeningPort]) -> None:
@@ -123,7 +131,9 @@ class WorkerProcesses:
             "txfastcgi.worker", [f"{descriptor}:{family}" for descriptor, family in inherited]
         )
         environment[WORKER_OPTIONS_VARIABLE] = json.dumps(self._options)
-        self._monitor = _Monitor(_Inheriting(self._reactor, [d for d, _ in inherited]))
+        self._monitor = _Monitor(
+            _Inheriting(self._reactor, [d for d, _ in inherited]), self._exited
+        )
         self._monitor.killTime = self._killTime
         for number in range(1, self._count + 1):
             self._monitor.addProcess(f"worker {number}", command, env=environment)
@@ -153,19 +163,38 @@ class WorkerProcesses:
 
 
 class _Monitor(ProcessMonitor):
-    """A L{ProcessMonitor} that says when none of its processes runs."""
+    """
+    A L{ProcessMonitor} that says when none of its processes runs, and
+    which process exited.
+    """
 
-    def __init__(self, reactor: IReactorTime) -> None:
+    def __init__(
+        self, reactor: IReactorTime, exited: Callable[[int], object] | None = None
+    ) -> None:
         super().__init__(reactor)  # type: ignore[arg-type]
         self._empty = Emptied()
+        self._exited = exited
+        # The process id of each running process, by name: gone from its
+        # transport once it has exited.
+        self._pids: dict[str, int] = {}
 
     def whenEmpty(self) -> Deferred[None]:
         return self._empty.wait(not self.protocols)
 
+    def startProcess(self, name: str) -> None:
+        super().startProcess(name)
+        protocol = self.protocols.get(name)
+        pid = None if protocol is None else getattr(protocol.transport, "pid", None)
+        if pid is not None:
+            self._pids[name] = pid
+
     def _monitoredProcessExited(self, name: str, reason: Failure | None = None) -> None:
         # What LoggingProtocol calls when a process ends: procmon's one
         # notification (its public connectionLost is no longer called).
+        pid = self._pids.pop(name, None)
         super()._monitoredProcessExited(name, reason)
+        if pid is not None and self._exited is not None:
+            self._exited(pid)
         if not self.protocols:
             self._empty.fire()
 
