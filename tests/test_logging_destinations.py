@@ -291,3 +291,43 @@ def test_the_workers_access_lines_reach_the_main_process_log(
     targets = sorted(COMBINED.match(line)["request"] for line in lines)  # type: ignore[index]
     assert targets == sorted(f"GET /info.php?n={n} HTTP/1.1" for n in range(sent))
     assert any("worker" not in event for event in accessEvents()) or sent == 1
+
+
+def test_sighup_reopens_the_twist_log_file_too(tmp_path: Path, php_fpm: PHPFPMPool) -> None:
+    """
+    logrotate renames C{twist --log-file F} and sends SIGHUP (or SIGUSR1):
+    the events and access lines that follow go to a new F.
+    """
+    port = freePort()
+    logFile = tmp_path / "proxy.log"
+    proxy = startServer(
+        [
+            "-m",
+            "twisted",
+            "--log-file",
+            str(logFile),
+            "fastcgi-proxy",
+            "--listen",
+            f"tcp:{port}",
+            "--php-fpm",
+            php_fpm.endpointDescription,
+            "--path",
+            php_fpm.documentRoot,
+        ],
+        port,
+        tmp_path / "stdout.log",
+    )
+    rotated = tmp_path / "proxy.log.1"
+    try:
+        _get(port, "/info.php?before")
+        _waitFor(lambda: "info.php?before" in logFile.read_text(), "no line before")
+        logFile.rename(rotated)
+        proxy.process.send_signal(signal.SIGHUP)
+        _waitFor(logFile.exists, "the log file was not reopened")
+        _get(port, "/info.php?after")
+        _waitFor(lambda: "info.php?after" in logFile.read_text(), "no line in the new file")
+    finally:
+        stopProxy(proxy)
+    assert "info.php?after" not in rotated.read_text()
+    assert "info.php?before" not in logFile.read_text()
+    assert "Main loop terminated" in logFile.read_text()

@@ -400,7 +400,13 @@ def makeService(options: Options) -> IService:
             reactor, served, options["workers"] - 1, options["shutdown-timeout"], exited
         )
     return _lifecycle(
-        cast(IReactorTime, reactor), served, listeners, phpFPM, workers, announce=True
+        cast(IReactorTime, reactor),
+        served,
+        listeners,
+        phpFPM,
+        workers,
+        announce=True,
+        reopenEventLog=_twistLogFileReopener(options),
     )
 
 
@@ -419,6 +425,30 @@ def _preferTextEvents(options: Options, argv: Sequence[str] = sys.argv) -> None:
         argument.startswith("--log-format") for argument in argv
     ):
         parent["fileLogObserverFactory"] = textFileLogObserver
+
+
+def _twistLogFileReopener(options: Options) -> Callable[[], None] | None:
+    """
+    Under C{twist --log-file F}: how to open F again under its name, once
+    logrotate has renamed it. twist's log observer keeps the file object it
+    was given, so the new file takes the old one's descriptor, and the
+    observer writes to it from then on.
+    """
+    parent = getattr(options, "parent", None)
+    logFile = parent.get("logFile") if isinstance(parent, usage.Options) else None
+    if logFile is None or logFile in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        return None
+    name = getattr(logFile, "name", None)
+    if not isinstance(name, str):
+        return None
+
+    def reopen() -> None:
+        logFile.flush()
+        fresh = os.open(name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        os.dup2(fresh, logFile.fileno())
+        os.close(fresh)
+
+    return reopen
 
 
 def makeWorkerService(options: Mapping[str, Any], inherited: Sequence[tuple[int, int]]) -> IService:
@@ -445,16 +475,21 @@ def _lifecycle(
     phpFPM: PHPFPMService | None = None,
     workers: WorkerProcesses | None = None,
     announce: bool = False,
+    reopenEventLog: Callable[[], None] | None = None,
 ) -> Lifecycle:
     """
     The steps of one process's life, in the order that
     L{txfastcgi.lifecycle} documents, without those it has nothing for.
 
     @param announce: log what is served once it listens (the main process).
+    @param reopenEventLog: opens the event log's file again, on SIGHUP or
+        SIGUSR1, if it is a file.
     """
     site, resource, balancer, metrics = _site(options, reactor, phpFPM)
 
     def reopenLogs() -> None:
+        if reopenEventLog is not None:
+            reopenEventLog()
         site.accessLog.reopen()
         if workers is not None:
             workers.signal("HUP")
