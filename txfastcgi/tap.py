@@ -49,12 +49,13 @@ from txfastcgi.accesslog import ACCESS_LOG_FORMATS, AccessLog
 from txfastcgi.balancer import Balancer
 from txfastcgi.forwarded import Networks
 from txfastcgi.lifecycle import Lifecycle, Step, onLogRotation
+from txfastcgi.limits import DEFAULT_MAX_BODY_SIZE
 from txfastcgi.phpfpm import PHPFPMNotFound, PHPFPMService, findPHPFPM
 from txfastcgi.pool import ConnectionPool
 from txfastcgi.resource import FastCGIResource
 from txfastcgi.served import Served
 from txfastcgi.status import StatisticsSource, StatusResource, WithPages
-from txfastcgi.web import DEFAULT_MAX_BODY_SIZE, FastCGISite
+from txfastcgi.web import FastCGISite
 
 if TYPE_CHECKING:
     from txfastcgi.metrics import Metrics

@@ -50,7 +50,6 @@ from typing import Any
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, ISSLTransport, ITCPTransport
 from twisted.internet.protocol import connectionDone
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
@@ -59,37 +58,17 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 from txfastcgi.accesslog import AccessLog
+from txfastcgi.limits import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_MAX_BODY_SIZE,
+    DEFAULT_MAX_HEADER_SIZE,
+    LINGER_TIME,
+    DeadlineSweep,
+)
 from txfastcgi.served import Served, upstreamOf
 
-__all__ = [
-    "DEFAULT_BODY_TIMEOUT",
-    "DEFAULT_HEADER_TIMEOUT",
-    "DEFAULT_MAX_BODY_SIZE",
-    "DEFAULT_MAX_HEADER_SIZE",
-    "FastCGISite",
-]
-
-DEFAULT_MAX_BODY_SIZE = 100 * 1024 * 1024
-"""Largest request body accepted by default: 100 MiB."""
-
-DEFAULT_MAX_HEADER_SIZE = 16 * 1024
-"""
-Largest request head (request line and header lines, without their line
-ends) accepted by default: Twisted's own limit, twice nginx's per-line one.
-"""
-
-DEFAULT_HEADER_TIMEOUT = 60.0
-"""Seconds a whole request head may take to arrive by default: nginx's."""
-
-DEFAULT_BODY_TIMEOUT = 60.0
-"""Seconds a request body may go without a byte by default: nginx's."""
-
-# Seconds to keep reading and dropping a refused request's remaining bytes.
-_LINGER_TIME = 5.0
-
-# Seconds between two looks at the head and body deadlines of all
-# connections: one timer per site, rather than one per request.
-_SWEEP_INTERVAL = 1.0
+__all__ = ["FastCGISite"]
 
 # Never in a request target: the control characters.
 _CONTROL_CHARACTERS = bytes([*range(0x20), 0x7F])
@@ -154,9 +133,7 @@ class FastCGISite(Site):
         self.headerTimeout = headerTimeout
         self.bodyTimeout = bodyTimeout
         self.observers = list(observers) if observers is not None else [AccessLog()]
-        self._channels: set[_LimitedChannel] = set()
-        self._sweep = LoopingCall(self._checkDeadlines)
-        self._sweep.clock = self.reactor
+        self.deadlines = DeadlineSweep(self.reactor)
 
     def startFactory(self) -> None:
         super().startFactory()
@@ -199,22 +176,6 @@ class FastCGISite(Site):
         # still replaces the HTTP/1.1 channel.
         return _GenericHTTPChannelProtocol(_LimitedChannel())
 
-    def _track(self, channel: _LimitedChannel) -> None:
-        """Watch C{channel}'s deadlines, sweeping while there are any channels."""
-        self._channels.add(channel)
-        if not self._sweep.running:
-            self._sweep.start(_SWEEP_INTERVAL, now=False)
-
-    def _untrack(self, channel: _LimitedChannel) -> None:
-        self._channels.discard(channel)
-        if not self._channels and self._sweep.running:
-            self._sweep.stop()
-
-    def _checkDeadlines(self) -> None:
-        now = self.reactor.seconds()
-        for channel in list(self._channels):
-            channel.checkDeadline(now)
-
 
 class _LimitedChannel(http.HTTPChannel):
     """
@@ -239,7 +200,7 @@ class _LimitedChannel(http.HTTPChannel):
         # One line over the limit must not be buffered whole either.
         self.MAX_LENGTH = self.totalHeadersSize = self.site.maxHeaderSize
         self._since = self.site.reactor.seconds()
-        self.site._track(self)
+        self.site.deadlines.track(self)
 
     def dataReceived(self, data: bytes) -> None:
         if self._refused:
@@ -263,7 +224,7 @@ class _LimitedChannel(http.HTTPChannel):
         self._since = None
         if getattr(self.transport, "negotiatedProtocol", None) == b"h2":
             # HTTP/2 replaced this channel on the connection without telling it.
-            self.site._untrack(self)
+            self.site.deadlines.untrack(self)
         elif not receivingHead:
             self.refuse(408, "The request body stopped coming.")
         elif self._receivedHeaderSize or self._buffer:
@@ -376,7 +337,7 @@ class _LimitedChannel(http.HTTPChannel):
         # Keep reading, so that what the client is still sending meets no
         # reset, until it closes or the time is up.
         self._networkProducer.resumeProducing()
-        self._lingering = self.callLater(_LINGER_TIME, self._stopLingering)
+        self._lingering = self.callLater(LINGER_TIME, self._stopLingering)
 
     def _stopLingering(self) -> None:
         self._lingering = None
@@ -405,7 +366,7 @@ class _LimitedChannel(http.HTTPChannel):
         if self._lingering is not None and self._lingering.active():
             self._lingering.cancel()
         self._lingering = None
-        self.site._untrack(self)
+        self.site.deadlines.untrack(self)
         super().connectionLost(reason)
 
 
