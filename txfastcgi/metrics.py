@@ -36,7 +36,6 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from prometheus_client.registry import Collector, CollectorRegistry
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.web.server import Request
 
 from txfastcgi.balancer import BackendStatistics, Balancer
 from txfastcgi.pool import PoolStatistics
@@ -376,6 +375,6 @@ class MetricsResource(OperatorPage):
         super().__init__(allowed)
         self._metrics = metrics
 
-    def answer(self, request: Request, local: bool) -> bytes:
-        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
-        return self._metrics.render(None if local else hiddenEndpoints(self._metrics.endpoints()))
+    def answer(self, local: bool) -> tuple[bytes, bytes]:
+        hide = None if local else hiddenEndpoints(self._metrics.endpoints())
+        return CONTENT_TYPE_LATEST.encode(), self._metrics.render(hide)

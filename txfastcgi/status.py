@@ -80,17 +80,30 @@ class OperatorPage(Resource):
     def render_GET(self, request: Request) -> bytes:
         address = request.getClientAddress()
         host = address.host if isinstance(address, IPv4Address | IPv6Address) else None
+        code, headers, body = self.respond(host)
+        request.setResponseCode(code)
+        for name, value in headers:
+            request.setHeader(name, value)
+        return body
+
+    def respond(self, host: str | None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """
+        Status, headers and body of the page for a reader at address
+        C{host} (L{None} for a unix socket peer), whichever front asks.
+        """
         local = host is None or ipaddress.ip_address(host).is_loopback
         if host is not None and not local and host not in self._allowed:
-            request.setResponseCode(http.FORBIDDEN)
-            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-            return b"This page is for this machine and --status-allow networks only.\n"
-        request.setHeader(b"cache-control", b"no-store")
-        return self.answer(request, local)
+            return (
+                http.FORBIDDEN,
+                [(b"content-type", b"text/plain; charset=utf-8")],
+                b"This page is for this machine and --status-allow networks only.\n",
+            )
+        contentType, body = self.answer(local)
+        return http.OK, [(b"content-type", contentType), (b"cache-control", b"no-store")], body
 
-    def answer(self, request: Request, local: bool) -> bytes:
+    def answer(self, local: bool) -> tuple[bytes, bytes]:
         """
-        The page for C{request}, from a reader allowed to see it.
+        The page's content type and body, for a reader allowed to see it.
 
         @param local: whether the reader is on this machine, and may see
             what only this machine should (unix socket paths).
@@ -117,11 +130,10 @@ class StatusResource(OperatorPage):
         super().__init__(allowed)
         self._source = source
 
-    def answer(self, request: Request, local: bool) -> bytes:
+    def answer(self, local: bool) -> tuple[bytes, bytes]:
         backends = self._source.statistics()
         document = statusDocument(backends if local else _withoutSocketPaths(backends))
-        request.setHeader(b"content-type", b"application/json")
-        return json.dumps(document, indent=2).encode() + b"\n"
+        return b"application/json", json.dumps(document, indent=2).encode() + b"\n"
 
 
 def hiddenEndpoints(endpoints: Sequence[str]) -> dict[str, str]:
