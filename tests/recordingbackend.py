@@ -40,9 +40,10 @@ from twisted.web.resource import IResource
 
 from tests.fakebackend import FakeBackend, ReceivedRequest, Reply, Responder
 from txfastcgi import FastCGIResource
+from txfastcgi.limits import DEFAULT_MAX_HEADER_SIZE
 from txfastcgi.pool import ConnectionPool
 from txfastcgi.records import decodeNameValuePairs
-from txfastcgi.web import DEFAULT_MAX_HEADER_SIZE, FastCGISite
+from txfastcgi.web import FastCGISite
 
 __all__ = [
     "Answer",

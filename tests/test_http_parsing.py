@@ -23,7 +23,8 @@ from twisted.web.server import Request
 
 from tests.processes import Proxy, startProxy, stopProxy
 from tests.recordingbackend import Answer, parseAnswer, parseAnswers
-from txfastcgi.web import DEFAULT_MAX_BODY_SIZE, FastCGISite
+from txfastcgi.limits import DEFAULT_MAX_BODY_SIZE
+from txfastcgi.web import FastCGISite
 
 if TYPE_CHECKING:
     from tests.conftest import PHPFPMPool
