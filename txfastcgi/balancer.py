@@ -72,7 +72,7 @@ class _Backend:
 
 class Balancer:
     """
-    A L{txfastcgi.resource.ConnectionSource} over several backends.
+    A L{txfastcgi.proxy.ConnectionSource} over several backends.
 
     @param pools: a pool for each backend, by the backend's endpoint
         description (shown in logs and statistics).

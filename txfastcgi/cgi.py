@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "MAX_HEADER_BLOCK",
+    "CGIParams",
     "CGIRequest",
     "CGIResponseHead",
     "MalformedResponse",
@@ -50,15 +51,36 @@ def headerParams(rawHeaders: Iterable[tuple[bytes, Sequence[bytes]]]) -> list[tu
     """
     joined: dict[bytes, list[bytes]] = {}
     for name, values in rawHeaders:
-        lowerName = name.lower()
-        if lowerName in _HEADERS_NOT_FORWARDED or not _VALID_HEADER_NAME.match(name):
-            continue
-        key = b"HTTP_" + name.upper().replace(b"-", b"_")
-        joined.setdefault(key, []).extend(values)
+        key = _paramNames.get(name)
+        if key is None:
+            key = _paramName(name)
+        if key:
+            joined.setdefault(key, []).extend(values)
     return [
         (key, (b"; " if key == b"HTTP_COOKIE" else b", ").join(values))
         for key, values in joined.items()
     ]
+
+
+def _paramName(name: bytes) -> bytes:
+    """
+    The ``HTTP_*`` name of a header, or C{b""} for one never forwarded;
+    remembered, since the same few names come with every request.
+    """
+    if name.lower() in _HEADERS_NOT_FORWARDED or not _VALID_HEADER_NAME.match(name):
+        key = b""
+    else:
+        key = b"HTTP_" + name.upper().replace(b"-", b"_")
+    if len(_paramNames) < _MAX_PARAM_NAMES:
+        _paramNames[name] = key
+    return key
+
+
+# Header names as sent, in the case each client sends them, and their params.
+_paramNames: dict[bytes, bytes] = {}
+# Enough for every header name real clients send; a client inventing names
+# cannot grow it past this.
+_MAX_PARAM_NAMES = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,38 +123,61 @@ class CGIRequest:
             computed parameter and every header of the same name, so a
             client can never set them.
         """
+        return CGIParams(serverSoftware, extra).params(self)
+
+
+class CGIParams:
+    """
+    The FastCGI parameters of one site's requests: what is the same for
+    every request is given once, and L{params} adds the rest.
+
+    @param serverSoftware: the value of SERVER_SOFTWARE.
+    @param extra: operator-configured parameters; they win over every
+        computed parameter and every header of the same name, so a client
+        can never set them.
+    """
+
+    def __init__(self, serverSoftware: bytes, extra: Mapping[bytes, bytes] = {}) -> None:
+        self._serverSoftware = serverSoftware
+        self._extra = dict(extra)
+
+    def params(self, request: CGIRequest) -> list[tuple[bytes, bytes]]:
+        """The FastCGI parameters for C{request}."""
+        https = request.https
+        contentLength = request.contentLength
         params: dict[bytes, bytes] = {
             b"GATEWAY_INTERFACE": b"CGI/1.1",
-            b"SERVER_SOFTWARE": serverSoftware,
-            b"REQUEST_METHOD": self.method,
-            b"REQUEST_URI": self.requestURI,
-            b"QUERY_STRING": self.queryString,
-            b"SCRIPT_FILENAME": _encode(self.scriptFilename),
-            b"SCRIPT_NAME": _encode(self.scriptName),
-            b"PATH_INFO": _encode(self.pathInfo),
-            b"DOCUMENT_URI": _encode(self.documentURI),
-            b"DOCUMENT_ROOT": _encode(self.documentRoot),
-            b"SERVER_PROTOCOL": self.serverProtocol,
-            b"REQUEST_SCHEME": b"https" if self.https else b"http",
-            b"REMOTE_ADDR": _encode(self.remoteAddr),
-            b"REMOTE_PORT": _encodePort(self.remotePort),
-            b"SERVER_ADDR": _encode(self.serverAddr),
-            b"SERVER_PORT": _encodePort(self.serverPort),
-            b"SERVER_NAME": self.serverName,
-            b"CONTENT_TYPE": self.contentType or b"",
-            b"CONTENT_LENGTH": b"" if self.contentLength is None else b"%d" % self.contentLength,
+            b"SERVER_SOFTWARE": self._serverSoftware,
+            b"REQUEST_METHOD": request.method,
+            b"REQUEST_URI": request.requestURI,
+            b"QUERY_STRING": request.queryString,
+            b"SCRIPT_FILENAME": _encode(request.scriptFilename),
+            b"SCRIPT_NAME": _encode(request.scriptName),
+            b"PATH_INFO": _encode(request.pathInfo),
+            b"DOCUMENT_URI": _encode(request.documentURI),
+            b"DOCUMENT_ROOT": _encode(request.documentRoot),
+            b"SERVER_PROTOCOL": request.serverProtocol,
+            b"REQUEST_SCHEME": b"https" if https else b"http",
+            b"REMOTE_ADDR": _encode(request.remoteAddr),
+            b"REMOTE_PORT": _encodePort(request.remotePort),
+            b"SERVER_ADDR": _encode(request.serverAddr),
+            b"SERVER_PORT": _encodePort(request.serverPort),
+            b"SERVER_NAME": request.serverName,
+            b"CONTENT_TYPE": request.contentType or b"",
+            b"CONTENT_LENGTH": b"" if contentLength is None else b"%d" % contentLength,
             # PHP built with --enable-force-cgi-redirect refuses to run without it.
             b"REDIRECT_STATUS": b"200",
         }
-        if self.pathInfo:
-            params[b"PATH_TRANSLATED"] = _encode(self.documentRoot + self.pathInfo)
-        if self.https:
+        if request.pathInfo:
+            params[b"PATH_TRANSLATED"] = _encode(request.documentRoot + request.pathInfo)
+        if https:
             # Absent rather than "off" on plain HTTP: WordPress and others
             # test isset() or empty() and both are right when it is missing.
             params[b"HTTPS"] = b"on"
-        for key, value in headerParams(self.headers):
-            params.setdefault(key, value)
-        params.update(extra)
+        setdefault = params.setdefault
+        for key, value in headerParams(request.headers):
+            setdefault(key, value)
+        params.update(self._extra)
         return list(params.items())
 
 

@@ -1,0 +1,779 @@
+"""
+The core of the proxy, shared by every HTTP front: what PHP sees and what the
+client gets, for one site (a document root and its backends).
+
+A front (L{txfastcgi.resource.FastCGIResource} over twisted.web, or the
+dedicated HTTP/1.1 front) describes each request as L{RequestFacts} and hands
+it to L{Proxy.handle} with a L{ResponseWriter}; the core routes it (static
+file, script, redirect, error), builds the CGI params, gets a FastCGI
+connection, retries once on a kept connection closed under it, parses the
+script's header block, frames the body, and answers every failure with an
+error page or, once a response has started, a cut connection.
+
+It knows neither twisted.web nor any front, only Twisted's reactor and
+Deferreds, which the connection pool speaks.  It runs on callbacks and one
+explicit state per exchange (L{Phase}, moves in L{TRANSITIONS}), not on a
+coroutine: this runs for every request, and each coroutine step and
+Deferred in the chain costs more than the work it would carry.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from http import HTTPStatus
+from typing import IO, runtime_checkable
+from typing import Protocol as TypingProtocol
+from urllib.parse import unquote_to_bytes
+
+import twisted
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from txfastcgi._emptied import Emptied
+from txfastcgi._version import __version__
+from txfastcgi.cgi import CGIParams, CGIRequest, MalformedResponse, ResponseHeadParser
+from txfastcgi.client import BackendClosed, BackendTimeout, FastCGIClientProtocol
+from txfastcgi.forwarded import TrustedProxies
+from txfastcgi.framing import BodyFraming, Delimiter, responseBodyFraming
+from txfastcgi.pool import BackendUnavailable, QueueTimeout
+from txfastcgi.records import ProtocolError, ProtocolStatus
+from txfastcgi.routing import Redirect, Router, Script, StaticFile
+from txfastcgi.served import Upstream, noteUpstream
+
+__all__ = [
+    "SERVER_SOFTWARE",
+    "TRANSITIONS",
+    "ConnectionSource",
+    "Exchange",
+    "ExchangeEvent",
+    "ExchangeStateError",
+    "Phase",
+    "Proxy",
+    "RequestFacts",
+    "ResponseWriter",
+    "reasonPhrase",
+]
+
+SERVER_SOFTWARE = f"txfastcgi/{__version__} Twisted/{twisted.__version__}".encode()
+
+# Requests that may be sent twice without harm (RFC 9110 idempotent methods
+# that carry no body worth worrying about).
+_IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
+
+# CONNECT asks for a tunnel, which a PHP script's 200 would seem to grant,
+# and TRACE echoes the request, credentials included, back to any script
+# that can make the browser send one: neither is ever handed to PHP.
+_REFUSED_METHODS = frozenset({b"CONNECT", b"TRACE"})
+_ALLOWED_METHODS = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+
+_NO_ANSWER_IN_TIME = "The PHP backend did not answer in time."
+_INVALID_RESPONSE = "The PHP backend sent an invalid response."
+_OVERLOADED = "The PHP backend is overloaded."
+
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+_HTML = (b"content-type", b"text/html; charset=utf-8")
+_ERROR_PAGE = (
+    b"<!DOCTYPE html>\n<html><head><title>%d - %s</title></head>"
+    b"<body><h1>%s</h1><p>%s</p></body></html>"
+)
+
+# The standard reason phrases, RFC 9110's words; 418 keeps RFC 2324's own,
+# which twisted.web and clients have always shown.
+_REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+_REASONS[418] = b"I'm a teapot"
+
+
+def reasonPhrase(code: int) -> bytes:
+    """The reason phrase for a status line with C{code} and no reason of its own."""
+    return _REASONS.get(code, b"Unknown Status")
+
+
+@runtime_checkable
+class ConnectionSource(TypingProtocol):
+    """Where FastCGI connections come from: a L{ConnectionPool} or a balancer of several."""
+
+    def acquire(
+        self, fresh: bool = False, since: float | None = None
+    ) -> Deferred[FastCGIClientProtocol]:
+        """
+        A connection for one request; a new one, not a kept one, if
+        C{fresh}. It fails with L{BackendTimeout} if the request, which
+        arrived at reactor time C{since}, is still waiting when its read
+        timeout is up.
+        """
+
+    def release(self, protocol: FastCGIClientProtocol) -> None:
+        """Give back a connection acquired before."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """
+    What the core needs to know of one HTTP request, from any front.
+
+    @ivar target: the request target as sent: path and query, still
+        percent-encoded (REQUEST_URI).
+    @ivar headers: every header as sent, in order; names in any case.
+    @ivar client: the peer's address and port; C{("", None)} for a unix
+        socket peer.
+    @ivar server: the local address and port, the same way.
+    @ivar body: the whole request body, spooled, seekable.
+    @ivar record: the front's own object for this request, on which the core
+        notes its part with L{txfastcgi.served.noteUpstream}.
+    @ivar prefix: the decoded URL path the site is mounted under (C{/blog}),
+        C{""} at the root; SCRIPT_NAME starts with it.
+    @ivar path: the decoded URL path below C{prefix}, if the front has it
+        already (twisted.web does); L{None} to decode it from C{target}.
+        C{b""} names the mount point itself, which redirects to add a slash.
+    """
+
+    method: bytes
+    target: bytes
+    version: bytes
+    headers: Sequence[tuple[bytes, bytes]]
+    client: tuple[str, int | None]
+    server: tuple[str, int | None]
+    secure: bool
+    body: IO[bytes]
+    bodyLength: int
+    record: object = None
+    prefix: str = ""
+    path: bytes | None = None
+
+
+class ResponseWriter(TypingProtocol):
+    """
+    What a front gives the core for one response. The core calls, in order:
+    L{writeHead} once, then L{writeBody} any number of times, then exactly
+    one of L{finish} or L{abort}; or L{abort} at any time (before
+    L{writeHead} too: then the front closes the connection without a
+    response); or L{serveFile} alone.
+    """
+
+    def writeHead(
+        self,
+        code: int,
+        reason: bytes,
+        headers: Sequence[tuple[bytes, bytes]],
+        framing: BodyFraming,
+    ) -> None:
+        """
+        Start the response. C{headers} never contain Transfer-Encoding or
+        Connection, and Content-Length only for a response without a body
+        (C{framing.delimiter} is L{Delimiter.NONE}) whose script declared
+        one; for a response with a body the front frames it from
+        C{framing}, and adds Date and Server if the headers have none.
+        """
+
+    def writeBody(self, data: bytes) -> None:
+        """Some of the body; never more than C{framing} allows."""
+
+    def finish(self) -> None:
+        """The response is complete; a kept-alive connection goes on."""
+
+    def abort(self) -> None:
+        """Cut the connection: a partial response must not look complete."""
+
+    def registerProducer(self, producer: IPushProducer) -> None:
+        """Streaming: pause C{producer} while the client's transport is full."""
+
+    def unregisterProducer(self) -> None:
+        """The producer registered last produces no more."""
+
+    def serveFile(self, filename: str) -> None:
+        """
+        Serve this static file, found by the router, the front's own way;
+        the exchange is then over.
+        """
+
+
+class Phase(Enum):
+    """Where an L{Exchange} with a script is; each value says so in words."""
+
+    __hash__ = object.__hash__
+
+    ROUTING = "finding what serves the request"
+    ACQUIRING = "waiting for a FastCGI connection"
+    SENT = "sent, waiting for the script's header block"
+    STREAMING = "streaming the script's body"
+    DONE = "done"
+
+
+class ExchangeEvent(Enum):
+    """What moves an L{Exchange}."""
+
+    __hash__ = object.__hash__
+
+    SCRIPT = "a script serves the request"
+    CONNECTED = "a connection was acquired and the request sent on it"
+    RETRY = "the kept connection closed before a response; asking for a new one"
+    HEAD = "the script's header block arrived"
+    END = "the exchange is answered, cut, or its client is gone"
+
+
+class ExchangeStateError(RuntimeError):
+    """An event that is not allowed in the exchange's present phase: a bug."""
+
+
+_P = Phase
+_V = ExchangeEvent
+
+# Every legal move: phase -> event -> next phase.  A response that has
+# started (STREAMING) is never sent again; DONE is final.  What no script
+# serves goes from ROUTING to DONE.
+TRANSITIONS: dict[Phase, dict[ExchangeEvent, Phase]] = {
+    _P.ROUTING: {_V.SCRIPT: _P.ACQUIRING, _V.END: _P.DONE},
+    _P.ACQUIRING: {_V.CONNECTED: _P.SENT, _V.END: _P.DONE},
+    _P.SENT: {_V.RETRY: _P.ACQUIRING, _V.HEAD: _P.STREAMING, _V.END: _P.DONE},
+    _P.STREAMING: {_V.END: _P.DONE},
+    _P.DONE: {},
+}
+
+# Enum member lookups through the class cost a metaclass __getattr__; what
+# runs for every request uses these names.
+_ROUTING = _P.ROUTING
+_SENT = _P.SENT
+_STREAMING = _P.STREAMING
+_DONE = _P.DONE
+_SCRIPT = _V.SCRIPT
+_CONNECTED = _V.CONNECTED
+_RETRY = _V.RETRY
+_HEAD = _V.HEAD
+_END = _V.END
+_REQUEST_COMPLETE = ProtocolStatus.REQUEST_COMPLETE
+_CONTENT_LENGTH = Delimiter.CONTENT_LENGTH
+
+
+class Proxy:
+    """
+    The core for one site: its document root, its backends, its params.
+
+    @param connections: where FastCGI connections come from (a pool or a
+        balancer).
+    @param documentRoot: the directory with the scripts and static files.
+    @param index: the script that serves a directory.
+    @param frontController: the URL path (below the mount point) that
+        serves paths naming no file, or L{None} to answer those with 404.
+    @param params: extra FastCGI params; they override every computed
+        param and every request header.
+    @param https: send HTTPS=on even for plain HTTP requests, for a server
+        behind a TLS terminator.
+    @param trustedProxies: addresses or networks of proxies whose
+        C{Forwarded} or C{X-Forwarded-For} and C{X-Forwarded-Proto} headers
+        give REMOTE_ADDR and HTTPS; nobody else's are believed.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        connections: ConnectionSource,
+        documentRoot: str,
+        index: str = "index.php",
+        frontController: str | None = "/index.php",
+        params: Mapping[bytes | str, bytes | str] = {},
+        *,
+        https: bool = False,
+        trustedProxies: Iterable[str] = (),
+        reactor: IReactorTime,
+    ) -> None:
+        self.connections = connections
+        self.clock = reactor
+        self.router = Router(documentRoot, index, frontController)
+        self.documentRoot = self.router.documentRoot
+        # Everything that is the same for every request, encoded once.
+        self.cgiParams = CGIParams(
+            SERVER_SOFTWARE,
+            {_toBytes(name): _toBytes(value) for name, value in params.items()},
+        )
+        self.https = https
+        self.trustedProxies = TrustedProxies(trustedProxies)
+        self._inFlight = 0
+        self._idle = Emptied()
+
+    def handle(self, request: RequestFacts, writer: ResponseWriter) -> Exchange:
+        """Start answering C{request} through C{writer}; returns at once."""
+        exchange = Exchange(self, request, writer)
+        try:
+            exchange.start()
+        except Exception:
+            exchange.unexpected(Failure())
+        return exchange
+
+    def whenIdle(self) -> Deferred[None]:
+        """
+        Fires once no script request is in progress, for a graceful shutdown:
+        stop listening, wait for this, then stop php-fpm.
+        """
+        return self._idle.wait(not self._inFlight)
+
+    def began(self) -> None:
+        """An exchange with a script began."""
+        self._inFlight += 1
+
+    def ended(self) -> None:
+        """An exchange with a script ended, one way or another."""
+        self._inFlight -= 1
+        if not self._inFlight:
+            self._idle.fire()
+
+    def cgiRequest(self, request: RequestFacts, script: Script) -> CGIRequest:
+        """What the CGI params of C{request}, run by C{script}, are made of."""
+        scriptName = request.prefix + script.scriptName
+        remoteAddr, remotePort = request.client
+        https = self.https or request.secure
+        host = contentType = None
+        hasContentLength = False
+        forwarded: dict[bytes, list[bytes]] | None = {} if self.trustedProxies else None
+        for name, value in request.headers:
+            lowerName = name.lower()
+            if lowerName == b"host":
+                host = value
+            elif lowerName == b"content-type":
+                contentType = value
+            elif lowerName == b"content-length":
+                hasContentLength = True
+            elif forwarded is not None:
+                forwarded.setdefault(lowerName, []).append(value)
+        if forwarded is not None:
+            client = self.trustedProxies.client(
+                remoteAddr,
+                forwarded.get(b"forwarded", []),
+                forwarded.get(b"x-forwarded-for", []),
+                forwarded.get(b"x-forwarded-proto", []),
+            )
+            if client.address != remoteAddr:
+                remoteAddr, remotePort = client.address, None
+            if client.https is not None:
+                https = self.https or client.https
+        serverAddr, serverPort = request.server
+        target = request.target
+        return CGIRequest(
+            method=request.method,
+            requestURI=target,
+            queryString=target.partition(b"?")[2],
+            scriptFilename=script.filename,
+            scriptName=scriptName,
+            pathInfo=script.pathInfo,
+            documentURI=scriptName + script.pathInfo,
+            documentRoot=self.documentRoot,
+            serverProtocol=request.version,
+            https=https,
+            # nginx's words for a unix socket peer.
+            remoteAddr=remoteAddr or "unix:",
+            remotePort=remotePort,
+            serverAddr=serverAddr or "unix:",
+            serverPort=serverPort,
+            serverName=_serverName(host, serverAddr),
+            contentType=contentType,
+            contentLength=(
+                request.bodyLength if request.bodyLength > 0 or hasContentLength else None
+            ),
+            headers=[(name, (value,)) for name, value in request.headers],
+        )
+
+
+class Exchange:
+    """
+    One request answered: by a static file, a page of the core's own, or a
+    script in php-fpm whose response is streamed back.
+
+    For a script it is the L{ResponseReceiver} of the FastCGI request: it
+    parses the CGI header block, then writes the body with the FastCGI
+    connection registered as the writer's producer, so that a slow client
+    slows php-fpm down instead of filling memory.
+    """
+
+    log = Logger()
+    # Set once the script's header block has arrived; the body comes after it.
+    _framing: BodyFraming
+
+    def __init__(self, proxy: Proxy, request: RequestFacts, writer: ResponseWriter) -> None:
+        self._proxy = proxy
+        self._request = request
+        self._writer = writer
+        self._phase = _ROUTING
+        self._protocol: FastCGIClientProtocol | None = None
+        self._acquiring: Deferred[FastCGIClientProtocol] | None = None
+        self._headParser: ResponseHeadParser | None = None
+        # Body bytes still due by the framing; None while only the end tells.
+        self._bodyRemaining: int | None = None
+        self._params: list[tuple[bytes, bytes]] = []
+        self._arrived = 0.0
+        # For its access log line and metrics: who ran it, how often again.
+        self._backend: str | None = None
+        self._retries = 0
+
+    @property
+    def phase(self) -> Phase:
+        """Where the exchange is."""
+        return self._phase
+
+    def _move(self, event: ExchangeEvent) -> None:
+        nextPhase = TRANSITIONS[self._phase].get(event)
+        if nextPhase is None:
+            raise ExchangeStateError(f"{event.value}: not allowed while {self._phase.value}")
+        self._phase = nextPhase
+
+    def start(self) -> None:
+        """Route the request and answer it, or start proxying it."""
+        request = self._request
+        if request.method in _REFUSED_METHODS:
+            self._answer(405, "This server is not a proxy.", ((b"allow", _ALLOWED_METHODS),))
+            self._move(_END)
+            return
+        path = request.path
+        if path is None:
+            path = unquote_to_bytes(request.target.partition(b"?")[0])
+        if not path:
+            # The mount point itself, without its trailing slash.
+            self._redirectToDirectory()
+            self._move(_END)
+            return
+        route = self._proxy.router.route(path)
+        if isinstance(route, Script):
+            self._startScript(route)
+            return
+        if isinstance(route, StaticFile):
+            self._writer.serveFile(route.filename)
+        elif isinstance(route, Redirect):
+            self._redirectToDirectory()
+        else:
+            self._answer(route.code, route.reason)
+        self._move(_END)
+
+    def clientGone(self) -> None:
+        """The client's connection is lost: stop the script by closing its connection."""
+        if self._phase is _DONE or self._phase is _ROUTING:
+            # Nothing runs for it; what was written is the front's to drop.
+            return
+        self._end()
+        if self._acquiring is not None:
+            self._acquiring.cancel()
+        protocol, self._protocol = self._protocol, None
+        if protocol is not None:
+            protocol.abort()
+            self._proxy.connections.release(protocol)
+
+    def unexpected(self, reason: Failure) -> None:
+        """A bug: log it, and still give the client an answer."""
+        self.log.failure("unexpected error proxying {uri}", reason, uri=self._uri())
+        self._dropConnection()
+        self._fail(500, "Internal error.", "unexpected error")
+
+    # Proxying to the script
+
+    def _startScript(self, script: Script) -> None:
+        proxy = self._proxy
+        self._params = proxy.cgiParams.params(proxy.cgiRequest(self._request, script))
+        self._headParser = ResponseHeadParser()
+        # Its read timeout counts from here, time in the pool's queue included.
+        self._arrived = proxy.clock.seconds()
+        self._move(_SCRIPT)
+        proxy.began()
+        self._acquire(fresh=False)
+
+    def _acquire(self, fresh: bool) -> None:
+        acquiring = self._proxy.connections.acquire(fresh, self._arrived)
+        self._acquiring = acquiring
+        acquiring.addCallbacks(self._connected, self._notConnected)
+
+    def _connected(self, protocol: FastCGIClientProtocol) -> None:
+        self._acquiring = None
+        if self._phase is _DONE:
+            # Its client went away as the connection came.
+            self._proxy.connections.release(protocol)
+            return
+        try:
+            self._move(_CONNECTED)
+            self._protocol = protocol
+            self._backend = protocol.backend
+            request = self._request
+            body = request.body
+            body.seek(0)
+            protocol.sendRequest(
+                self._params,
+                body,
+                request.bodyLength,
+                self,
+                keepConnection=True,
+                since=self._arrived,
+            )
+        except Exception:
+            self.unexpected(Failure())
+
+    def _notConnected(self, reason: Failure) -> None:
+        self._acquiring = None
+        if self._phase is _DONE:
+            # Cancelled: the client went away.
+            return
+        error = reason.value
+        if isinstance(error, BackendUnavailable):
+            self._fail(502, "The PHP backend is unavailable.", str(error))
+        elif isinstance(error, QueueTimeout):
+            self._fail(503, _OVERLOADED, str(error), ((b"retry-after", b"5"),))
+        elif isinstance(error, BackendTimeout):
+            self._fail(504, _NO_ANSWER_IN_TIME, str(error))
+        else:
+            self.unexpected(reason)
+
+    # ResponseReceiver
+
+    def stdoutReceived(self, data: bytes) -> None:
+        try:
+            parser = self._headParser
+            if parser is not None:
+                parsed = parser.feed(data)
+                if parsed is None:
+                    return
+                self._headParser = None
+                head, data = parsed
+                request = self._request
+                framing = self._framing = responseBodyFraming(
+                    request.method, head.code, head.contentLength, request.version
+                )
+                self._bodyRemaining = framing.length
+                headers: Sequence[tuple[bytes, bytes]] = head.headers
+                if head.contentLength is not None and framing.hasBody:
+                    # The front writes it from the framing.
+                    headers = [h for h in headers if h[0].lower() != b"content-length"]
+                self._move(_HEAD)
+                writer = self._writer
+                writer.writeHead(
+                    head.code, head.reason or reasonPhrase(head.code), headers, framing
+                )
+                assert self._protocol is not None
+                writer.registerProducer(self._protocol)
+            self._writeBody(data)
+        except MalformedResponse:
+            self.requestFailed(Failure())
+        except Exception:
+            self.unexpected(Failure())
+
+    def stderrReceived(self, data: bytes) -> None:
+        for line in data.decode("utf-8", "backslashreplace").splitlines():
+            self.log.warn(
+                "PHP stderr for {uri}: {line}",
+                uri=self._uri(),
+                line=_CONTROL_CHARACTERS.sub(_escapeCharacter, line),
+            )
+
+    def requestEnded(self, appStatus: int, protocolStatus: int) -> None:
+        try:
+            protocol, self._protocol = self._protocol, None
+            assert protocol is not None
+            if protocolStatus != _REQUEST_COMPLETE:
+                # The backend refused the request: trust its connection with no other.
+                protocol.abort()
+            self._proxy.connections.release(protocol)
+            self._finish(protocolStatus)
+        except Exception:
+            self.unexpected(Failure())
+
+    def requestFailed(self, reason: Failure) -> None:
+        try:
+            self._requestFailed(reason)
+        except Exception:
+            self.unexpected(Failure())
+
+    def _requestFailed(self, reason: Failure) -> None:
+        self._dropConnection()
+        error = reason.value
+        if isinstance(error, BackendClosed):
+            if (
+                error.beforeResponse
+                and self._phase is _SENT
+                and not self._retries
+                and self._request.method in _IDEMPOTENT_METHODS
+            ):
+                self.log.info(
+                    "FastCGI connection closed by the backend before a response; "
+                    "retrying {method} {uri} on a new connection",
+                    method=self._request.method.decode("ascii", "replace"),
+                    uri=self._uri(),
+                )
+                self._move(_RETRY)
+                self._retries += 1
+                self._acquire(fresh=True)
+                return
+            self._fail(502, "The PHP backend closed the connection.", str(error))
+        elif isinstance(error, BackendTimeout):
+            self._fail(504, _NO_ANSWER_IN_TIME, str(error))
+        elif isinstance(error, ProtocolError | MalformedResponse):
+            self._fail(502, _INVALID_RESPONSE, str(error))
+        else:
+            self.unexpected(reason)
+
+    # Writing the response
+
+    def _writeBody(self, data: bytes) -> None:
+        remaining = self._bodyRemaining
+        if remaining is not None:
+            if len(data) > remaining:
+                if self._framing.hasBody:
+                    self.log.error(
+                        "PHP sent more body than its Content-Length for {uri}; surplus dropped",
+                        uri=self._uri(),
+                    )
+                # A response without a body (HEAD, 204, 304) drops whatever
+                # the script printed: the client expects no bytes.
+                data = data[:remaining]
+            self._bodyRemaining = remaining - len(data)
+        if data:
+            self._writer.writeBody(data)
+
+    def _noteUpstream(self) -> None:
+        """Note what the script did on the request, before it is finished and logged."""
+        record = self._request.record
+        if record is not None:
+            elapsed = self._proxy.clock.seconds() - self._arrived
+            noteUpstream(record, Upstream(self._backend, elapsed, self._retries))
+
+    def _finish(self, protocolStatus: int) -> None:
+        if self._phase is _DONE:
+            return
+        if protocolStatus != _REQUEST_COMPLETE:
+            reason = _protocolStatusName(protocolStatus)
+            if protocolStatus == ProtocolStatus.OVERLOADED:
+                self._fail(503, _OVERLOADED, reason)
+            else:
+                self._fail(502, "The PHP backend refused the request.", reason)
+            return
+        if self._headParser is not None:
+            self._fail(
+                502,
+                _INVALID_RESPONSE,
+                "the script's output ended before its header block did",
+            )
+            return
+        self._noteUpstream()
+        self._end()
+        writer = self._writer
+        writer.unregisterProducer()
+        if self._bodyRemaining:
+            self.log.error(
+                "PHP sent {missing} bytes less than its Content-Length for {uri}; "
+                "closing the client connection",
+                missing=self._bodyRemaining,
+                uri=self._uri(),
+            )
+            writer.abort()
+            return
+        writer.finish()
+
+    def _fail(
+        self, code: int, shown: str, detail: str, headers: Sequence[tuple[bytes, bytes]] = ()
+    ) -> None:
+        """
+        Answer with an error page that says C{shown} if no response has
+        started yet, or cut the client connection so that it cannot take a
+        partial body as complete; log C{detail}.
+        """
+        phase = self._phase
+        if phase is _DONE:
+            return
+        if phase is not _ROUTING:
+            self._noteUpstream()
+        self.log.error(
+            "{code} for {method} {uri}: {detail}",
+            code=code,
+            method=self._request.method.decode("ascii", "replace"),
+            uri=self._uri(),
+            detail=detail,
+        )
+        if phase is _ROUTING:
+            self._answer(code, shown, headers)
+            self._move(_END)
+            return
+        self._end()
+        if phase is _STREAMING:
+            # The script's status and headers are sent already.
+            self._writer.unregisterProducer()
+            self._writer.abort()
+            return
+        self._answer(code, shown, headers)
+
+    def _dropConnection(self) -> None:
+        """Give back the connection, if any; one in mid-request is closed by the pool."""
+        protocol, self._protocol = self._protocol, None
+        if protocol is not None:
+            self._proxy.connections.release(protocol)
+
+    def _end(self) -> None:
+        """The end of an exchange with a script."""
+        self._move(_END)
+        self._proxy.ended()
+
+    # The core's own pages
+
+    def _answer(self, code: int, detail: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+        """A small HTML error page, as twisted.web's C{errorPage} renders it."""
+        brief = reasonPhrase(code)
+        escapedBrief = html.escape(brief.decode(), quote=False).encode()
+        page = _ERROR_PAGE % (
+            code,
+            escapedBrief,
+            escapedBrief,
+            html.escape(detail, quote=False).encode(),
+        )
+        self._page(code, brief, [*headers, _HTML], page)
+
+    def _redirectToDirectory(self) -> None:
+        path, question, query = self._request.target.partition(b"?")
+        self._page(
+            301,
+            reasonPhrase(301),
+            [(b"location", path + b"/" + question + query), _HTML],
+            b'<a href="%s/">Moved here</a>\n' % path.replace(b'"', b"%22"),
+        )
+
+    def _page(
+        self, code: int, reason: bytes, headers: list[tuple[bytes, bytes]], page: bytes
+    ) -> None:
+        request = self._request
+        framing = responseBodyFraming(request.method, code, len(page), request.version)
+        writer = self._writer
+        if framing.hasBody:
+            writer.writeHead(code, reason, headers, framing)
+            writer.writeBody(page)
+        else:
+            # HEAD: the length the GET would have.
+            writer.writeHead(
+                code, reason, [*headers, (b"content-length", b"%d" % len(page))], framing
+            )
+        writer.finish()
+
+    def _uri(self) -> str:
+        return self._request.target.decode("ascii", "replace")
+
+
+def _serverName(host: bytes | None, serverAddr: str) -> bytes:
+    """SERVER_NAME: the Host header without its port, else the local address."""
+    if host is not None:
+        name, colon, port = host.rpartition(b":")
+        if colon and port.isdigit() and not name.endswith(b":"):
+            return name
+        return host
+    return serverAddr.encode("utf-8", "surrogateescape")
+
+
+def _protocolStatusName(protocolStatus: int) -> str:
+    try:
+        return f"END_REQUEST protocol status {ProtocolStatus(protocolStatus).name}"
+    except ValueError:
+        return f"END_REQUEST with unknown protocol status {protocolStatus}"
+
+
+def _escapeCharacter(match: re.Match[str]) -> str:
+    return f"\\x{ord(match.group()):02x}"
+
+
+def _toBytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode("utf-8")
