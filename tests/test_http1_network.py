@@ -1,0 +1,83 @@
+"""
+The HTTP/1.1 front over real loopback sockets, plain and TLS: what the
+in-memory specification cannot show, the writes that go straight to the
+socket, and what the socket does not take going through Twisted.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.ssl import PrivateCertificate
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from tests.certificates import selfSignedCertificate
+from tests.recordingbackend import parseAnswers, waitUntil
+from tests.test_http1 import FakeExchange, FakeProxy, staticFileServer
+from txfastcgi.http1 import HTTP1Factory, Response
+
+BIG = bytes(range(256)) * (16 * 1024)  # 4 MiB: more than any socket buffer takes at once.
+
+REQUESTS = (
+    b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n"
+    b"GET /small HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+)
+
+
+class BigOrSmall(FakeProxy):
+    """Answers C{/big} with L{BIG} in one write, anything else with a few bytes."""
+
+    def handle(self, request: Any, writer: Response) -> FakeExchange:
+        exchange = super().handle(request, writer)
+        exchange.answer(BIG if request.target == b"/big" else b"small")
+        return exchange
+
+
+def exchange(port: int, wrap: ssl.SSLContext | None = None) -> bytes:
+    """A blocking client: send L{REQUESTS}, read until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as plain:
+        connection = wrap.wrap_socket(plain) if wrap is not None else plain
+        connection.sendall(REQUESTS)
+        received = bytearray()
+        while data := connection.recv(65536):
+            received += data
+    return bytes(received)
+
+
+class LoopbackTests(TestCase):
+    def listen(self, **tls: Any) -> int:
+        factory = HTTP1Factory(BigOrSmall(answerAtOnce=False), serveStaticFile=staticFileServer([]))
+        if tls:
+            port = reactor.listenSSL(  # type: ignore[attr-defined]
+                0, factory, tls["options"], interface="127.0.0.1"
+            )
+        else:
+            port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[arg-type]
+        self.addCleanup(port.stopListening)
+        # Trial wants every connection closed at the end of the test.
+        self.addCleanup(lambda: ensureDeferred(waitUntil(lambda: not len(factory.deadlines))))
+        number: int = port.getHost().port
+        return number
+
+    def assertAnswered(self, received: bytes) -> None:
+        big, small = parseAnswers(received)
+        self.assertEqual((big.status, len(big.body), big.body == BIG), (200, len(BIG), True))
+        self.assertEqual((small.status, small.body), (200, b"small"))
+
+    async def test_a_large_answer_and_the_next_arrive_whole_over_tcp(self) -> None:
+        port = self.listen()
+        self.assertAnswered(await deferToThread(exchange, port))
+
+    async def test_and_over_tls(self) -> None:
+        key, certificate = selfSignedCertificate("localhost")
+        options = PrivateCertificate.loadPEM(key + certificate).options()
+        port = self.listen(options=options)
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        self.assertAnswered(await deferToThread(exchange, port, context))
