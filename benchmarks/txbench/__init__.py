@@ -1,0 +1,1 @@
+"""txbench: the benchmark of txfastcgi against the php-fpm front-ends it is compared with."""
