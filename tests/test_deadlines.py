@@ -50,8 +50,17 @@ class FrozenBackendTests(TestCase):
         self.agent = Agent(reactor)
 
     def signalPHPFPM(self, signum: int) -> None:
+        """
+        Signal php-fpm's master and both its workers, once both are forked: on
+        a loaded machine the socket can answer before they are.
+        """
         master = self.phpFPM.process.pid
-        for pid in [master, *childrenRunning(master, "php-fpm")]:
+        deadline = time.monotonic() + 10
+        while len(workers := childrenRunning(master, "php-fpm")) < 2:
+            if time.monotonic() > deadline:
+                self.fail(f"php-fpm has {len(workers)} workers, not 2")
+            time.sleep(0.05)
+        for pid in [master, *workers]:
             os.kill(pid, signum)
 
     @inlineCallbacks

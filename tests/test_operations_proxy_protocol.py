@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import PHPFPMPool
 from tests.processes import Proxy, stopProxy
-from tests.test_operations_startup import siteOptions, startWithTextLog
+from tests.test_operations_startup import siteOptions, startWithTextLog, waitForLog
 
 REQUEST = b"GET /info.php HTTP/1.0\r\nHost: example.org\r\n\r\n"
 
@@ -64,4 +64,5 @@ def test_a_connection_without_the_proxy_header_is_not_served(proxied: Proxy) -> 
 
 
 def test_the_startup_line_says_the_listener_expects_the_proxy_protocol(proxied: Proxy) -> None:
-    assert f"on http://127.0.0.1:{proxied.port}/ (PROXY protocol) with PHP" in proxied.log()
+    # The line is written once the port listens, so it may follow the first connection.
+    waitForLog(proxied, f"on http://127.0.0.1:{proxied.port}/ (PROXY protocol) with PHP")
