@@ -25,7 +25,7 @@ import pytest
 from twisted.internet import reactor
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.error import ConnectionDone
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 from twisted.web._http2 import H2Connection
@@ -42,7 +42,7 @@ from tests.recordingbackend import (
     recordHeaders,
     request,
 )
-from tests.test_http_parsing import Recorder
+from tests.fronts import InMemoryFront
 from txfastcgi import FastCGIResource
 from txfastcgi.records import (
     MAX_CONTENT_LENGTH,
@@ -53,7 +53,6 @@ from txfastcgi.records import (
     encodeNameValuePairs,
     encodeParams,
 )
-from txfastcgi.web import FastCGISite
 
 # What php-fpm's own reader accepts in one PARAMS record: content and
 # padding together (main/fastcgi.c, fcgi_read_request).
@@ -642,16 +641,15 @@ class BodySizeTests(AttackTestCase):
         self.assertEqual(received.stdin, body)
 
 
-def test_over_http2_a_body_over_the_limit_is_a_413_and_never_reaches_the_resource() -> None:
+def test_over_http2_a_body_over_the_limit_is_a_413_and_never_reaches_the_core() -> None:
     """
     HTTP/2 (negotiated over TLS when twisted[http2] is installed) goes
     through the same request limits: a declared length over the limit, or
     a body without one that grows past it, gets a 413; a body within it
     reaches the resource.
     """
-    clock = MemoryReactorClock()
-    resource = Recorder()
-    site = FastCGISite(resource, maxBodySize=1000, reactor=clock)
+    served = InMemoryFront("twisted.web", maxBodySize=1000)
+    site, clock = served.factory, served.clock
     server = H2Connection(clock)
     server.requestFactory = site.requestFactory  # type: ignore[attr-defined]
     server.site = site  # type: ignore[assignment]
@@ -681,5 +679,5 @@ def test_over_http2_a_body_over_the_limit_is_a_413_and_never_reaches_the_resourc
         if isinstance(event, h2.events.ResponseReceived):
             statuses[event.stream_id] = dict(event.headers)[b":status"]
     assert statuses == {1: b"413", 3: b"413", 5: b"200"}
-    assert resource.seen == [(b"/", b"fine")]
+    assert served.core.seen() == [(b"/", b"fine")]
     server.connectionLost(Failure(ConnectionDone()))
