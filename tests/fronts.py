@@ -35,8 +35,7 @@ import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IReactorTime, ITCPTransport
-from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet.interfaces import IProtocol, IReactorTime, ITCPTransport
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from zope.interface import alsoProvides
@@ -46,14 +45,15 @@ from tests.recordingbackend import Answer, parseAnswers
 from txfastcgi import FastCGIResource
 from txfastcgi.accesslog import AccessLog
 from txfastcgi.framing import BodyFraming, Delimiter, responseBodyFraming
-from txfastcgi.http1 import DEFAULT_IDLE_TIMEOUT, HTTP1Factory
+from txfastcgi.http1 import DEFAULT_IDLE_TIMEOUT, HTTP1Factory, ServeStaticFile
 from txfastcgi.limits import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT,
     DEFAULT_MAX_BODY_SIZE,
     DEFAULT_MAX_HEADER_SIZE,
 )
-from txfastcgi.proxy import Phase, Proxy as Core, RequestFacts, ResponseWriter
+from txfastcgi.proxy import Phase, RequestFacts, ResponseWriter
+from txfastcgi.proxy import Proxy as Core
 from txfastcgi.served import Served
 from txfastcgi.web import FastCGISite
 
@@ -65,9 +65,9 @@ __all__ = [
     "FakeCore",
     "FakeExchange",
     "InMemoryFront",
+    "knownDefect",
     "noStaticFileSender",
     "onEveryFront",
-    "knownDefect",
     "serve",
     "servesStaticFiles",
     "startFront",
@@ -88,9 +88,7 @@ Front = FastCGISite | HTTP1Factory
 def noStaticFileSender(request: RequestFacts, filename: str, writer: Any) -> None:
     """The http1 front's static file sender until it has one: a 501, said plainly."""
     body = b"No static file sender in this test harness.\n"
-    writer.writeHead(
-        501, b"Not Implemented", [], BodyFraming(Delimiter.CONTENT_LENGTH, len(body))
-    )
+    writer.writeHead(501, b"Not Implemented", [], BodyFraming(Delimiter.CONTENT_LENGTH, len(body)))
     writer.writeBody(body)
     writer.finish()
 
@@ -105,12 +103,14 @@ def serve(
     bodyTimeout: float = DEFAULT_BODY_TIMEOUT,
     idleTimeout: float = DEFAULT_IDLE_TIMEOUT,
     observers: Sequence[Callable[[Served], object]] | None = None,
+    serveStaticFile: ServeStaticFile = noStaticFileSender,
     reactor: IReactorTime | None = None,
 ) -> Front:
     """
     The factory of C{front} serving C{resource} (or, for http1, its core),
     with these limits; observers default to an access log in the event log
-    for both, as L{FastCGISite}'s do.
+    for both, as L{FastCGISite}'s do.  C{serveStaticFile} is http1's static
+    file sender (twisted.web's front has its own).
     """
     observers = [AccessLog()] if observers is None else list(observers)
     if front == "twisted.web":
@@ -127,7 +127,7 @@ def serve(
     assert front == "http1", front
     return HTTP1Factory(
         resource.proxy,
-        serveStaticFile=noStaticFileSender,
+        serveStaticFile=serveStaticFile,
         maxBodySize=maxBodySize,
         maxHeaderSize=maxHeaderSize,
         headerTimeout=headerTimeout,
@@ -227,11 +227,11 @@ class TCPTransport(StringTransport):
 class Client:
     """One client connection to a front, over a L{TCPTransport}."""
 
-    def __init__(self, factory: ServerFactory) -> None:
+    def __init__(self, factory: Front) -> None:
         address = IPv4Address("TCP", "127.0.0.1", 40000)
         protocol = factory.buildProtocol(address)
         assert protocol is not None
-        self.protocol: Protocol = protocol
+        self.protocol: IProtocol = protocol
         self.transport = TCPTransport(
             peerAddress=address, hostAddress=IPv4Address("TCP", "127.0.0.2", 8080)
         )
@@ -342,9 +342,7 @@ internet.StreamServerEndpointService(listen, factory).setServiceParent(applicati
 """
 
 
-def startFront(
-    front: str, phpFPM: str, documentRoot: str, logPath: Path, **limits: float
-) -> Proxy:
+def startFront(front: str, phpFPM: str, documentRoot: str, logPath: Path, **limits: float) -> Proxy:
     """
     Serve C{documentRoot} through C{front} in front of the php-fpm at the
     endpoint C{phpFPM}, in a child process, on a free port of the loopback.

@@ -178,9 +178,7 @@ def test_a_folded_header_line_is_refused_or_unfolded(front: str) -> None:
         (exchange,) = served.core.exchanges
         names = [name.strip().lower() for name, _ in exchange.request.headers]
         assert b"folded" not in names
-        assert [value for name, value in exchange.request.headers if name.lower() == b"x"] != [
-            b"a"
-        ]
+        assert [value for name, value in exchange.request.headers if name.lower() == b"x"] != [b"a"]
     else:
         refused(client, 400)
         assert served.core.exchanges == []

@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 from twisted.web._http2 import H2Connection
 
 from tests.fakebackend import ReceivedRequest
+from tests.fronts import InMemoryFront
 from tests.recordingbackend import (
     EXECUTED,
     SECRET,
@@ -42,7 +43,6 @@ from tests.recordingbackend import (
     recordHeaders,
     request,
 )
-from tests.fronts import InMemoryFront
 from txfastcgi import FastCGIResource
 from txfastcgi.records import (
     MAX_CONTENT_LENGTH,
@@ -53,6 +53,7 @@ from txfastcgi.records import (
     encodeNameValuePairs,
     encodeParams,
 )
+from txfastcgi.web import FastCGISite
 
 # What php-fpm's own reader accepts in one PARAMS record: content and
 # padding together (main/fastcgi.c, fcgi_read_request).
@@ -650,6 +651,7 @@ def test_over_http2_a_body_over_the_limit_is_a_413_and_never_reaches_the_core() 
     """
     served = InMemoryFront("twisted.web", maxBodySize=1000)
     site, clock = served.factory, served.clock
+    assert isinstance(site, FastCGISite)
     server = H2Connection(clock)
     server.requestFactory = site.requestFactory  # type: ignore[attr-defined]
     server.site = site  # type: ignore[assignment]
