@@ -13,8 +13,8 @@ in one of three ways:
     string transports, and a fake core (L{FakeCore}) that answers when the
     test says so: for parsing, limits and deadlines, which no script is
     needed to show;
-  - L{onEveryFront}: a trial test case, twice, each on a loopback port of
-    this process over a real core (L{tests.recordingbackend.ProxyTestCase});
+  - L{onEveryFront}: a trial test case (usually a L{ProxyTestCase}), twice,
+    each front on a loopback port of this process over a real core;
   - L{startFront}: in a child process (C{twistd} and a tac), in front of a
     real php-fpm, for blocking clients.
 
@@ -32,16 +32,28 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import pytest
+from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IProtocol, IReactorTime, ITCPTransport
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
 from zope.interface import alsoProvides
 
 from tests.processes import TWISTD, Proxy, freePort, startProxy, startServer
-from tests.recordingbackend import Answer, parseAnswers
+from tests.recordingbackend import (
+    Answer,
+    RecordingServer,
+    exchange,
+    parseAnswer,
+    parseAnswers,
+    request,
+    waitUntil,
+)
 from txfastcgi import FastCGIResource
 from txfastcgi.accesslog import AccessLog
 from txfastcgi.framing import BodyFraming, Delimiter, responseBodyFraming
@@ -52,6 +64,7 @@ from txfastcgi.limits import (
     DEFAULT_MAX_BODY_SIZE,
     DEFAULT_MAX_HEADER_SIZE,
 )
+from txfastcgi.pool import ConnectionPool
 from txfastcgi.proxy import Phase, RequestFacts, ResponseWriter
 from txfastcgi.proxy import Proxy as Core
 from txfastcgi.served import Served
@@ -65,6 +78,7 @@ __all__ = [
     "FakeCore",
     "FakeExchange",
     "InMemoryFront",
+    "ProxyTestCase",
     "knownDefect",
     "noStaticFileSender",
     "onEveryFront",
@@ -323,6 +337,65 @@ def servesStaticFiles(test: _Function) -> _Function:
     """Mark a test of L{onEveryFront} that needs a static file sender."""
     test.servesStaticFiles = True  # type: ignore[attr-defined]
     return test
+
+
+class ProxyTestCase(TestCase):
+    """
+    A front (L{tests.fronts}) serving a L{FastCGIResource} for the attack
+    site, in front of a L{RecordingServer}, all in this process and on real
+    sockets.
+
+    A fixture sets C{documentRoot} (see L{buildAttackSite}).  Subclasses
+    tune the proxy with the class attributes; L{tests.fronts.onEveryFront}
+    runs one on each front.
+    """
+
+    front = "twisted.web"
+    documentRoot: str
+    maxBodySize = 1024 * 1024
+    maxHeaderSize = DEFAULT_MAX_HEADER_SIZE
+    frontController: str | None = "/index.php"
+    params: Mapping[bytes | str, bytes | str] = {}
+
+    def setUp(self) -> None:
+        self.backend = RecordingServer()
+        self.backend.listen()
+        self.addCleanup(lambda: ensureDeferred(self.backend.stop()))
+        self.pool = ConnectionPool(reactor, self.backend.endpoint())
+        self.addCleanup(self.pool.close)
+        self.resource = FastCGIResource(
+            self.pool, self.documentRoot, frontController=self.frontController, params=self.params
+        )
+        self.port = self.listen(self.resource)
+        self.events: list[LogEvent] = []
+        observer = cast(ILogObserver, self.events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+
+    def listen(self, resource: FastCGIResource) -> int:
+        """Serve C{resource} through the front on a new port of the loopback; its number."""
+        factory = serve(
+            self.front, resource, maxBodySize=self.maxBodySize, maxHeaderSize=self.maxHeaderSize
+        )
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[arg-type]
+        self.addCleanup(port.stopListening)
+        # Trial wants every connection closed at the end of the test, also
+        # those the server is still closing.
+        self.addCleanup(lambda: ensureDeferred(waitUntil(lambda: not len(factory.deadlines))))
+        address = port.getHost()
+        assert isinstance(address, IPv4Address)
+        return address.port
+
+    def send(self, *writes: bytes, pause: float = 0.0, port: int | None = None) -> Deferred[bytes]:
+        """Send raw bytes to the proxy; everything it answered, once it closed."""
+        return exchange(self.port if port is None else port, *writes, pause=pause)
+
+    async def fetch(self, target: bytes, **options: Any) -> Answer:
+        """One request (see L{request} for C{options}), and its answer."""
+        return parseAnswer(await self.send(request(target, **options)))
+
+    def logged(self) -> str:
+        return "\n".join(formatEvent(event) for event in self.events)
 
 
 # In a child process

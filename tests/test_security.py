@@ -31,12 +31,11 @@ from twisted.python.failure import Failure
 from twisted.web._http2 import H2Connection
 
 from tests.fakebackend import ReceivedRequest
-from tests.fronts import InMemoryFront
+from tests.fronts import InMemoryFront, ProxyTestCase, onEveryFront, servesStaticFiles
 from tests.recordingbackend import (
     EXECUTED,
     SECRET,
     Answer,
-    ProxyTestCase,
     buildAttackSite,
     paramsRecordsHoldWholePairs,
     parseAnswer,
@@ -156,6 +155,7 @@ class AttackTestCase(ProxyTestCase):
         return os.path.relpath(filename, self.documentRoot)
 
 
+@onEveryFront
 class PathTricksTests(AttackTestCase):
     """Only an existing ``*.php`` file inside the document root ever runs."""
 
@@ -219,6 +219,7 @@ class PathTricksTests(AttackTestCase):
         self.assertEqual(answer.status, 200)
         self.assertEqual(requests[0].params[b"QUERY_STRING"], b"q=%0a%00")
 
+    @servesStaticFiles
     async def test_only_an_ascii_php_extension_makes_a_script(self) -> None:
         """
         ``/shell.%EF%BD%90hp`` (a full-width p) exists; it is not a script, so it is
@@ -271,6 +272,7 @@ class PathTricksTests(AttackTestCase):
             self.assertNotIn(SECRET, answer.body)
 
 
+@onEveryFront
 class HeaderHygieneTests(AttackTestCase):
     """Headers reach PHP as HTTP_* params that cannot pose as anything else."""
 
@@ -391,6 +393,7 @@ def smuggledRecords(filename: bytes) -> bytes:
     )
 
 
+@onEveryFront
 class RecordSmugglingTests(AttackTestCase):
     """A request body is STDIN content, whatever bytes it holds."""
 
@@ -444,6 +447,7 @@ class RecordSmugglingTests(AttackTestCase):
         self.assertFramedCorrectly()
 
 
+@onEveryFront
 class BigParamsTests(AttackTestCase):
     """Long names and values reach the backend whole; a head over the limit is a 431."""
 
@@ -482,6 +486,7 @@ class BigParamsTests(AttackTestCase):
         self.assertEqual(self.backend.backends, [])
 
 
+@onEveryFront
 class DefaultHeaderLimitTests(AttackTestCase):
     """With the default limit, the largest header that fits reaches PHP whole."""
 
@@ -549,6 +554,7 @@ smuggling a second request where they can): every one is a 400.
 """
 
 
+@onEveryFront
 class FrontEndSmugglingTests(AttackTestCase):
     """
     A request whose length could be read two ways is a 400, and nothing of
@@ -564,6 +570,7 @@ class FrontEndSmugglingTests(AttackTestCase):
         self.assertEqual(self.backend.backends, [], "a request reached the backend")
 
 
+@onEveryFront
 class BodySizeTests(AttackTestCase):
     """
     A body over the limit is a 413 as soon as that is known, without
