@@ -44,7 +44,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import alsoProvides
 
-from tests.processes import TWISTD, Proxy, freePort, startProxy, startServer
+from tests.processes import TWISTD, Proxy, freePort, startProxy, startServer, stopProxy
 from tests.recordingbackend import (
     Answer,
     RecordingServer,
@@ -79,6 +79,7 @@ __all__ = [
     "FakeExchange",
     "InMemoryFront",
     "ProxyTestCase",
+    "RunningFronts",
     "knownDefect",
     "noStaticFileSender",
     "onEveryFront",
@@ -432,3 +433,30 @@ def startFront(front: str, phpFPM: str, documentRoot: str, logPath: Path, **limi
         _TAC.format(endpoint=phpFPM, root=documentRoot, front=front, limits=limits, port=port)
     )
     return startServer([*TWISTD, "-ny", str(tacPath)], port, logPath)
+
+
+class RunningFronts:
+    """
+    Each front in a child process of its own (see L{startFront}), started
+    when first asked for, all serving C{documentRoot} in front of the same
+    php-fpm; for a module-scoped fixture, so that a module starts each
+    front once.
+    """
+
+    def __init__(self, phpFPM: str, documentRoot: str, directory: Path) -> None:
+        self._phpFPM = phpFPM
+        self._documentRoot = documentRoot
+        self._directory = directory
+        self._running: dict[str, Proxy] = {}
+
+    def __getitem__(self, front: str) -> Proxy:
+        running = self._running.get(front)
+        if running is None:
+            logPath = self._directory / f"{front}.log"
+            running = startFront(front, self._phpFPM, self._documentRoot, logPath)
+            self._running[front] = running
+        return running
+
+    def stop(self) -> None:
+        for running in self._running.values():
+            stopProxy(running)
