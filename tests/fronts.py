@@ -127,29 +127,19 @@ def serve(
     for both, as L{FastCGISite}'s do.  C{serveStaticFile} is http1's static
     file sender (twisted.web's front has its own).
     """
-    observers = [AccessLog()] if observers is None else list(observers)
+    shared: dict[str, Any] = {
+        "maxBodySize": maxBodySize,
+        "maxHeaderSize": maxHeaderSize,
+        "headerTimeout": headerTimeout,
+        "bodyTimeout": bodyTimeout,
+        "observers": [AccessLog()] if observers is None else list(observers),
+        "reactor": reactor,
+    }
     if front == "twisted.web":
-        return FastCGISite(
-            resource,
-            maxBodySize=maxBodySize,
-            maxHeaderSize=maxHeaderSize,
-            headerTimeout=headerTimeout,
-            bodyTimeout=bodyTimeout,
-            timeout=idleTimeout,
-            observers=observers,
-            reactor=reactor,
-        )
+        return FastCGISite(resource, timeout=idleTimeout, **shared)
     assert front == "http1", front
     return HTTP1Factory(
-        resource.proxy,
-        serveStaticFile=serveStaticFile,
-        maxBodySize=maxBodySize,
-        maxHeaderSize=maxHeaderSize,
-        headerTimeout=headerTimeout,
-        bodyTimeout=bodyTimeout,
-        idleTimeout=idleTimeout,
-        observers=observers,
-        reactor=reactor,
+        resource.proxy, serveStaticFile=serveStaticFile, idleTimeout=idleTimeout, **shared
     )
 
 

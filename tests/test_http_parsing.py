@@ -60,6 +60,16 @@ def refused(client: Client, status: int) -> None:
     assert client.transport.writeClosed or client.closed()
 
 
+def refusedBeforeTheCore(front: str, request: bytes, status: int) -> None:
+    """C{request} is refused with C{status} on C{front}, and never reaches the core."""
+    served = InMemoryFront(front)
+    client = served.connect()
+    client.send(request)
+    refused(client, status)
+    assert served.core.exchanges == []
+    client.close()
+
+
 def test_bytes_over_0x7f_in_the_request_target_reach_the_core_untouched(front: str) -> None:
     """
     twisted.web alone answers a bare 400 to ``GET /wiki/Ünïcødé`` sent as
@@ -115,12 +125,7 @@ def test_malformed_or_ambiguous_requests_are_a_400_and_never_reach_the_core(
     and every request whose length could be read two ways (see
     L{AMBIGUOUS_REQUESTS}).
     """
-    served = InMemoryFront(front)
-    client = served.connect()
-    client.send(request_)
-    refused(client, 400)
-    assert served.core.exchanges == []
-    client.close()
+    refusedBeforeTheCore(front, request_, 400)
 
 
 def test_a_request_with_bare_line_feeds_is_a_400(
@@ -138,12 +143,7 @@ def test_a_request_with_bare_line_feeds_is_a_400(
             " 408 of the header timeout"
         },
     )
-    served = InMemoryFront(front)
-    client = served.connect()
-    client.send(b"GET / HTTP/1.1\nHost: a\n\n")
-    refused(client, 400)
-    assert served.core.exchanges == []
-    client.close()
+    refusedBeforeTheCore(front, b"GET / HTTP/1.1\nHost: a\n\n", 400)
 
 
 def test_transfer_encoding_in_an_http_1_0_request_is_a_400(
@@ -156,12 +156,9 @@ def test_transfer_encoding_in_an_http_1_0_request_is_a_400(
     knownDefect(
         request, front, {"twisted.web": "twisted.web reads an HTTP/1.0 chunked body as chunked"}
     )
-    served = InMemoryFront(front)
-    client = served.connect()
-    client.send(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
-    refused(client, 400)
-    assert served.core.exchanges == []
-    client.close()
+    refusedBeforeTheCore(
+        front, b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400
+    )
 
 
 def test_a_folded_header_line_is_refused_or_unfolded(front: str) -> None:
