@@ -12,6 +12,8 @@ What the security tests need to attack a proxy and see what got through.
   - L{buildAttackSite}: a document root with the files attackers aim at (an
     upload that holds PHP code, backups of scripts, symbolic links out of
     the root), readable by php-fpm's workers.
+
+L{tests.fronts.ProxyTestCase} puts a front in front of a L{RecordingServer}.
 """
 
 from __future__ import annotations
@@ -21,33 +23,22 @@ import io
 import os
 import struct
 import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
 
 from twisted.internet import reactor
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IAddress, IListeningPort
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
-from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
-from twisted.trial.unittest import TestCase
-from twisted.web.http import _GenericHTTPChannelProtocol
-from twisted.web.resource import IResource
 
 from tests.fakebackend import FakeBackend, ReceivedRequest, Reply, Responder
-from txfastcgi import FastCGIResource
-from txfastcgi.limits import DEFAULT_MAX_HEADER_SIZE
-from txfastcgi.pool import ConnectionPool
 from txfastcgi.records import decodeNameValuePairs
-from txfastcgi.web import FastCGISite
 
 __all__ = [
     "Answer",
-    "ProxyTestCase",
     "RecordHeader",
     "RecordingBackend",
     "RecordingServer",
@@ -398,80 +389,3 @@ def buildAttackSite() -> tuple[str, str]:
             if not os.path.islink(path):
                 os.chmod(path, 0o644)
     return root, outside
-
-
-# The proxy under attack, in this process
-
-
-class _TrackingSite(FastCGISite):
-    """A L{FastCGISite} that knows whether its connections are all closed."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.connections: list[_GenericHTTPChannelProtocol] = []
-
-    def buildProtocol(self, addr: IAddress | None) -> _GenericHTTPChannelProtocol | None:
-        protocol: _GenericHTTPChannelProtocol | None = super().buildProtocol(addr)
-        if protocol is not None:
-            self.connections.append(protocol)
-        return protocol
-
-    def allClosed(self) -> bool:
-        transports = [protocol._channel.transport for protocol in self.connections]
-        return not any(getattr(transport, "connected", False) for transport in transports)
-
-
-class ProxyTestCase(TestCase):
-    """
-    A L{FastCGISite} serving a L{FastCGIResource} for the attack site, in
-    front of a L{RecordingServer}, all in this process and on real sockets.
-
-    A fixture sets C{documentRoot} (see L{buildAttackSite}).  Subclasses
-    tune the proxy with the class attributes.
-    """
-
-    documentRoot: str
-    maxBodySize = 1024 * 1024
-    maxHeaderSize = DEFAULT_MAX_HEADER_SIZE
-    frontController: str | None = "/index.php"
-    params: Mapping[bytes | str, bytes | str] = {}
-
-    def setUp(self) -> None:
-        self.backend = RecordingServer()
-        self.backend.listen()
-        self.addCleanup(lambda: ensureDeferred(self.backend.stop()))
-        self.pool = ConnectionPool(reactor, self.backend.endpoint())
-        self.addCleanup(self.pool.close)
-        self.resource = FastCGIResource(
-            self.pool, self.documentRoot, frontController=self.frontController, params=self.params
-        )
-        self.port = self.listen(self.resource)
-        self.events: list[LogEvent] = []
-        observer = cast(ILogObserver, self.events.append)
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
-
-    def listen(self, resource: IResource) -> int:
-        """Serve C{resource} on a new port of the loopback; return the port number."""
-        site = _TrackingSite(
-            resource, maxBodySize=self.maxBodySize, maxHeaderSize=self.maxHeaderSize
-        )
-        port = reactor.listenTCP(0, site, interface="127.0.0.1")  # type: ignore[arg-type]
-        self.addCleanup(port.stopListening)
-        # Trial wants every connection closed at the end of the test, also
-        # those the server is still closing.
-        self.addCleanup(lambda: ensureDeferred(waitUntil(site.allClosed)))
-        address = port.getHost()
-        assert isinstance(address, IPv4Address)
-        return address.port
-
-    def send(self, *writes: bytes, pause: float = 0.0, port: int | None = None) -> Deferred[bytes]:
-        """Send raw bytes to the proxy; everything it answered, once it closed."""
-        return exchange(self.port if port is None else port, *writes, pause=pause)
-
-    async def fetch(self, target: bytes, **options: Any) -> Answer:
-        """One request (see L{request} for C{options}), and its answer."""
-        return parseAnswer(await self.send(request(target, **options)))
-
-    def logged(self) -> str:
-        return "\n".join(formatEvent(event) for event in self.events)

@@ -1,7 +1,9 @@
 """
-The shipped PHP application, used through the real ``twist fastcgi-proxy``
-process in front of a real php-fpm, by a client that behaves like a browser:
-it keeps cookies and follows redirects.
+The shipped PHP application, used through each front in a process of its
+own (L{tests.fronts.RunningFronts}: the one the command serves through the
+real ``twist fastcgi-proxy``) in front of a real php-fpm, by a client that
+behaves like a browser: it keeps cookies and follows redirects.  Then what
+only the command does: its options, examples, signals and workers.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from tests.fronts import COMMAND_FRONT, RunningFronts
 from tests.processes import (
     REPOSITORY,
     TWISTD,
@@ -36,18 +39,28 @@ from tests.processes import (
 
 
 @pytest.fixture(scope="module")
-def proxy(php_fpm: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
-    logPath = tmp_path_factory.mktemp("proxy") / "twist.log"
-    running = startProxy(
-        ["--php-fpm", php_fpm.endpointDescription, "--path", str(php_fpm.documentRoot)], logPath
-    )
+def fronts(php_fpm: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFronts]:
+    directory = tmp_path_factory.mktemp("fronts")
+    running = RunningFronts(php_fpm.endpointDescription, str(php_fpm.documentRoot), directory)
     yield running
-    stopProxy(running)
+    running.stop()
+
+
+@pytest.fixture
+def proxy(fronts: RunningFronts, front: str) -> Proxy:
+    """Each front in turn, in front of php-fpm serving the demo site."""
+    return fronts[front]
 
 
 @pytest.fixture
 def browser(proxy: Proxy) -> Browser:
     return Browser(proxy.url)
+
+
+@pytest.fixture
+def commandProxy(fronts: RunningFronts) -> Proxy:
+    """The real command, C{twist fastcgi-proxy}, for what only it does."""
+    return fronts[COMMAND_FRONT]
 
 
 def test_the_home_page_links_every_page(browser: Browser) -> None:
@@ -127,10 +140,14 @@ def test_a_script_gets_its_path_info(browser: Browser, php_fpm: Any) -> None:
     assert info["SCRIPT_FILENAME"] == os.path.join(documentRoot, "info.php")
 
 
-def test_a_directory_index_and_static_files(browser: Browser, proxy: Proxy) -> None:
+def test_a_directory_index_and_a_redirect_to_it(browser: Browser, proxy: Proxy) -> None:
     assert b"sub index" in browser.request("/sub/").body
     moved = rawRequest(proxy, "GET", "/sub?a=1")
     assert (moved.status, moved.getheader("Location")) == (301, "/sub/?a=1")
+
+
+def test_static_files_have_their_types(fronts: RunningFronts, static_file_front: str) -> None:
+    browser = Browser(fronts[static_file_front].url)
     css = browser.request("/style.css")
     assert css.status == 200
     assert css.headers["Content-Type"] == "text/css"
@@ -148,12 +165,13 @@ def test_an_unknown_page_is_the_applications_404(browser: Browser) -> None:
     assert b"Nothing here" in page.body
 
 
-def test_the_access_log_has_each_request(browser: Browser, proxy: Proxy) -> None:
-    browser.request("/hello/logged")
+def test_the_access_log_has_each_request(commandProxy: Proxy) -> None:
+    Browser(commandProxy.url).request("/hello/logged")
     deadline = time.monotonic() + 5
-    while '"GET /hello/logged HTTP/1.1" 200' not in proxy.log() and time.monotonic() < deadline:
+    logged = '"GET /hello/logged HTTP/1.1" 200'
+    while logged not in commandProxy.log() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert '"GET /hello/logged HTTP/1.1" 200' in proxy.log()
+    assert logged in commandProxy.log()
 
 
 def test_the_demo_runs_with_a_spawned_php_fpm(tmp_path: Path, php_fpm: Any) -> None:

@@ -17,9 +17,11 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from tests.certificates import selfSignedCertificate
+from tests.fronts import FakeCore, FakeExchange
 from tests.recordingbackend import parseAnswers, waitUntil
-from tests.test_http1 import FakeExchange, FakeProxy, staticFileServer
-from txfastcgi.http1 import HTTP1Factory, Response
+from tests.test_http1 import staticFileServer
+from txfastcgi.http1 import HTTP1Factory
+from txfastcgi.proxy import RequestFacts, ResponseWriter
 
 BIG = bytes(range(256)) * (16 * 1024)  # 4 MiB: more than any socket buffer takes at once.
 
@@ -29,10 +31,10 @@ REQUESTS = (
 )
 
 
-class BigOrSmall(FakeProxy):
+class BigOrSmall(FakeCore):
     """Answers C{/big} with L{BIG} in one write, anything else with a few bytes."""
 
-    def handle(self, request: Any, writer: Response) -> FakeExchange:
+    def handle(self, request: RequestFacts, writer: ResponseWriter) -> FakeExchange:
         exchange = super().handle(request, writer)
         exchange.answer(BIG if request.target == b"/big" else b"small")
         return exchange

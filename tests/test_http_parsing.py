@@ -1,9 +1,10 @@
 """
-How L{txfastcgi.web.FastCGISite} parses what an HTTP/1.1 client sends before
-any resource runs: the bytes a request target may hold, and chunk sizes.
+How each HTTP/1.1 front (L{tests.fronts}) parses what a client sends before
+the core sees it: the bytes a request target may hold, malformed and
+ambiguous requests, chunk sizes and the size of a request head.
 
-Most tests drive the site in memory (L{InMemoryClient}); what must reach PHP
-untouched is checked through the real C{twist fastcgi-proxy} and php-fpm.
+Most tests drive the front in memory (L{InMemoryFront}); what must reach PHP
+untouched is checked in front of a real php-fpm.
 """
 
 from __future__ import annotations
@@ -14,73 +15,14 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
-from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionDone
-from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.python.failure import Failure
-from twisted.web.resource import Resource
-from twisted.web.server import Request
 
-from tests.processes import Proxy, startProxy, stopProxy
-from tests.recordingbackend import Answer, parseAnswer, parseAnswers
-from txfastcgi.limits import DEFAULT_MAX_BODY_SIZE
-from txfastcgi.web import FastCGISite
+from tests.fronts import FRONTS, Client, InMemoryFront, knownDefect, startFront
+from tests.processes import Proxy, stopProxy
+from tests.recordingbackend import Answer, parseAnswer
+from tests.test_security import AMBIGUOUS_REQUESTS
 
 if TYPE_CHECKING:
     from tests.conftest import PHPFPMPool
-
-
-class Recorder(Resource):
-    """A resource that keeps the URI and body of each request it was given."""
-
-    isLeaf = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[tuple[bytes, bytes]] = []
-
-    def render(self, request: Request) -> bytes:
-        assert request.uri is not None and request.content is not None
-        self.seen.append((request.uri, request.content.read()))
-        return b"ran"
-
-
-class InMemoryClient:
-    """One HTTP/1.1 connection to a site, over a L{StringTransport}."""
-
-    def __init__(self, site: FastCGISite) -> None:
-        address = IPv4Address("TCP", "127.0.0.1", 40000)
-        protocol = site.buildProtocol(address)
-        assert protocol is not None
-        self.protocol = protocol
-        self.transport = StringTransport(peerAddress=address)
-        protocol.makeConnection(self.transport)
-
-    def send(self, data: bytes) -> None:
-        self.protocol.dataReceived(data)
-
-    def received(self) -> bytes:
-        received: bytes = self.transport.value()
-        return received
-
-    def answers(self) -> list[Answer]:
-        """The responses received so far."""
-        return parseAnswers(self.received())
-
-    def statuses(self) -> list[int]:
-        return [answer.status for answer in self.answers()]
-
-    def closed(self) -> bool:
-        """Whether the server has closed (or begun to close) the connection."""
-        return self.transport.disconnecting or self.transport.disconnected
-
-    def close(self) -> None:
-        self.protocol.connectionLost(Failure(ConnectionDone()))
-
-
-def makeSite(maxBodySize: int = DEFAULT_MAX_BODY_SIZE) -> tuple[FastCGISite, Recorder]:
-    resource = Recorder()
-    return FastCGISite(resource, maxBodySize=maxBodySize, reactor=MemoryReactorClock()), resource
 
 
 def requestLine(target: bytes, method: bytes = b"GET", version: bytes = b"HTTP/1.1") -> bytes:
@@ -108,43 +50,155 @@ CONTROL_TARGETS = [
 ]
 
 
-def test_bytes_over_0x7f_in_the_request_target_reach_the_resource_untouched() -> None:
+def refused(client: Client, status: int) -> None:
     """
-    twisted.web answers a bare 400 to ``GET /wiki/Ünïcødé`` sent as UTF-8
-    bytes; nginx, Apache and Caddy take it, and MediaWiki links depend on it.
+    The client got C{status}, once, and the connection is closing: gently
+    (see L{test_a_refused_connection_lingers_then_closes}) or not.
     """
-    site, resource = makeSite()
+    (answer,) = client.answers()
+    assert answer.status == status, client.received()[:200]
+    assert client.transport.writeClosed or client.closed()
+
+
+def refusedBeforeTheCore(front: str, request: bytes, status: int) -> None:
+    """C{request} is refused with C{status} on C{front}, and never reaches the core."""
+    served = InMemoryFront(front)
+    client = served.connect()
+    client.send(request)
+    refused(client, status)
+    assert served.core.exchanges == []
+    client.close()
+
+
+def test_bytes_over_0x7f_in_the_request_target_reach_the_core_untouched(front: str) -> None:
+    """
+    twisted.web alone answers a bare 400 to ``GET /wiki/Ünïcødé`` sent as
+    UTF-8 bytes, and llhttp alone refuses it; nginx, Apache and Caddy take
+    it, and MediaWiki links depend on it.  In a header value too.
+    """
+    served = InMemoryFront(front)
     for target in RAW_TARGETS:
-        client = InMemoryClient(site)
-        client.send(requestLine(target))
+        client = served.connect()
+        client.send(
+            b"\r\nGET %s HTTP/1.1\r\nHost: example.org\r\nX-T: %s\r\n\r\n" % (target, target)
+        )
         assert client.statuses() == [200], (target, client.received()[:80])
-        assert resource.seen[-1] == (target, b"")
+        request = served.core.exchanges[-1].request
+        assert request.target == target
+        assert (b"X-T", target) in [(name.title(), value) for name, value in request.headers]
         client.close()
 
 
-def test_control_characters_in_the_request_target_are_a_400() -> None:
-    site, resource = makeSite()
-    for target in CONTROL_TARGETS:
-        client = InMemoryClient(site)
-        client.send(requestLine(target))
-        (answer,) = client.answers()
-        assert (answer.status, answer.header("Connection")) == (400, ["close"]), target
-        client.close()
-    assert resource.seen == []
+def test_a_target_over_0x7f_split_across_reads_and_pipelined_is_untouched(front: str) -> None:
+    served = InMemoryFront(front)
+    client = served.connect()
+    raw = b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n\xff\xfe"
+    raw += b"GET /" + UNICODE_TITLE + b"?q=" + UNICODE_TITLE + b" HTTP/1.1\r\nHost: a\r\n\r\n"
+    for index in range(len(raw)):
+        client.send(raw[index : index + 1])
+    client.send(raw)
+    expected = [(b"/a", b"\xff\xfe"), (b"/" + UNICODE_TITLE + b"?q=" + UNICODE_TITLE, b"")]
+    assert served.core.seen() == expected * 2
+    client.close()
 
 
-def test_bytes_over_0x7f_outside_the_target_are_still_a_400() -> None:
-    site, resource = makeSite()
-    for line in [
+@pytest.mark.parametrize(
+    "request_",
+    [
+        *(requestLine(target) for target in CONTROL_TARGETS),
         requestLine(b"/", method=b"G\xc3\x9cT"),
         requestLine(b"/", version=b"HTTP/1.\xb1"),
         requestLine(b"/ " + UNICODE_TITLE),
-    ]:
-        client = InMemoryClient(site)
-        client.send(line)
-        assert client.statuses() == [400], line
-        client.close()
-    assert resource.seen == []
+        b"GET / HTTP/1.1\r\nHost: a\r\nBad\x01Name: a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: good.example\r\nHost: evil.example\r\n\r\n",
+        b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+        b"GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n",
+        *AMBIGUOUS_REQUESTS.values(),
+    ],
+)
+def test_malformed_or_ambiguous_requests_are_a_400_and_never_reach_the_core(
+    front: str, request_: bytes
+) -> None:
+    """
+    Control characters in the target (bare CR and LF among them), bytes over
+    0x7F outside it, a control character in a header name, no Host or two,
+    and every request whose length could be read two ways (see
+    L{AMBIGUOUS_REQUESTS}).
+    """
+    refusedBeforeTheCore(front, request_, 400)
+
+
+def test_a_request_with_bare_line_feeds_is_a_400(
+    front: str, request: pytest.FixtureRequest
+) -> None:
+    """
+    Line ends without a CR: answered at once, not left waiting for a CRLF
+    that never comes.
+    """
+    knownDefect(
+        request,
+        front,
+        {
+            "twisted.web": "twisted.web waits for a CRLF: the request is answered only by the"
+            " 408 of the header timeout"
+        },
+    )
+    refusedBeforeTheCore(front, b"GET / HTTP/1.1\nHost: a\n\n", 400)
+
+
+def test_transfer_encoding_in_an_http_1_0_request_is_a_400(
+    front: str, request: pytest.FixtureRequest
+) -> None:
+    """
+    RFC 9112 section 6.1: its framing is faulty, since an HTTP/1.0 server in
+    front could read it by its Content-Length, or as having no body.
+    """
+    knownDefect(
+        request, front, {"twisted.web": "twisted.web reads an HTTP/1.0 chunked body as chunked"}
+    )
+    refusedBeforeTheCore(
+        front, b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400
+    )
+
+
+def test_a_folded_header_line_is_refused_or_unfolded(front: str) -> None:
+    """
+    RFC 9112 section 5.2 lets a server refuse obs-fold with a 400 (llhttp
+    does) or join the line to the one before (twisted.web does); never is it
+    a header of its own.
+    """
+    served = InMemoryFront(front)
+    client = served.connect()
+    client.send(b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n Folded: b\r\n\r\n")
+    (answer,) = client.answers()
+    if answer.status == 200:
+        (exchange,) = served.core.exchanges
+        names = [name.strip().lower() for name, _ in exchange.request.headers]
+        assert b"folded" not in names
+        assert [value for name, value in exchange.request.headers if name.lower() == b"x"] != [b"a"]
+    else:
+        refused(client, 400)
+        assert served.core.exchanges == []
+    client.close()
+
+
+def test_a_request_without_host_is_fine_in_http_1_0(front: str) -> None:
+    client = InMemoryFront(front).connect()
+    client.send(b"GET / HTTP/1.0\r\n\r\n")
+    assert client.statuses() == [200]
+    client.close()
+
+
+def test_versions_other_than_1_0_and_1_1_are_refused(front: str) -> None:
+    """With a 505 (http1) or a 400 (twisted.web): never served as some other version."""
+    served = InMemoryFront(front)
+    client = served.connect()
+    client.send(b"GET / HTTP/2.0\r\nHost: a\r\n\r\n")
+    (answer,) = client.answers()
+    assert answer.status in (400, 505)
+    refused(client, answer.status)
+    assert served.core.exchanges == []
+    client.close()
 
 
 CHUNKED_HEAD = b"POST /upload HTTP/1.1\r\nHost: example.org\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -175,7 +229,9 @@ def chunk(data: bytes) -> bytes:
         "small chunks over the limit together",
     ],
 )
-def test_a_chunk_size_too_large_is_answered_from_its_size_line(sent: bytes, status: int) -> None:
+def test_a_chunk_size_too_large_is_answered_from_its_size_line(
+    front: str, sent: bytes, status: int
+) -> None:
     """
     A chunk size that does not fit in 64 bits is a 400, and one that would
     take the body over its limit (1000 bytes here) a 413, as soon as the
@@ -183,36 +239,101 @@ def test_a_chunk_size_too_large_is_answered_from_its_size_line(sent: bytes, stat
     would otherwise wait for ever.  Small chunks that pass the limit
     together are a 413 too.
     """
-    site, resource = makeSite(maxBodySize=1000)
-    client = InMemoryClient(site)
+    served = InMemoryFront(front, maxBodySize=1000)
+    client = served.connect()
     client.send(CHUNKED_HEAD + sent)
-    assert client.statuses() == [status]
-    assert resource.seen == []
+    refused(client, status)
+    assert served.core.exchanges == []
     client.close()
 
 
-def test_a_chunked_body_of_exactly_the_limit_is_accepted() -> None:
+def test_a_chunked_body_of_exactly_the_limit_is_accepted(front: str) -> None:
     """Leading zeros do not make a size large: its value does."""
-    site, resource = makeSite(maxBodySize=1000)
-    client = InMemoryClient(site)
+    served = InMemoryFront(front, maxBodySize=1000)
+    client = served.connect()
     body = chunk(b"c" * 600) + b"00000000000000000000190\r\n" + b"c" * 400 + b"\r\n0\r\n\r\n"
     client.send(CHUNKED_HEAD + body)
     assert client.statuses() == [200]
-    assert resource.seen == [(b"/upload", b"c" * 1000)]
+    assert served.core.seen() == [(b"/upload", b"c" * 1000)]
     client.close()
 
 
-# Through the real process and php-fpm
+LIMIT = 1024
 
 
-@pytest.fixture(scope="module")
+@pytest.mark.parametrize(
+    ("request_", "statuses"),
+    [
+        (b"GET /" + b"q" * LIMIT + b" HTTP/1.1\r\n", {414}),
+        (b"GET /" + b"q" * LIMIT, {414}),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * LIMIT, {431}),
+        (b"GET / HTTP/1.1\r\nHost: a\r\n" + b"X-Many: aaaaaaaa\r\n" * (LIMIT // 16), {431}),
+        # twisted.web counts fields too: over 500 of them are a 400.
+        (b"GET / HTTP/1.1\r\nHost: a\r\n" + b"X:\r\n" * LIMIT, {431, 400}),
+    ],
+    ids=["request line", "request line unfinished", "header", "many headers", "many short"],
+)
+def test_a_head_over_the_limit_is_a_431_and_a_request_line_a_414(
+    front: str, request_: bytes, statuses: set[int]
+) -> None:
+    """Before the rest of it is buffered: the line or head never ends here."""
+    served = InMemoryFront(front, maxHeaderSize=LIMIT)
+    client = served.connect()
+    client.send(request_)
+    (answer,) = client.answers()
+    assert answer.status in statuses
+    refused(client, answer.status)
+    assert served.core.exchanges == []
+    client.close()
+
+
+def test_a_head_just_within_the_limit_arrives_whole(front: str) -> None:
+    """Line ends do not count, byte by byte or in one piece."""
+    head = b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"v" * (LIMIT - 14 - 7 - 7) + b"\r\n\r\n"
+    for pieces in [[head], [head[index : index + 1] for index in range(len(head))]]:
+        client = InMemoryFront(front, maxHeaderSize=LIMIT).connect()
+        for piece in pieces:
+            client.send(piece)
+        assert client.statuses() == [200]
+        client.close()
+        client = InMemoryFront(front, maxHeaderSize=LIMIT - 1).connect()
+        for piece in pieces:
+            client.send(piece)
+        refused(client, 431)
+        client.close()
+
+
+def test_a_refused_connection_lingers_then_closes(front: str) -> None:
+    """
+    What the client is still sending is read and dropped for five seconds,
+    so that no reset destroys the answer before the client reads it.
+    """
+    served = InMemoryFront(front)
+    client = served.connect()
+    client.send(b"GET / HTTP/1.1\r\n\r\n")
+    refused(client, 400)
+    client.send(b"more of what the client was sending")
+    served.clock.advance(4)
+    assert not client.closed()
+    served.clock.advance(2)
+    assert client.transport.disconnected
+    assert client.statuses() == [400]
+    client.close()
+
+
+# In a process of its own, in front of php-fpm
+
+
+@pytest.fixture(scope="module", params=FRONTS)
 def proxy(
-    php_fpm: PHPFPMPool, php_document_root: str, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    php_fpm: PHPFPMPool,
+    php_document_root: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Proxy]:
+    """Each front in turn, in a process of its own, in front of php-fpm."""
     logPath = tmp_path_factory.mktemp("proxy") / "twist.log"
-    running = startProxy(
-        ["--php-fpm", php_fpm.endpointDescription, "--path", php_document_root], logPath
-    )
+    running = startFront(request.param, php_fpm.endpointDescription, php_document_root, logPath)
     yield running
     stopProxy(running)
 

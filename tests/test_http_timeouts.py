@@ -1,9 +1,9 @@
 """
-How long L{txfastcgi.web.FastCGISite} waits for a request: a whole request
-head must arrive within C{headerTimeout} seconds however slowly its bytes
-trickle in, and a body may pause for at most C{bodyTimeout} seconds
+How long each HTTP/1.1 front (L{tests.fronts}) waits for a request: a whole
+request head must arrive within C{headerTimeout} seconds however slowly its
+bytes trickle in, and a body may pause for at most C{bodyTimeout} seconds
 (nginx's C{client_header_timeout} and C{client_body_timeout}); either is a
-408.  An idle kept connection keeps the site's own C{timeout}.
+408.  An idle kept connection has a timeout of its own.
 
 Specified in memory on a L{MemoryReactorClock}; one test checks the real
 thing over sockets, with php-fpm serving a normal client meanwhile.
@@ -25,13 +25,11 @@ import pytest
 from twisted.internet.testing import MemoryReactorClock
 from twisted.web import http
 from twisted.web._http2 import H2Connection
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
 
-from tests.processes import TWISTD, freePort, startServer, stopProxy
+from tests.fronts import Client, FakeCore, InMemoryFront, startFront
+from tests.processes import stopProxy
 from tests.recordingbackend import parseAnswer
-from tests.test_http_parsing import InMemoryClient, Recorder, get
-from txfastcgi.web import FastCGISite
+from tests.test_http_parsing import get, refused
 
 if TYPE_CHECKING:
     from tests.conftest import PHPFPMPool
@@ -41,23 +39,8 @@ SLOW_HEAD = b"GET /slow HTTP/1.1\r\nHost: example.org\r\nX-Padding: " + b"p" * 2
 GET = b"GET /fast HTTP/1.1\r\nHost: example.org\r\n\r\n"
 
 
-def makeSite(
-    resource: Resource | None = None, timeout: float = 60 * 60 * 12
-) -> tuple[FastCGISite, MemoryReactorClock]:
-    """A site with nginx's timeouts, on a clock of its own."""
-    clock = MemoryReactorClock()
-    site = FastCGISite(
-        resource or Recorder(),
-        timeout=timeout,
-        headerTimeout=60.0,
-        bodyTimeout=60.0,
-        reactor=clock,
-    )
-    return site, clock
-
-
 def trickle(
-    clients: Sequence[InMemoryClient],
+    clients: Sequence[Client],
     clock: MemoryReactorClock,
     data: bytes,
     seconds: int,
@@ -73,24 +56,24 @@ def trickle(
         clock.advance(interval)
 
 
-def test_heads_trickling_in_are_a_408_once_the_header_timeout_is_up() -> None:
+def test_heads_trickling_in_are_a_408_once_the_header_timeout_is_up(front: str) -> None:
     """
     500 connections each send a byte a second, which resets any idle timer;
     the deadline of a head does not move.  A normal client is served
     meanwhile.
     """
-    site, clock = makeSite()
-    slow = [InMemoryClient(site) for _ in range(500)]
+    served = InMemoryFront(front)
+    clock = served.clock
+    slow = [served.connect() for _ in range(500)]
     trickle(slow, clock, SLOW_HEAD, 30)
-    fast = InMemoryClient(site)
+    fast = served.connect()
     fast.send(GET)
     assert fast.statuses() == [200]
     trickle(slow, clock, SLOW_HEAD[30:], 29)
     assert {(client.received(), client.closed()) for client in slow} == {(b"", False)}
     trickle(slow, clock, SLOW_HEAD[59:], 2)
     for client in slow:
-        (answer,) = client.answers()
-        assert (answer.status, answer.header("Connection")) == (408, ["close"])
+        refused(client, 408)
     clock.advance(5)  # The refused clients' remaining bytes are read and dropped meanwhile.
     assert all(client.closed() for client in slow)
     assert not fast.closed()
@@ -98,45 +81,45 @@ def test_heads_trickling_in_are_a_408_once_the_header_timeout_is_up() -> None:
         client.close()
 
 
-def test_a_connection_that_sends_nothing_is_closed_after_the_header_timeout() -> None:
+def test_a_connection_that_sends_nothing_is_closed_after_the_header_timeout(front: str) -> None:
     """Nothing was asked, so nothing is answered."""
-    site, clock = makeSite()
-    client = InMemoryClient(site)
-    clock.advance(59)
+    served = InMemoryFront(front)
+    client = served.connect()
+    served.clock.advance(59)
     assert not client.closed()
-    clock.advance(2)
+    served.clock.advance(2)
     assert client.closed()
     assert client.received() == b""
     client.close()
 
 
-def test_an_idle_kept_connection_keeps_the_sites_idle_timeout() -> None:
-    site, clock = makeSite(timeout=300.0)
-    client = InMemoryClient(site)
+def test_an_idle_kept_connection_is_closed_after_the_idle_timeout(front: str) -> None:
+    served = InMemoryFront(front, idleTimeout=300.0)
+    client = served.connect()
     client.send(GET)
-    clock.advance(299)
+    served.clock.advance(299)
     assert (client.statuses(), client.closed()) == ([200], False)
-    clock.advance(2)
+    served.clock.advance(2)
     assert client.closed()
     client.close()
 
 
-def test_on_a_kept_connection_the_head_clock_starts_at_its_first_byte() -> None:
-    site, clock = makeSite()
-    client = InMemoryClient(site)
+def test_on_a_kept_connection_the_head_clock_starts_at_its_first_byte(front: str) -> None:
+    served = InMemoryFront(front, idleTimeout=3600.0)
+    client = served.connect()
     client.send(GET)
-    clock.advance(1000)
-    trickle([client], clock, SLOW_HEAD, 59)
+    served.clock.advance(1000)
+    trickle([client], served.clock, SLOW_HEAD, 59)
     assert (client.statuses(), client.closed()) == ([200], False)
-    trickle([client], clock, SLOW_HEAD[59:], 2)
+    trickle([client], served.clock, SLOW_HEAD[59:], 2)
     assert client.statuses() == [200, 408]
     client.close()
 
 
-def test_a_head_that_arrives_in_time_is_served_however_slowly() -> None:
-    site, clock = makeSite()
-    client = InMemoryClient(site)
-    trickle([client], clock, GET, 60, interval=59 / len(GET))
+def test_a_head_that_arrives_in_time_is_served_however_slowly(front: str) -> None:
+    served = InMemoryFront(front)
+    client = served.connect()
+    trickle([client], served.clock, GET, 60, interval=59 / len(GET))
     assert client.statuses() == [200]
     client.close()
 
@@ -145,74 +128,58 @@ POST_HEAD = b"POST /upload HTTP/1.1\r\nHost: example.org\r\nContent-Length: 10\r
 CHUNKED_HEAD = b"POST /upload HTTP/1.1\r\nHost: example.org\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
-def test_a_body_that_stops_for_the_body_timeout_is_a_408() -> None:
-    for head, start in [(POST_HEAD, b"12345"), (CHUNKED_HEAD, b"a\r\n12345")]:
-        site, clock = makeSite()
-        client = InMemoryClient(site)
-        client.send(head + start)
-        clock.advance(59)
-        assert (client.received(), client.closed()) == (b"", False), head
-        clock.advance(2)
-        assert client.statuses() == [408], head
-        client.close()
-
-
-def test_a_slow_body_that_keeps_coming_is_served() -> None:
-    """Well beyond both timeouts in all, but never a minute without a byte."""
-    site, clock = makeSite()
-    client = InMemoryClient(site)
-    client.send(POST_HEAD)
-    trickle([client], clock, b"0123456789", 300, interval=30)
-    assert client.statuses() == [200]
+@pytest.mark.parametrize(
+    "start", [POST_HEAD + b"12345", CHUNKED_HEAD + b"a\r\n12345"], ids=["length", "chunked"]
+)
+def test_a_body_that_stops_for_the_body_timeout_is_a_408(front: str, start: bytes) -> None:
+    served = InMemoryFront(front)
+    client = served.connect()
+    client.send(start)
+    served.clock.advance(59)
+    assert (client.received(), client.closed()) == (b"", False)
+    served.clock.advance(2)
+    refused(client, 408)
+    assert served.core.exchanges == []
     client.close()
 
 
-class Later(Resource):
-    """A resource that answers only when told to, as a slow PHP script does."""
-
-    isLeaf = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.waiting: list[Request] = []
-
-    def render(self, request: Request) -> int:
-        self.waiting.append(request)
-        return NOT_DONE_YET
-
-    def answer(self) -> None:
-        request = self.waiting.pop(0)
-        request.write(b"done")
-        request.finish()
+def test_a_slow_body_that_keeps_coming_is_served(front: str) -> None:
+    """Well beyond both timeouts in all, but never a minute without a byte."""
+    served = InMemoryFront(front)
+    client = served.connect()
+    client.send(POST_HEAD)
+    trickle([client], served.clock, b"0123456789", 300, interval=30)
+    assert client.statuses() == [200]
+    assert served.core.seen() == [(b"/upload", b"0123456789")]
+    client.close()
 
 
-def test_no_timeout_while_the_request_is_being_answered() -> None:
+def test_no_timeout_while_the_request_is_being_answered(front: str) -> None:
     """
     A script may take longer than either timeout; a head pipelined behind
     it is timed from when it is read, once the first request is answered.
     """
-    resource = Later()
-    site, clock = makeSite(resource)
-    client = InMemoryClient(site)
+    served = InMemoryFront(front, FakeCore(answerAtOnce=False), idleTimeout=3600.0)
+    client = served.connect()
     client.send(GET + SLOW_HEAD[:20])
-    clock.advance(500)
+    served.clock.advance(500)
     assert (client.received(), client.closed()) == (b"", False)
-    resource.answer()
-    clock.advance(59)
+    served.core.exchanges[0].answer()
+    served.clock.advance(59)
     assert (client.statuses(), client.closed()) == ([200], False)
-    clock.advance(2)
+    served.clock.advance(2)
     assert client.statuses() == [200, 408]
     client.close()
 
 
-def test_no_timer_is_left_once_the_connections_are_closed() -> None:
-    site, clock = makeSite()
-    clients = [InMemoryClient(site) for _ in range(3)]
+def test_no_timer_is_left_once_the_connections_are_closed(front: str) -> None:
+    served = InMemoryFront(front)
+    clients = [served.connect() for _ in range(3)]
     clients[0].send(GET)
     clients[1].send(SLOW_HEAD[:10])
     for client in clients:
         client.close()
-    assert clock.getDelayedCalls() == []
+    assert served.clock.getDelayedCalls() == []
 
 
 def test_an_http2_connection_is_left_to_http2(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -221,10 +188,11 @@ def test_an_http2_connection_is_left_to_http2(monkeypatch: pytest.MonkeyPatch) -
     negotiated by ALPN; the head timeout of that channel must not close the
     connection later.
     """
-    site, clock = makeSite()
+    served = InMemoryFront("twisted.web", idleTimeout=3600.0)
+    clock = served.clock
     # twisted.web builds the HTTP/2 connection on the global reactor.
     monkeypatch.setattr(http, "H2Connection", functools.partial(H2Connection, clock))
-    client = InMemoryClient(site)
+    client = served.connect()
     client.transport.negotiatedProtocol = b"h2"  # type: ignore[attr-defined]
     h2Client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     h2Client.initiate_connection()
@@ -235,20 +203,6 @@ def test_an_http2_connection_is_left_to_http2(monkeypatch: pytest.MonkeyPatch) -
 
 
 # Over real sockets, in front of php-fpm
-
-
-_SLOW_HEADS_TAC = """
-from twisted.application import internet, service
-from twisted.internet import endpoints, reactor
-from txfastcgi import FastCGIResource
-from txfastcgi.web import FastCGISite
-
-phpFPM = endpoints.clientFromString(reactor, {endpoint!r})
-site = FastCGISite(FastCGIResource(phpFPM, {root!r}), headerTimeout=1.0)
-listen = endpoints.serverFromString(reactor, "tcp:{port}:interface=127.0.0.1")
-application = service.Application("slow heads")
-internet.StreamServerEndpointService(listen, site).setServiceParent(application)
-"""
 
 
 def trickleUntilAnswered(connection: socket.socket, data: bytes, interval: float) -> bytes:
@@ -268,18 +222,17 @@ def trickleUntilAnswered(connection: socket.socket, data: bytes, interval: float
 
 
 def test_a_slow_head_gets_a_408_while_php_serves_a_normal_client(
-    tmp_path: Path, php_fpm: PHPFPMPool
+    front: str, tmp_path: Path, php_fpm: PHPFPMPool
 ) -> None:
-    port = freePort()
-    tacPath = tmp_path / "slow.tac"
-    tacPath.write_text(
-        _SLOW_HEADS_TAC.format(
-            endpoint=php_fpm.endpointDescription, root=php_fpm.documentRoot, port=port
-        )
+    server = startFront(
+        front,
+        php_fpm.endpointDescription,
+        php_fpm.documentRoot,
+        tmp_path / "twistd.log",
+        headerTimeout=1.0,
     )
-    server = startServer([*TWISTD, "-ny", str(tacPath)], port, tmp_path / "twistd.log")
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as slow:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as slow:
             started = time.monotonic()
             slow.sendall(SLOW_HEAD[:10])
             answer = get(server, b"/info.php")

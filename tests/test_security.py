@@ -25,24 +25,23 @@ import pytest
 from twisted.internet import reactor
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.error import ConnectionDone
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 from twisted.web._http2 import H2Connection
 
 from tests.fakebackend import ReceivedRequest
+from tests.fronts import InMemoryFront, ProxyTestCase, onEveryFront, servesStaticFiles
 from tests.recordingbackend import (
     EXECUTED,
     SECRET,
     Answer,
-    ProxyTestCase,
     buildAttackSite,
     paramsRecordsHoldWholePairs,
     parseAnswer,
     recordHeaders,
     request,
 )
-from tests.test_http_parsing import Recorder
 from txfastcgi import FastCGIResource
 from txfastcgi.records import (
     MAX_CONTENT_LENGTH,
@@ -156,6 +155,7 @@ class AttackTestCase(ProxyTestCase):
         return os.path.relpath(filename, self.documentRoot)
 
 
+@onEveryFront
 class PathTricksTests(AttackTestCase):
     """Only an existing ``*.php`` file inside the document root ever runs."""
 
@@ -219,6 +219,7 @@ class PathTricksTests(AttackTestCase):
         self.assertEqual(answer.status, 200)
         self.assertEqual(requests[0].params[b"QUERY_STRING"], b"q=%0a%00")
 
+    @servesStaticFiles
     async def test_only_an_ascii_php_extension_makes_a_script(self) -> None:
         """
         ``/shell.%EF%BD%90hp`` (a full-width p) exists; it is not a script, so it is
@@ -271,6 +272,7 @@ class PathTricksTests(AttackTestCase):
             self.assertNotIn(SECRET, answer.body)
 
 
+@onEveryFront
 class HeaderHygieneTests(AttackTestCase):
     """Headers reach PHP as HTTP_* params that cannot pose as anything else."""
 
@@ -391,6 +393,7 @@ def smuggledRecords(filename: bytes) -> bytes:
     )
 
 
+@onEveryFront
 class RecordSmugglingTests(AttackTestCase):
     """A request body is STDIN content, whatever bytes it holds."""
 
@@ -444,6 +447,7 @@ class RecordSmugglingTests(AttackTestCase):
         self.assertFramedCorrectly()
 
 
+@onEveryFront
 class BigParamsTests(AttackTestCase):
     """Long names and values reach the backend whole; a head over the limit is a 431."""
 
@@ -482,6 +486,7 @@ class BigParamsTests(AttackTestCase):
         self.assertEqual(self.backend.backends, [])
 
 
+@onEveryFront
 class DefaultHeaderLimitTests(AttackTestCase):
     """With the default limit, the largest header that fits reaches PHP whole."""
 
@@ -549,6 +554,7 @@ smuggling a second request where they can): every one is a 400.
 """
 
 
+@onEveryFront
 class FrontEndSmugglingTests(AttackTestCase):
     """
     A request whose length could be read two ways is a 400, and nothing of
@@ -564,6 +570,7 @@ class FrontEndSmugglingTests(AttackTestCase):
         self.assertEqual(self.backend.backends, [], "a request reached the backend")
 
 
+@onEveryFront
 class BodySizeTests(AttackTestCase):
     """
     A body over the limit is a 413 as soon as that is known, without
@@ -642,16 +649,16 @@ class BodySizeTests(AttackTestCase):
         self.assertEqual(received.stdin, body)
 
 
-def test_over_http2_a_body_over_the_limit_is_a_413_and_never_reaches_the_resource() -> None:
+def test_over_http2_a_body_over_the_limit_is_a_413_and_never_reaches_the_core() -> None:
     """
     HTTP/2 (negotiated over TLS when twisted[http2] is installed) goes
     through the same request limits: a declared length over the limit, or
     a body without one that grows past it, gets a 413; a body within it
     reaches the resource.
     """
-    clock = MemoryReactorClock()
-    resource = Recorder()
-    site = FastCGISite(resource, maxBodySize=1000, reactor=clock)
+    served = InMemoryFront("twisted.web", maxBodySize=1000)
+    site, clock = served.factory, served.clock
+    assert isinstance(site, FastCGISite)
     server = H2Connection(clock)
     server.requestFactory = site.requestFactory  # type: ignore[attr-defined]
     server.site = site  # type: ignore[assignment]
@@ -681,5 +688,5 @@ def test_over_http2_a_body_over_the_limit_is_a_413_and_never_reaches_the_resourc
         if isinstance(event, h2.events.ResponseReceived):
             statuses[event.stream_id] = dict(event.headers)[b":status"]
     assert statuses == {1: b"413", 3: b"413", 5: b"200"}
-    assert resource.seen == [(b"/", b"fine")]
+    assert served.core.seen() == [(b"/", b"fine")]
     server.connectionLost(Failure(ConnectionDone()))

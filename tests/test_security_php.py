@@ -1,9 +1,9 @@
 """
-The attacks of C{test_security.py} against the real thing: the
-C{twist fastcgi-proxy} process in front of a real php-fpm serving the attack
-site (L{tests.recordingbackend.buildAttackSite}).  PHP reports what it saw
-(C{echo.php} and the front controller print it in JSON), so each test checks
-what reached PHP as well as what the client got.
+The attacks of C{test_security.py} against the real thing: each front in a
+process of its own (L{tests.fronts.RunningFronts}) in front of a real
+php-fpm serving the attack site (L{tests.recordingbackend.buildAttackSite}).
+PHP reports what it saw (C{echo.php} and the front controller print it in
+JSON), so each test checks what reached PHP as well as what the client got.
 """
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ from typing import Any
 
 import pytest
 from twisted.internet import reactor
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.interfaces import IListeningPort
 from twisted.trial.unittest import TestCase
 
 from tests.conftest import PHPFPMPool, startPHPFPM, stopPHPFPM
+from tests.fronts import RunningFronts, onEveryFront, serve, startFront
 from tests.processes import Proxy, startProxy, stopProxy
 from tests.recordingbackend import (
     EXECUTED,
@@ -33,6 +35,7 @@ from tests.recordingbackend import (
     exchange,
     parseAnswer,
     request,
+    waitUntil,
 )
 from tests.test_security import (
     AMBIGUOUS_REQUESTS,
@@ -46,7 +49,6 @@ from tests.test_security import (
 from txfastcgi import FastCGIResource
 from txfastcgi.pool import ConnectionPool
 from txfastcgi.tap import Options
-from txfastcgi.web import FastCGISite
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +66,26 @@ def phpFPM(attackSite: str) -> Iterator[PHPFPMPool]:
 
 
 @pytest.fixture(scope="module")
-def proxy(
+def fronts(
     phpFPM: PHPFPMPool, attackSite: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Proxy]:
-    logPath = tmp_path_factory.mktemp("proxy") / "twist.log"
-    running = startProxy(["--php-fpm", phpFPM.endpointDescription, "--path", attackSite], logPath)
+) -> Iterator[RunningFronts]:
+    running = RunningFronts(
+        phpFPM.endpointDescription, attackSite, tmp_path_factory.mktemp("fronts")
+    )
     yield running
-    stopProxy(running)
+    running.stop()
+
+
+@pytest.fixture
+def proxy(fronts: RunningFronts, front: str) -> Proxy:
+    """Each front in turn, in front of php-fpm serving the attack site."""
+    return fronts[front]
+
+
+@pytest.fixture
+def staticProxy(fronts: RunningFronts, static_file_front: str) -> Proxy:
+    """Each front that serves static files, in front of php-fpm serving the attack site."""
+    return fronts[static_file_front]
 
 
 def send(proxy: Proxy, *writes: bytes) -> bytes:
@@ -120,8 +135,8 @@ def test_script_source_and_hidden_files_are_never_served(proxy: Proxy) -> None:
         assert EXECUTED not in answer.body
 
 
-def test_a_full_width_php_extension_is_not_run(proxy: Proxy) -> None:
-    answer = fetch(proxy, b"/shell.%EF%BD%90hp")
+def test_a_full_width_php_extension_is_not_run(staticProxy: Proxy) -> None:
+    answer = fetch(staticProxy, b"/shell.%EF%BD%90hp")
     assert answer.status == 200
     assert EXECUTED not in answer.body
 
@@ -173,11 +188,10 @@ def test_ambiguous_request_lengths_are_a_400(proxy: Proxy) -> None:
         assert b"HTTP/1.1 200" not in answer, name
 
 
-def test_source_is_never_served_when_php_fpm_is_down(attackSite: str, tmp_path: Path) -> None:
-    down = startProxy(
-        ["--php-fpm", f"unix:{tmp_path}/missing.sock", "--path", attackSite],
-        tmp_path / "twist.log",
-    )
+def test_source_is_never_served_when_php_fpm_is_down(
+    front: str, attackSite: str, tmp_path: Path
+) -> None:
+    down = startFront(front, f"unix:{tmp_path}/missing.sock", attackSite, tmp_path / "twist.log")
     try:
         for target, status in [
             (b"/echo.php", 502),
@@ -235,11 +249,14 @@ def _phpFPM(request: pytest.FixtureRequest) -> None:
         request.instance.documentRoot = request.getfixturevalue("attackSite")
 
 
+@onEveryFront
 class LargeHeadTests(TestCase):
     """
-    A L{FastCGISite} in this process with a head limit raised to 256 KiB,
-    in front of the real php-fpm.
+    A front in this process with a head limit raised to 256 KiB, in front of
+    the real php-fpm.
     """
+
+    front: str
 
     phpFPM: PHPFPMPool
     documentRoot: str
@@ -247,9 +264,12 @@ class LargeHeadTests(TestCase):
     def setUp(self) -> None:
         pool = ConnectionPool(reactor, UNIXClientEndpoint(reactor, self.phpFPM.socketPath))
         self.addCleanup(pool.close)
-        site = FastCGISite(FastCGIResource(pool, self.documentRoot), maxHeaderSize=256 * 1024)
-        port: IListeningPort = reactor.listenTCP(0, site, interface="127.0.0.1")  # type: ignore[arg-type]
+        factory = serve(
+            self.front, FastCGIResource(pool, self.documentRoot), maxHeaderSize=256 * 1024
+        )
+        port: IListeningPort = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[arg-type]
         self.addCleanup(port.stopListening)
+        self.addCleanup(lambda: ensureDeferred(waitUntil(lambda: not len(factory.deadlines))))
         self.port = port.getHost().port  # type: ignore[attr-defined]
 
     async def test_headers_of_over_64_kib_in_all_reach_php_whole(self) -> None:

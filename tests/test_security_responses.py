@@ -19,9 +19,9 @@ import pytest
 from twisted.internet import reactor
 
 from tests.fakebackend import FakeBackend, ReceivedRequest, Reply, Responder
+from tests.fronts import ProxyTestCase, onEveryFront
 from tests.recordingbackend import (
     Answer,
-    ProxyTestCase,
     buildAttackSite,
     parseAnswer,
     parseAnswers,
@@ -99,6 +99,7 @@ class ResponseTestCase(ProxyTestCase):
         self.assertEqual(len(failed.requests), served)
 
 
+@onEveryFront
 class StatusTests(ResponseTestCase):
     async def test_status_header_variants_set_the_status_and_are_not_forwarded(self) -> None:
         for head, code, reason in [
@@ -156,6 +157,7 @@ class StatusTests(ResponseTestCase):
         self.assertIn("invalid Status header", self.logged())
 
 
+@onEveryFront
 class ContentLengthTests(ResponseTestCase):
     """A Content-Length from PHP that disagrees with its body never desynchronises the client."""
 
@@ -249,6 +251,7 @@ class ContentLengthTests(ResponseTestCase):
             self.assertNotIn(b"evil=1", raw)
 
 
+@onEveryFront
 class BrokenBackendTests(ResponseTestCase):
     """
     A backend that breaks FastCGI gets its client a 502, or a cut connection
@@ -324,6 +327,7 @@ class BrokenBackendTests(ResponseTestCase):
             await self.assertConnectionNeverReused()
 
 
+@onEveryFront
 class HeaderBlockTests(ResponseTestCase):
     """However FastCGI cuts it, the CGI header block is read the same way."""
 
@@ -386,6 +390,7 @@ class HeaderBlockTests(ResponseTestCase):
             self.assertEqual((await self.get()).status, 502, output)
 
 
+@onEveryFront
 class StderrLogTests(ResponseTestCase):
     async def test_stderr_is_logged_with_control_characters_escaped(self) -> None:
         """
