@@ -24,7 +24,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txfastcgi.tap import makeWorkerService
-from txfastcgi.workers import WORKER_EVENTS_DESCRIPTOR, WORKER_OPTIONS_VARIABLE
+from txfastcgi.workers import (
+    WORKER_EVENTS_DESCRIPTOR,
+    WORKER_OPTIONS_VARIABLE,
+    parseSocketArguments,
+)
 
 
 @implementer(IReadDescriptor)
@@ -53,10 +57,7 @@ class _Parent:
 def main(sockets: list[str]) -> None:
     from twisted.internet import reactor
 
-    inherited = []
-    for spec in sockets:
-        descriptor, family = spec.split(":")
-        inherited.append((int(descriptor), int(family)))
+    inherited = parseSocketArguments(sockets)
     events = open(WORKER_EVENTS_DESCRIPTOR, "w", buffering=1, encoding="utf-8")
     globalLogBeginner.beginLoggingTo([jsonFileLogObserver(events)])
     options = json.loads(os.environ.pop(WORKER_OPTIONS_VARIABLE))

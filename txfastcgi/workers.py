@@ -3,12 +3,21 @@ C{--workers N}: worker processes that serve the main process's listening
 sockets, so that one proxy uses every core (the way Twisted's own
 multi-process examples share a port with C{adoptStreamPort}), supervised as
 the spawned php-fpm is.
+
+A TCP port is not shared as one socket: each process gets a socket of its
+own, bound to the same address with C{SO_REUSEPORT}, and the kernel spreads
+new connections over them. Processes that shared one socket raced for each
+connection, and the first to wake could take a burst of them all (Twisted
+accepts up to a hundred at a time): with two processes, one was seen
+serving all 32 connections of a benchmark while the other idled. A unix
+socket has no such spreading in Linux, and stays shared.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -31,7 +40,12 @@ from twisted.runner.procmon import ProcessMonitor
 from txfastcgi._child import moduleCommand
 from txfastcgi._emptied import Emptied
 
-__all__ = ["WORKER_EVENTS_DESCRIPTOR", "WORKER_OPTIONS_VARIABLE", "WorkerProcesses"]
+__all__ = [
+    "WORKER_EVENTS_DESCRIPTOR",
+    "WORKER_OPTIONS_VARIABLE",
+    "WorkerProcesses",
+    "parseSocketArguments",
+]
 
 # How the main process hands its parsed options to worker processes.
 WORKER_OPTIONS_VARIABLE = "TXFASTCGI_WORKER_OPTIONS"
@@ -39,29 +53,44 @@ WORKER_OPTIONS_VARIABLE = "TXFASTCGI_WORKER_OPTIONS"
 # The file descriptor on which a worker writes its log events for the main process.
 WORKER_EVENTS_DESCRIPTOR = 3
 
+_WORKER_MODULE = "txfastcgi.worker"
+
 # Seconds a worker gets after its own shutdown deadline before it is killed.
 _KILL_MARGIN = 5
 
 
+def _socketArguments(sockets: Sequence[tuple[int, int]]) -> list[str]:
+    """A worker's command-line arguments: C{FD:FAMILY} for each listening socket."""
+    return [f"{descriptor}:{family}" for descriptor, family in sockets]
+
+
+def parseSocketArguments(arguments: Sequence[str]) -> list[tuple[int, int]]:
+    """The file descriptor and address family of each socket a worker is given."""
+    sockets = []
+    for argument in arguments:
+        descriptor, family = argument.split(":")
+        sockets.append((int(descriptor), int(family)))
+    return sockets
+
+
 class _Inheriting(proxyForInterface(IReactorTime)):  # type: ignore[misc]
     """
-    A reactor whose spawned processes inherit some file descriptors (the
-    listening sockets) and share our output, for L{ProcessMonitor}, which
+    A reactor whose spawned processes inherit the listening sockets their
+    command line names and share our output, for L{ProcessMonitor}, which
     has no say in that.  Standard input stays a pipe from us: a worker
     stops when it reads its end, so it never outlives us. Its log events
     come to us on a pipe of their own (L{WORKER_EVENTS_DESCRIPTOR}).
     """
 
-    def __init__(self, reactor: IReactorTime, descriptors: Sequence[int]) -> None:
-        super().__init__(reactor)
-        self._childFDs: dict[int, int | str] = {0: "w", 1: 1, 2: 2, WORKER_EVENTS_DESCRIPTOR: "r"}
-        self._childFDs.update({descriptor: descriptor for descriptor in descriptors})
-
     def spawnProcess(
         self, processProtocol: IProcessProtocol, executable: str, args: Sequence[str], **kwargs: Any
     ) -> IProcessTransport:
+        childFDs: dict[int, int | str] = {0: "w", 1: 1, 2: 2, WORKER_EVENTS_DESCRIPTOR: "r"}
+        moduleArguments = list(args)[list(args).index(_WORKER_MODULE) + 1 :]
+        for descriptor, _ in parseSocketArguments(moduleArguments):
+            childFDs[descriptor] = descriptor
         return IReactorProcess(self.original).spawnProcess(
-            _WorkerEvents(processProtocol), executable, args, childFDs=self._childFDs, **kwargs
+            _WorkerEvents(processProtocol), executable, args, childFDs=childFDs, **kwargs
         )
 
 
@@ -121,28 +150,60 @@ class WorkerProcesses:
         self._killTime = math.ceil(timeout) + _KILL_MARGIN
         self._exited = exited
         self._monitor: _Monitor | None = None
+        # The workers' own TCP sockets, kept open here for a worker restarted.
+        self._ownSockets: list[socket.socket] = []
 
     def start(self, ports: Sequence[IListeningPort]) -> None:
         """Start the workers on C{ports}."""
-        inherited = [(port.fileno(), _family(port)) for port in ports]  # type: ignore[attr-defined]
-        # The options in the environment, not on the command line that any
-        # user can read: --param values may hold secrets.
-        command, environment = moduleCommand(
-            "txfastcgi.worker", [f"{descriptor}:{family}" for descriptor, family in inherited]
-        )
-        environment[WORKER_OPTIONS_VARIABLE] = json.dumps(self._options)
-        self._monitor = _Monitor(
-            _Inheriting(self._reactor, [d for d, _ in inherited]), self._exited
-        )
+        self._monitor = _Monitor(_Inheriting(self._reactor), self._exited)
         self._monitor.killTime = self._killTime
         for number in range(1, self._count + 1):
+            sockets = [self._socketFor(port) for port in ports]
+            command, environment = moduleCommand(_WORKER_MODULE, _socketArguments(sockets))
+            # The options in the environment, not on the command line that
+            # any user can read: --param values may hold secrets.
+            environment[WORKER_OPTIONS_VARIABLE] = json.dumps(self._options)
             self._monitor.addProcess(f"worker {number}", command, env=environment)
         self._monitor.startService()
+
+    def _socketFor(self, port: IListeningPort) -> tuple[int, int]:
+        """
+        The socket a worker serves C{port} on: for TCP, one of its own in
+        the port's C{SO_REUSEPORT} group (see the module docstring); for a
+        unix socket, the port's own.
+        """
+        descriptor: int = port.fileno()  # type: ignore[attr-defined]
+        address = port.getHost()
+        if not isinstance(address, (IPv4Address, IPv6Address)):
+            return descriptor, socket.AF_UNIX
+        family = socket.AF_INET if isinstance(address, IPv4Address) else socket.AF_INET6
+        with socket.socket(family, socket.SOCK_STREAM, fileno=os.dup(descriptor)) as shared:
+            # Linux lets a listening socket join a group after the fact.
+            shared.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            own = socket.socket(family, socket.SOCK_STREAM)
+            own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                own.setsockopt(
+                    socket.IPPROTO_IPV6,
+                    socket.IPV6_V6ONLY,
+                    shared.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY),
+                )
+            own.bind(shared.getsockname())
+        own.listen(getattr(port, "backlog", socket.SOMAXCONN))
+        # As Twisted's own: a worker's reactor must never block in accept().
+        own.setblocking(False)
+        self._ownSockets.append(own)
+        return own.fileno(), family
 
     def stop(self) -> None:
         """Tell every worker to shut down (each finishes its requests) and restart none."""
         if self._monitor is not None:
             self._monitor.stopService()
+        # The workers hold their own copies until they stop listening.
+        for own in self._ownSockets:
+            own.close()
+        self._ownSockets.clear()
 
     def whenStopped(self) -> Deferred[None]:
         """Fires once every worker has exited."""
@@ -197,12 +258,3 @@ class _Monitor(ProcessMonitor):
             self._exited(pid)
         if not self.protocols:
             self._empty.fire()
-
-
-def _family(port: IListeningPort) -> int:
-    address = port.getHost()
-    if isinstance(address, IPv4Address):
-        return socket.AF_INET
-    if isinstance(address, IPv6Address):
-        return socket.AF_INET6
-    return socket.AF_UNIX
