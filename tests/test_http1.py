@@ -106,9 +106,13 @@ class TCPTransport(StringTransport):
     """A L{StringTransport} that, as TCP does, can half-close."""
 
     writeClosed = False
+    noDelay = False
 
     def loseWriteConnection(self) -> None:
         self.writeClosed = True
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.noDelay = enabled
 
 
 class Client:
