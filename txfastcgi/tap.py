@@ -370,8 +370,8 @@ def _explain(kind: str, error: Exception) -> str:
 
 def makeService(options: Options) -> IService:
     """
-    The proxy: a php-fpm to spawn if asked, the site, its listeners and,
-    with C{--workers}, the worker processes that share them.
+    The proxy: a php-fpm to spawn if asked, the fronts (see L{_Front}), its
+    listeners and, with C{--workers}, the worker processes that share them.
     """
     from twisted.internet import reactor
 
@@ -462,8 +462,8 @@ def _twistLogFileReopener(options: Options) -> Callable[[], None] | None:
 
 def makeWorkerService(options: Mapping[str, Any], inherited: Sequence[tuple[int, int]]) -> IService:
     """
-    The service of a worker process started by C{--workers}: the same site
-    on listening sockets inherited from the main process.
+    The service of a worker process started by C{--workers}: the same
+    fronts on listening sockets inherited from the main process.
 
     @param options: the main process's, as L{makeService} serves them.
     @param inherited: file descriptor and address family of each socket.
