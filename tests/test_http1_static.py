@@ -235,10 +235,22 @@ def closing(factory: HTTP1Factory) -> tuple[Deferred[None], list[None]]:
     return done, fired
 
 
+def test_keeping_no_connections_closes_kept_idle_ones_and_leaves_new_ones_their_request() -> None:
+    factory, proxy, _ = makeFactory()
+    fresh, kept = Client(factory), Client(factory)
+    kept.send(get(b"/a"))
+    factory.keepNoConnections()
+    assert kept.closed() and not fresh.closed()
+    fresh.send(get(b"/b"))
+    assert [answer.header("Connection") for answer in fresh.answers()] == [["close"]]
+    assert fresh.closed() and proxy.seen() == [(b"/a", b""), (b"/b", b"")]
+
+
 def test_closing_connections_closes_idle_ones_at_once() -> None:
     factory, _, _ = makeFactory()
     fresh, kept = Client(factory), Client(factory)
     kept.send(get(b"/a"))
+    factory.keepNoConnections()
     _, fired = closing(factory)
     assert fresh.closed() and kept.closed()
     fresh.close()

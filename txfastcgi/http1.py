@@ -50,8 +50,8 @@ Static files the core finds are answered by L{StaticFiles}, on the pieces
 of L{txfastcgi.staticfiles}: small ones from memory, large ones by
 C{os.sendfile}, with the connection stepping aside as the transport's
 producer while the file goes. For a graceful shutdown,
-L{HTTP1Factory.closeConnections} closes idle connections at once and the
-others once they have answered.
+L{HTTP1Factory.keepNoConnections} and L{HTTP1Factory.closeConnections} close
+idle connections at once and the others once they have answered.
 
 Usage::
 
@@ -284,19 +284,32 @@ class HTTP1Factory(ServerFactory["HTTP1Connection"]):
         """What the listening ports' own log lines call this server."""
         return "txfastcgi"
 
+    def keepNoConnections(self) -> None:
+        """
+        Shutting down: close kept connections idle between requests now
+        (their clients have had every answer), and every other connection
+        once it has answered its request, with C{Connection: close}.
+        """
+        self.closing = True
+        for connection in list(self.connections):
+            connection.closeWhenIdle(fresh=False)
+
     def closeConnections(self) -> Deferred[None]:
         """
-        Close every connection once what was written to it is sent: idle
-        ones at once, the others once they have answered the request they
-        are receiving or answering (with C{Connection: close}); kept
-        connections are kept no more. For a graceful shutdown, once the
-        listeners are closed.
+        Close every connection once what was written to it is sent: as
+        L{keepNoConnections} does, and those that have not sent a byte yet
+        at once too. For a graceful shutdown, once the listeners are closed
+        and the requests in progress finished.
+
+        A connection accepted a moment ago is most likely about to send its
+        request: L{keepNoConnections}, which comes first, leaves it that
+        moment.
 
         @return: fires once every connection is closed.
         """
         self.closing = True
         for connection in list(self.connections):
-            connection.closeWhenIdle()
+            connection.closeWhenIdle(fresh=True)
         return self._allClosed.wait(not self.connections)
 
     def opened(self, connection: HTTP1Connection) -> None:
@@ -501,10 +514,14 @@ class HTTP1Connection(TwistedProtocol):
         assert transport is not None
         cast(IConsumer, transport).unregisterProducer()
 
-    def closeWhenIdle(self) -> None:
-        """Close now if no request is begun; else once it is answered (see L{responseDone})."""
+    def closeWhenIdle(self, fresh: bool) -> None:
+        """
+        Close now if kept idle between requests or, if C{fresh}, if no byte
+        of a request has come yet; else once the request is answered (see
+        L{responseDone}).
+        """
         phase = self._phase
-        if phase is _Phase.IDLE or (phase is _Phase.HEAD and not self._headBegun):
+        if phase is _Phase.IDLE or (fresh and phase is _Phase.HEAD and not self._headBegun):
             self.close()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:

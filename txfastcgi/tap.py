@@ -748,11 +748,11 @@ class _Front:
 
     def keepNoConnections(self) -> None:
         """
-        Shutting down: close idle HTTP/1.1 connections now, and the others
-        once their request is answered (with C{Connection: close}), as
-        nginx does, while requests finish.
+        Shutting down: close kept HTTP/1.1 connections idle now, and the
+        others once their request is answered (with C{Connection: close}),
+        as nginx does, while requests finish.
         """
-        self.http1.closeConnections()
+        self.http1.keepNoConnections()
 
     def closeConnections(self) -> Deferred[None]:
         """
