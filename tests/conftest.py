@@ -32,7 +32,7 @@ from typing import Protocol
 
 import pytest
 
-from tests.fronts import FRONTS, STATIC_FILE_FRONTS
+from tests.fronts import FRONTS
 from txfastcgi.phpfpm import (
     PHPFPMNotFound,
     PoolConfiguration,
@@ -231,12 +231,5 @@ def php_fpm_factory(php_document_root: str) -> Iterator[PHPFPMFactory]:
 @pytest.fixture(params=FRONTS)
 def front(request: pytest.FixtureRequest) -> str:
     """Each HTTP/1.1 front in turn (see L{tests.fronts}): the test runs once on each."""
-    name: str = request.param
-    return name
-
-
-@pytest.fixture(params=STATIC_FILE_FRONTS)
-def static_file_front(request: pytest.FixtureRequest) -> str:
-    """Each front that serves static files here (see L{tests.fronts.STATIC_FILE_FRONTS})."""
     name: str = request.param
     return name

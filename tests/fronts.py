@@ -18,9 +18,7 @@ in one of three ways:
   - L{startFront}: in a child process (C{twistd} and a tac), in front of a
     real php-fpm, for blocking clients.
 
-Static files: this branch has no static file sender for the http1 front, so
-it gets L{noStaticFileSender}, which answers 501; the tests that serve a
-static file run on the fronts in L{STATIC_FILE_FRONTS} only.
+Both serve static files, each its own way: http1 by its L{StaticFiles}.
 """
 
 from __future__ import annotations
@@ -56,8 +54,8 @@ from tests.recordingbackend import (
 )
 from txfastcgi import FastCGIResource
 from txfastcgi.accesslog import AccessLog
-from txfastcgi.framing import BodyFraming, Delimiter, responseBodyFraming
-from txfastcgi.http1 import DEFAULT_IDLE_TIMEOUT, HTTP1Factory, ServeStaticFile
+from txfastcgi.framing import responseBodyFraming
+from txfastcgi.http1 import DEFAULT_IDLE_TIMEOUT, HTTP1Factory, ServeStaticFile, StaticFiles
 from txfastcgi.limits import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT,
@@ -73,7 +71,6 @@ from txfastcgi.web import FastCGISite
 __all__ = [
     "COMMAND_FRONT",
     "FRONTS",
-    "STATIC_FILE_FRONTS",
     "Client",
     "FakeCore",
     "FakeExchange",
@@ -81,31 +78,18 @@ __all__ = [
     "ProxyTestCase",
     "RunningFronts",
     "knownDefect",
-    "noStaticFileSender",
     "onEveryFront",
     "serve",
-    "servesStaticFiles",
     "startFront",
 ]
 
 FRONTS = ("twisted.web", "http1")
 """Every HTTP/1.1 front, by the name its tests are known by."""
 
-STATIC_FILE_FRONTS = ("twisted.web",)
-"""The fronts that serve static files here; http1 joins once it has a sender."""
-
-COMMAND_FRONT = "twisted.web"
+COMMAND_FRONT = "http1"
 """The front that C{twist fastcgi-proxy} serves: see L{startFront}."""
 
 Front = FastCGISite | HTTP1Factory
-
-
-def noStaticFileSender(request: RequestFacts, filename: str, writer: Any) -> None:
-    """The http1 front's static file sender until it has one: a 501, said plainly."""
-    body = b"No static file sender in this test harness.\n"
-    writer.writeHead(501, b"Not Implemented", [], BodyFraming(Delimiter.CONTENT_LENGTH, len(body)))
-    writer.writeBody(body)
-    writer.finish()
 
 
 def serve(
@@ -118,14 +102,15 @@ def serve(
     bodyTimeout: float = DEFAULT_BODY_TIMEOUT,
     idleTimeout: float = DEFAULT_IDLE_TIMEOUT,
     observers: Sequence[Callable[[Served], object]] | None = None,
-    serveStaticFile: ServeStaticFile = noStaticFileSender,
+    serveStaticFile: ServeStaticFile | None = None,
     reactor: IReactorTime | None = None,
 ) -> Front:
     """
     The factory of C{front} serving C{resource} (or, for http1, its core),
     with these limits; observers default to an access log in the event log
     for both, as L{FastCGISite}'s do.  C{serveStaticFile} is http1's static
-    file sender (twisted.web's front has its own).
+    file sender, by default its own L{StaticFiles} (twisted.web's front has
+    its own).
     """
     shared: dict[str, Any] = {
         "maxBodySize": maxBodySize,
@@ -139,7 +124,10 @@ def serve(
         return FastCGISite(resource, timeout=idleTimeout, **shared)
     assert front == "http1", front
     return HTTP1Factory(
-        resource.proxy, serveStaticFile=serveStaticFile, idleTimeout=idleTimeout, **shared
+        resource.proxy,
+        serveStaticFile=StaticFiles() if serveStaticFile is None else serveStaticFile,
+        idleTimeout=idleTimeout,
+        **shared,
     )
 
 
@@ -312,22 +300,9 @@ def onEveryFront(case: _Case) -> _Case:
             "__module__": case.__module__,
             "__qualname__": name,
         }
-        if front not in STATIC_FILE_FRONTS:
-            for attribute, function in vars(case).items():
-                if getattr(function, "servesStaticFiles", False):
-                    namespace[attribute] = None  # Not collected: see STATIC_FILE_FRONTS.
         setattr(module, name, type(name, (case,), namespace))
     case.__test__ = False  # type: ignore[attr-defined]
     return case
-
-
-_Function = TypeVar("_Function", bound=Callable[..., Any])
-
-
-def servesStaticFiles(test: _Function) -> _Function:
-    """Mark a test of L{onEveryFront} that needs a static file sender."""
-    test.servesStaticFiles = True  # type: ignore[attr-defined]
-    return test
 
 
 class ProxyTestCase(TestCase):

@@ -146,8 +146,8 @@ def test_a_directory_index_and_a_redirect_to_it(browser: Browser, proxy: Proxy) 
     assert (moved.status, moved.getheader("Location")) == (301, "/sub/?a=1")
 
 
-def test_static_files_have_their_types(fronts: RunningFronts, static_file_front: str) -> None:
-    browser = Browser(fronts[static_file_front].url)
+def test_static_files_have_their_types(fronts: RunningFronts, front: str) -> None:
+    browser = Browser(fronts[front].url)
     css = browser.request("/style.css")
     assert css.status == 200
     assert css.headers["Content-Type"] == "text/css"

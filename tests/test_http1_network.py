@@ -51,9 +51,24 @@ def exchange(port: int, wrap: ssl.SSLContext | None = None) -> bytes:
     return bytes(received)
 
 
+class NoDelayNoted(BigOrSmall):
+    """Notes whether Nagle's algorithm is off on the socket of each request's connection."""
+
+    def __init__(self) -> None:
+        super().__init__(answerAtOnce=False)
+        self.noDelay: list[int] = []
+
+    def handle(self, request: RequestFacts, writer: ResponseWriter) -> FakeExchange:
+        handle = writer._connection.transport.getHandle()  # type: ignore[attr-defined]
+        self.noDelay.append(handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        return super().handle(request, writer)
+
+
 class LoopbackTests(TestCase):
-    def listen(self, **tls: Any) -> int:
-        factory = HTTP1Factory(BigOrSmall(answerAtOnce=False), serveStaticFile=staticFileServer([]))
+    def listen(self, proxy: BigOrSmall | None = None, **tls: Any) -> int:
+        if proxy is None:
+            proxy = BigOrSmall(answerAtOnce=False)
+        factory = HTTP1Factory(proxy, serveStaticFile=staticFileServer([]))
         if tls:
             port = reactor.listenSSL(  # type: ignore[attr-defined]
                 0, factory, tls["options"], interface="127.0.0.1"
@@ -83,3 +98,15 @@ class LoopbackTests(TestCase):
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
         self.assertAnswered(await deferToThread(exchange, port, context))
+
+    async def test_nagles_algorithm_is_off_so_that_a_last_small_write_waits_for_no_ack(
+        self,
+    ) -> None:
+        """
+        A chunked response ends with a write of its own: with Nagle's
+        algorithm on it would wait for the client's delayed ACK (40 ms).
+        """
+        proxy = NoDelayNoted()
+        port = self.listen(proxy)
+        self.assertAnswered(await deferToThread(exchange, port))
+        self.assertEqual([bool(noDelay) for noDelay in proxy.noDelay], [True, True])

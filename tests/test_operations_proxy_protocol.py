@@ -54,7 +54,8 @@ def test_remote_addr_is_the_client_the_balancer_names(
     proxied: Proxy, header: bytes, address: str, port: str
 ) -> None:
     head, _, body = exchange(proxied, header + REQUEST).partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.0 200 "), head + proxied.log().encode()
+    # HTTP/1.1 answers an HTTP/1.0 request too, as nginx does (RFC 9110 section 2.5).
+    assert head.startswith(b"HTTP/1.1 200 "), head + proxied.log().encode()
     info = json.loads(body)
     assert (info["REMOTE_ADDR"], info["REMOTE_PORT"]) == (address, port)
 

@@ -31,7 +31,7 @@ from twisted.python.failure import Failure
 from twisted.web._http2 import H2Connection
 
 from tests.fakebackend import ReceivedRequest
-from tests.fronts import InMemoryFront, ProxyTestCase, onEveryFront, servesStaticFiles
+from tests.fronts import InMemoryFront, ProxyTestCase, onEveryFront
 from tests.recordingbackend import (
     EXECUTED,
     SECRET,
@@ -219,7 +219,6 @@ class PathTricksTests(AttackTestCase):
         self.assertEqual(answer.status, 200)
         self.assertEqual(requests[0].params[b"QUERY_STRING"], b"q=%0a%00")
 
-    @servesStaticFiles
     async def test_only_an_ascii_php_extension_makes_a_script(self) -> None:
         """
         ``/shell.%EF%BD%90hp`` (a full-width p) exists; it is not a script, so it is

@@ -82,12 +82,6 @@ def proxy(fronts: RunningFronts, front: str) -> Proxy:
     return fronts[front]
 
 
-@pytest.fixture
-def staticProxy(fronts: RunningFronts, static_file_front: str) -> Proxy:
-    """Each front that serves static files, in front of php-fpm serving the attack site."""
-    return fronts[static_file_front]
-
-
 def send(proxy: Proxy, *writes: bytes) -> bytes:
     """Write raw bytes to the proxy; everything it sent back until it closed."""
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=20) as connection:
@@ -135,8 +129,8 @@ def test_script_source_and_hidden_files_are_never_served(proxy: Proxy) -> None:
         assert EXECUTED not in answer.body
 
 
-def test_a_full_width_php_extension_is_not_run(staticProxy: Proxy) -> None:
-    answer = fetch(staticProxy, b"/shell.%EF%BD%90hp")
+def test_a_full_width_php_extension_is_not_run(proxy: Proxy) -> None:
+    answer = fetch(proxy, b"/shell.%EF%BD%90hp")
     assert answer.status == 200
     assert EXECUTED not in answer.body
 

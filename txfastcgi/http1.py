@@ -46,9 +46,16 @@ write; and a write goes straight to the socket when Twisted's buffer is
 empty, instead of waiting for the next reactor turn (plain TCP and unix
 sockets only: through TLS or any wrapping transport, Twisted writes).
 
+Static files the core finds are answered by L{StaticFiles}, on the pieces
+of L{txfastcgi.staticfiles}: small ones from memory, large ones by
+C{os.sendfile}, with the connection stepping aside as the transport's
+producer while the file goes. For a graceful shutdown,
+L{HTTP1Factory.keepNoConnections} and L{HTTP1Factory.closeConnections} close
+idle connections at once and the others once they have answered.
+
 Usage::
 
-    factory = HTTP1Factory(proxy, serveStaticFile=sendStatic, observers=[accessLog])
+    factory = HTTP1Factory(proxy, serveStaticFile=StaticFiles(), observers=[accessLog])
     endpoints.serverFromString(reactor, "tcp:8080").listen(factory)
 """
 
@@ -60,7 +67,7 @@ from collections.abc import Callable, Sequence
 from email.utils import formatdate
 from enum import Enum
 from socket import socket
-from typing import IO, Protocol, cast
+from typing import IO, BinaryIO, Protocol, cast
 
 from httptools import (
     HttpParserCallbackError,
@@ -70,6 +77,8 @@ from httptools import (
 )
 from twisted.internet import tcp
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import (
     IAddress,
     IConsumer,
@@ -84,7 +93,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from txfastcgi.framing import BodyFraming, Delimiter
+from txfastcgi._emptied import Emptied
+from txfastcgi.framing import BodyFraming, Delimiter, responseBodyFraming
 from txfastcgi.limits import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT,
@@ -95,8 +105,16 @@ from txfastcgi.limits import (
 )
 from txfastcgi.proxy import RequestFacts
 from txfastcgi.served import Served, upstreamOf
+from txfastcgi.staticfiles import (
+    ByteRange,
+    FileSender,
+    SmallFileCache,
+    StaticResponse,
+    decideResponse,
+    openFile,
+)
 
-__all__ = ["DEFAULT_IDLE_TIMEOUT", "HTTP1Connection", "HTTP1Factory", "Response"]
+__all__ = ["DEFAULT_IDLE_TIMEOUT", "HTTP1Connection", "HTTP1Factory", "Response", "StaticFiles"]
 
 DEFAULT_IDLE_TIMEOUT = 75.0
 """Seconds a kept connection may stay idle between requests by default: nginx's."""
@@ -112,6 +130,8 @@ _VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
 
 _REASONS = {
     400: b"Bad Request",
+    403: b"Forbidden",
+    404: b"Not Found",
     408: b"Request Timeout",
     413: b"Content Too Large",
     414: b"URI Too Long",
@@ -120,8 +140,20 @@ _REASONS = {
 }
 
 _SERVER_LINE = b"Server: txfastcgi\r\n"
+_HTML = (b"Content-Type", b"text/html; charset=utf-8")
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
+
+
+def _errorPage(code: int, detail: str) -> bytes:
+    """The body of an error answer of the front's own."""
+    reason = _REASONS[code]
+    return b"<html><head><title>%d %s</title></head><body><h1>%s</h1><p>%s</p></body></html>\n" % (
+        code,
+        reason,
+        reason,
+        detail.encode("ascii"),
+    )
 
 
 class _Exchange(Protocol):
@@ -159,6 +191,8 @@ class _Phase(Enum):
     """Refused: reading and dropping for a few seconds before closing."""
     CLOSING = "closing"
     """Closing once what was written is sent."""
+    HANDED_OVER = "handed over"
+    """Served by another protocol: see L{HTTP1Connection.handOver}."""
 
 
 class _Framing(Enum):
@@ -206,6 +240,10 @@ class HTTP1Factory(ServerFactory["HTTP1Connection"]):
     @param reactor: for the deadlines, the Date header and the records.
     """
 
+    # The listening ports log where they listen, under logPrefix's name:
+    # no line for the factory itself.
+    noisy = False
+
     def __init__(
         self,
         proxy: _Proxy,
@@ -236,8 +274,55 @@ class HTTP1Factory(ServerFactory["HTTP1Connection"]):
             _Phase.LINGERING: LINGER_TIME,
         }
         self.deadlines = DeadlineSweep(reactor)
+        self.connections: set[HTTP1Connection] = set()
+        self.closing = False
+        self._allClosed = Emptied()
         self._dateSecond = -1
         self._dateLine = b""
+
+    def logPrefix(self) -> str:
+        """What the listening ports' own log lines call this server."""
+        return "txfastcgi"
+
+    def keepNoConnections(self) -> None:
+        """
+        Shutting down: close kept connections idle between requests now
+        (their clients have had every answer), and every other connection
+        once it has answered its request, with C{Connection: close}.
+        """
+        self.closing = True
+        for connection in list(self.connections):
+            connection.closeWhenIdle(fresh=False)
+
+    def closeConnections(self) -> Deferred[None]:
+        """
+        Close every connection once what was written to it is sent: as
+        L{keepNoConnections} does, and those that have not sent a byte yet
+        at once too. For a graceful shutdown, once the listeners are closed
+        and the requests in progress finished.
+
+        A connection accepted a moment ago is most likely about to send its
+        request: L{keepNoConnections}, which comes first, leaves it that
+        moment.
+
+        @return: fires once every connection is closed.
+        """
+        self.closing = True
+        for connection in list(self.connections):
+            connection.closeWhenIdle(fresh=True)
+        return self._allClosed.wait(not self.connections)
+
+    def opened(self, connection: HTTP1Connection) -> None:
+        """C{connection} is open: its deadlines apply, and it is closed at shutdown."""
+        self.connections.add(connection)
+        self.deadlines.track(connection)
+
+    def closed(self, connection: HTTP1Connection) -> None:
+        """C{connection} is closed, or given to another protocol."""
+        self.deadlines.untrack(connection)
+        self.connections.discard(connection)
+        if not self.connections:
+            self._allClosed.fire()
 
     def buildProtocol(self, addr: IAddress | None) -> HTTP1Connection:
         return HTTP1Connection(self)
@@ -249,6 +334,74 @@ class HTTP1Factory(ServerFactory["HTTP1Connection"]):
             self._dateSecond = second
             self._dateLine = b"Date: %s\r\n" % formatdate(second, usegmt=True).encode("ascii")
         return self._dateLine
+
+
+# The request headers a static file answer depends on, by the name of the
+# argument of decideResponse that takes them.
+_CONDITIONS = {
+    b"if-match": "ifMatch",
+    b"if-none-match": "ifNoneMatch",
+    b"if-modified-since": "ifModifiedSince",
+    b"if-unmodified-since": "ifUnmodifiedSince",
+    b"if-range": "ifRange",
+    b"range": "rangeHeader",
+}
+
+
+class StaticFiles:
+    """
+    Answers the static files the core finds, as L{HTTP1Factory}'s
+    C{serveStaticFile}: preconditions, a single Range and HEAD as
+    L{decideResponse} rules; files up to the cache's C{maxFileSize} from
+    memory (a L{SmallFileCache}, which checks each with one C{os.stat}),
+    larger ones by a L{FileSender}, which uses C{os.sendfile} on a plain
+    socket and reads no faster than the client takes the file.
+
+    A file gone or unreadable since the core found it gets 404 or 403.
+    """
+
+    def __init__(self, cache: SmallFileCache | None = None) -> None:
+        self.cache = SmallFileCache() if cache is None else cache
+
+    def __call__(self, request: RequestFacts, filename: str, response: Response) -> None:
+        conditions: dict[str, bytes] = {}
+        for name, value in request.headers:
+            keyword = _CONDITIONS.get(name.lower())
+            if keyword is not None:
+                earlier = conditions.get(keyword)
+                conditions[keyword] = value if earlier is None else earlier + b", " + value
+        try:
+            cached = self.cache.get(filename)
+            if cached is None:
+                file, facts = openFile(filename)
+        except (FileNotFoundError, NotADirectoryError):
+            self._fail(request, response, 404, "The file is gone.")
+            return
+        except OSError:
+            self._fail(request, response, 403, "The file cannot be read.")
+            return
+        if cached is not None:
+            answer = decideResponse(request.method, cached.facts, **conditions)
+            response.writeStaticHead(answer)
+            if answer.byteRange is not None:
+                response.writeBody(bytes(cached.content(answer.byteRange)))
+            response.finish()
+            return
+        answer = decideResponse(request.method, facts, **conditions)
+        response.writeStaticHead(answer)
+        if answer.byteRange is None or not answer.byteRange.length:
+            file.close()
+            response.finish()
+        else:
+            response.sendFile(file, answer.byteRange)
+
+    def _fail(self, request: RequestFacts, response: Response, code: int, detail: str) -> None:
+        page = _errorPage(code, detail)
+        framing = responseBodyFraming(request.method, code, len(page), request.version)
+        response.writeHead(code, _REASONS[code], [_HTML], framing)
+        if framing.hasBody:
+            response.writeBody(page)
+        response.finish()
 
 
 def _address(address: IAddress) -> tuple[str, int | None]:
@@ -290,6 +443,7 @@ class HTTP1Connection(TwistedProtocol):
         # The transport to write to directly, and its socket: see send.
         self._direct: tcp.Connection | None = None
         self._socket: socket | None = None
+        self._addressed = False
         self._client: tuple[str, int | None] = ("", None)
         self._server: tuple[str, int | None] = ("", None)
         self._secure = False
@@ -334,18 +488,45 @@ class HTTP1Connection(TwistedProtocol):
     def connectionMade(self) -> None:
         transport = self.transport
         assert transport is not None
-        self._client = _address(transport.getPeer())
-        self._server = _address(transport.getHost())
+        if ITCPTransport.providedBy(transport):
+            # A response goes out in several writes (its last chunk alone,
+            # say): under Nagle's algorithm each write after the first would
+            # wait for the client's delayed ACK, 40 ms on Linux, as nginx's
+            # tcp_nodelay avoids.
+            transport.setTcpNoDelay(True)
         self._secure = ISSLTransport.providedBy(transport)
         if isinstance(transport, tcp.Connection) and not self._secure:
             self._direct = transport
             self._socket = transport.getHandle()
         cast(IConsumer, transport).registerProducer(self, True)
         self._since = self.factory.reactor.seconds()
-        self.factory.deadlines.track(self)
+        self.factory.opened(self)
+
+    def handOver(self) -> None:
+        """
+        Give the connection up before its first request, for another
+        protocol to serve it (HTTP/2, negotiated by ALPN): no deadline of
+        this front's applies to it any more, and it writes nothing.
+        """
+        self._phase = _Phase.HANDED_OVER
+        self.factory.closed(self)
+        transport = self.transport
+        assert transport is not None
+        cast(IConsumer, transport).unregisterProducer()
+
+    def closeWhenIdle(self, fresh: bool) -> None:
+        """
+        Close now if kept idle between requests or, if C{fresh}, if no byte
+        of a request has come yet; else once the request is answered (see
+        L{responseDone}).
+        """
+        phase = self._phase
+        if phase is _Phase.IDLE or (fresh and phase is _Phase.HEAD and not self._headBegun):
+            self.close()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.factory.deadlines.untrack(self)
+        if self._phase is not _Phase.HANDED_OVER:
+            self.factory.closed(self)
         self._direct = self._socket = None
         self._phase = _Phase.CLOSING
         self._discardBody()
@@ -380,6 +561,14 @@ class HTTP1Connection(TwistedProtocol):
         phase = self._phase
         if phase is _Phase.LINGERING or phase is _Phase.CLOSING:
             return  # Read and dropped; see the module docstring.
+        if not self._addressed:
+            # Behind the PROXY protocol, the addresses it names are known
+            # only once its header is read, before the first byte for us.
+            self._addressed = True
+            transport = self.transport
+            assert transport is not None
+            self._client = _address(transport.getPeer())
+            self._server = _address(transport.getHost())
         self._now = self.factory.reactor.seconds()
         if phase is _Phase.BODY:
             self._since = self._now
@@ -634,7 +823,7 @@ class HTTP1Connection(TwistedProtocol):
         if response is not self._response:
             return
         self._response = self._producer = None
-        if not keepAlive:
+        if not keepAlive or self.factory.closing:
             self.close()
             return
         self._phase, self._since = _Phase.IDLE, self.factory.reactor.seconds()
@@ -663,6 +852,23 @@ class HTTP1Connection(TwistedProtocol):
             transport = self.transport
             assert transport is not None
             transport.abortConnection()  # type: ignore[attr-defined]
+
+    def fileSender(self, file: BinaryIO, byteRange: ByteRange) -> FileSender:
+        """
+        A sender of C{byteRange} of C{file} to the transport, whose producer
+        it becomes until L{fileSent}: the connection steps aside.
+        """
+        transport = self.transport
+        assert transport is not None
+        cast(IConsumer, transport).unregisterProducer()
+        return FileSender(transport, file, *byteRange)
+
+    def fileSent(self) -> None:
+        """The file sender is done: be the transport's producer again."""
+        self._writePaused = False
+        transport = self.transport
+        assert transport is not None
+        cast(IConsumer, transport).registerProducer(self, True)
 
     def setProducer(self, producer: IPushProducer | None) -> None:
         """The producer of the response being written, paused while the transport is."""
@@ -717,15 +923,7 @@ class HTTP1Connection(TwistedProtocol):
         self._unparsed = b""
         code, detail = refused.code, refused.detail
         reason = _REASONS[code]
-        body = (
-            b"<html><head><title>%d %s</title></head><body><h1>%s</h1><p>%s</p></body></html>\n"
-            % (
-                code,
-                reason,
-                reason,
-                detail.encode("ascii"),
-            )
-        )
+        body = _errorPage(code, detail)
         self.send(
             b"HTTP/1.1 %d %s\r\nConnection: close\r\n%s%sContent-Type: text/html; charset=utf-8\r\n"
             b"Content-Length: %d\r\n\r\n%s"
@@ -843,13 +1041,77 @@ class Response:
             parts.append(b"Transfer-Encoding: chunked\r\n")
         elif delimiter is Delimiter.CLOSE:
             self.keepAlive = False
-        if not self.keepAlive:
-            parts.append(b"Connection: close\r\n\r\n")
-        elif oldClient:
-            parts.append(b"Connection: keep-alive\r\n\r\n")
-        else:
-            parts.append(b"\r\n")
+        parts.append(self._connectionLine(oldClient))
         self._head = b"".join(parts)
+
+    def _connectionLine(self, oldClient: bool) -> bytes:
+        """
+        The end of the head: what it says of the connection, and the blank
+        line. A server shutting down keeps no connection.
+        """
+        if self._connection.factory.closing:
+            self.keepAlive = False
+        if not self.keepAlive:
+            return b"Connection: close\r\n\r\n"
+        if oldClient:
+            return b"Connection: keep-alive\r\n\r\n"
+        return b"\r\n"
+
+    def writeStaticHead(self, answer: StaticResponse) -> None:
+        """
+        Start the answer to a static file request, with its prebuilt header
+        block (which holds its Content-Length); the body, if it has one, is
+        then written with L{writeBody} or L{sendFile}.
+        """
+        if self._done:
+            return
+        byteRange = answer.byteRange
+        if byteRange is None:
+            self._delimiter, self._length = Delimiter.NONE, 0
+        else:
+            self._delimiter, self._length = Delimiter.CONTENT_LENGTH, byteRange.length
+        self._code = answer.status
+        factory = self._connection.factory
+        self._head = b"".join(
+            (
+                b"HTTP/1.1 %d %s\r\n" % (answer.status, answer.reason),
+                answer.headerBlock,
+                factory.dateLine(factory.reactor.seconds()),
+                _SERVER_LINE,
+                self._connectionLine(self.request.version == b"HTTP/1.0"),
+            )
+        )
+
+    def sendFile(self, file: BinaryIO, byteRange: ByteRange) -> None:
+        """
+        Send C{byteRange} of C{file} as the body, after the head, with a
+        L{FileSender} (C{os.sendfile} on a plain socket, which reads the
+        file only as fast as the client takes it), then finish; C{file} is
+        closed in every case.
+        """
+        if self._done:
+            file.close()
+            return
+        head, self._head = self._head, b""
+        connection = self._connection
+        connection.send(head)
+        sender = connection.fileSender(file, byteRange)
+
+        def sent(_: None) -> None:
+            self._sent = sender.sent
+            connection.fileSent()
+            self.finish()
+
+        def failed(reason: Failure) -> None:
+            if reason.check(ConnectionLost):
+                self._done = True  # The connection tells the rest.
+                return
+            self._connection._log.failure(
+                "Cannot send {name}", reason, name=getattr(file, "name", "a file")
+            )
+            self.abort()
+
+        sender.start().addCallbacks(sent, failed)
 
     def writeBody(self, data: bytes) -> None:
         if self._done or not data:

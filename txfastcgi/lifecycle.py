@@ -21,8 +21,10 @@ Start-up, in order:
   7. reopen logs on SIGHUP or SIGUSR1, what logrotate's postrotate sends
 
 Shutdown (SIGTERM, SIGINT, a fatal start-up step), in order:
-  1. stop listening         new connections are refused; workers are told to
-                            shut down the same way
+  1. stop listening         new connections are refused; kept client
+                            connections idle between requests close, the
+                            others once they have answered (C{Connection:
+                            close}); workers are told to shut down the same way
   2. finish requests        requests in progress (and the workers) finish
   3. close connections      client connections close once their responses
                             are written; idle FastCGI connections close,

@@ -47,9 +47,12 @@ from twisted.web.server import Request
 
 from txfastcgi.balancer import BackendStatistics
 from txfastcgi.forwarded import Networks
+from txfastcgi.framing import responseBodyFraming
+from txfastcgi.proxy import Exchange, Proxy, RequestFacts, ResponseWriter, reasonPhrase
 
 __all__ = [
     "OperatorPage",
+    "PagesBeforeProxy",
     "StatisticsSource",
     "StatusResource",
     "WithPages",
@@ -204,3 +207,56 @@ class WithPages(Resource):
             resource = getChildForRequest(self._application, request)
         result: bytes | int = resource.render(request)
         return result
+
+
+class _Answered:
+    """The exchange of a request a page answered at once: nothing is left to stop."""
+
+    def clientGone(self) -> None:
+        """Nothing runs for it."""
+
+
+_ANSWERED = _Answered()
+_GET_OR_HEAD = (b"GET", b"HEAD")
+
+
+class _Page(Protocol):
+    """What L{PagesBeforeProxy} asks of a page: an L{OperatorPage}'s L{OperatorPage.respond}."""
+
+    def respond(self, host: str | None) -> tuple[int, list[tuple[bytes, bytes]], bytes]: ...
+
+
+class PagesBeforeProxy:
+    """
+    The core, L{Proxy}, as a front other than twisted.web hands it requests
+    (the dedicated HTTP/1.1 front), with each of C{pages} at exactly its
+    path, as L{WithPages} does for twisted.web: a request whose path (the
+    target without its query) is one of them is answered by the page's
+    L{OperatorPage.respond}, for the client's own address, and never
+    reaches PHP; GET and HEAD only, anything else 405, as twisted.web
+    answers.
+
+    @ivar proxy: the core, which answers everything else.
+    """
+
+    def __init__(self, proxy: Proxy, pages: Mapping[bytes, _Page]) -> None:
+        self.proxy = proxy
+        self._pages = dict(pages)
+
+    def handle(self, request: RequestFacts, writer: ResponseWriter) -> Exchange | _Answered:
+        page = self._pages.get(request.target.partition(b"?")[0])
+        if page is None:
+            return self.proxy.handle(request, writer)
+        if request.method in _GET_OR_HEAD:
+            code, headers, body = page.respond(request.client[0] or None)
+        else:
+            code, body = http.NOT_ALLOWED, b"This page is read with GET or HEAD.\n"
+            headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"allow", b"GET, HEAD")]
+        framing = responseBodyFraming(request.method, code, len(body), request.version)
+        if not framing.hasBody:
+            headers = [*headers, (b"content-length", b"%d" % len(body))]
+        writer.writeHead(code, reasonPhrase(code), headers, framing)
+        if framing.hasBody:
+            writer.writeBody(body)
+        writer.finish()
+        return _ANSWERED

@@ -29,6 +29,7 @@ from twisted.internet.interfaces import (
     IAddress,
     IListeningPort,
     IProtocol,
+    IProtocolFactory,
     IReactorSocket,
     IReactorTime,
     ITransport,
@@ -40,21 +41,28 @@ from twisted.python import usage
 from twisted.python.components import proxyForInterface
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource
-from twisted.web.server import Site
 
 from txfastcgi._emptied import Emptied
 from txfastcgi._units import parseDuration, parseSize
 from txfastcgi._version import __version__
 from txfastcgi.accesslog import ACCESS_LOG_FORMATS, AccessLog
+from txfastcgi.alpn import ByALPN
 from txfastcgi.balancer import Balancer
 from txfastcgi.forwarded import Networks
+from txfastcgi.http1 import HTTP1Factory, StaticFiles
 from txfastcgi.lifecycle import Lifecycle, Step, onLogRotation
 from txfastcgi.limits import DEFAULT_MAX_BODY_SIZE
 from txfastcgi.phpfpm import PHPFPMNotFound, PHPFPMService, findPHPFPM
 from txfastcgi.pool import ConnectionPool
 from txfastcgi.resource import FastCGIResource
 from txfastcgi.served import Served
-from txfastcgi.status import StatisticsSource, StatusResource, WithPages
+from txfastcgi.status import (
+    OperatorPage,
+    PagesBeforeProxy,
+    StatisticsSource,
+    StatusResource,
+    WithPages,
+)
 from txfastcgi.web import FastCGISite
 
 if TYPE_CHECKING:
@@ -362,8 +370,8 @@ def _explain(kind: str, error: Exception) -> str:
 
 def makeService(options: Options) -> IService:
     """
-    The proxy: a php-fpm to spawn if asked, the site, its listeners and,
-    with C{--workers}, the worker processes that share them.
+    The proxy: a php-fpm to spawn if asked, the fronts (see L{_Front}), its
+    listeners and, with C{--workers}, the worker processes that share them.
     """
     from twisted.internet import reactor
 
@@ -385,7 +393,7 @@ def makeService(options: Options) -> IService:
         del limits[SPAWN]
     served = {**options, "php-fpm": backends, "connection-limits": limits}
     listeners = _Listeners(
-        [endpoints.serverFromString(reactor, d).listen for d in options["listen"]]
+        [(endpoints.serverFromString(reactor, d).listen, _isTLS(d)) for d in options["listen"]]
     )
     workers = None
     if options["workers"] > 1:
@@ -454,16 +462,17 @@ def _twistLogFileReopener(options: Options) -> Callable[[], None] | None:
 
 def makeWorkerService(options: Mapping[str, Any], inherited: Sequence[tuple[int, int]]) -> IService:
     """
-    The service of a worker process started by C{--workers}: the same site
-    on listening sockets inherited from the main process.
+    The service of a worker process started by C{--workers}: the same
+    fronts on listening sockets inherited from the main process.
 
     @param options: the main process's, as L{makeService} serves them.
     @param inherited: file descriptor and address family of each socket.
     """
     from twisted.internet import reactor
 
+    # Plain sockets only: see _SHAREABLE.
     adopters = [
-        partial(_adopt, cast(IReactorSocket, reactor), descriptor, family)
+        (partial(_adopt, cast(IReactorSocket, reactor), descriptor, family), False)
         for descriptor, family in inherited
     ]
     return _lifecycle(cast(IReactorTime, reactor), options, _Listeners(adopters))
@@ -486,18 +495,15 @@ def _lifecycle(
     @param reopenEventLog: opens the event log's file again, on SIGHUP or
         SIGUSR1, if it is a file.
     """
-    site, resource, balancer, metrics = _site(options, reactor, phpFPM)
+    front = _Front(options, reactor, phpFPM)
+    metrics = front.metrics
 
     def reopenLogs() -> None:
         if reopenEventLog is not None:
             reopenEventLog()
-        site.accessLog.reopen()
+        front.accessLog.reopen()
         if workers is not None:
             workers.signal("HUP")
-
-    def closeConnections() -> Deferred[None]:
-        balancer.close()
-        return site.closeConnections()
 
     spawning = [] if phpFPM is None else [phpFPM]
     supervising = [] if workers is None else [workers]
@@ -506,7 +512,7 @@ def _lifecycle(
     startup = [
         *(Step("start php-fpm", p.startService) for p in spawning),
         *(Step("wait for php-fpm", p.whenListening) for p in spawning),
-        Step("listen", partial(listeners.listen, site), fatal=True),
+        Step("listen", partial(listeners.listen, front), fatal=True),
         *(
             [Step("announce", partial(_announce, reactor, options, listeners.ports))]
             if announce
@@ -516,12 +522,17 @@ def _lifecycle(
         *(Step("start workers", partial(w.start, listeners.ports)) for w in supervising),
         Step("reopen logs on SIGHUP or SIGUSR1", partial(onLogRotation, reactor, reopenLogs)),
     ]
+
+    def stopListening() -> Deferred[None]:
+        front.keepNoConnections()
+        return listeners.stopListening()
+
     shutdown = [
-        Step("stop listening", listeners.stopListening),
+        Step("stop listening", stopListening),
         *(Step("stop workers", w.stop) for w in supervising),
-        Step("finish requests", resource.whenIdle, bounded=True),
+        Step("finish requests", front.proxy.whenIdle, bounded=True),
         *(Step("wait for workers", w.whenStopped, bounded=True) for w in supervising),
-        Step("close connections", closeConnections, bounded=True),
+        Step("close connections", front.closeConnections, bounded=True),
         *(Step("stop php-fpm", p.stopService) for p in spawning),
         *(Step("stop writing metrics", m.stop) for m in sharing),
         *(
@@ -645,13 +656,15 @@ def _url(description: str, address: IAddress) -> str:
     return f"{scheme}://{host}:{address.port}/{proxied}"
 
 
-def _site(
-    options: Mapping[str, Any], reactor: IReactorTime, phpFPM: PHPFPMService | None = None
-) -> tuple[_Site, FastCGIResource, Balancer, Metrics | None]:
+class _Front:
     """
-    The web site every process serves: the resource over a balancer of the
-    backends (with one backend too, which then notices a restart of php-fpm
-    at once), the status and metrics pages if asked for, and the access log.
+    What every listener of one process serves, over one core (one
+    L{txfastcgi.proxy.Proxy}, over a balancer of the backends, with one
+    backend too, which then notices a restart of php-fpm at once): the
+    dedicated HTTP/1.1 front (L{txfastcgi.http1}) on every listener, and on
+    TLS listeners twisted.web's site for the clients that negotiate HTTP/2
+    (L{txfastcgi.alpn}); the status and metrics pages if asked for, and the
+    access log.
 
     With C{--workers} and either page, the metrics are kept where every
     process reads them (C{metrics-directory}, which L{makeService} adds to
@@ -662,60 +675,107 @@ def _site(
     @param phpFPM: the php-fpm this process spawned, if any, whose restarts
         are counted.
     """
-    pools = {
-        backend: ConnectionPool(
-            reactor,
-            endpoints.clientFromString(reactor, backend),
-            # The limit is for the backend, so the processes share it.
-            maxConnections=max(1, limit // options["workers"]),
-            connectTimeout=options["connect-timeout"],
-            readTimeout=options["read-timeout"],
-            idleTimeout=options["idle-timeout"],
-            queueTimeout=options["queue-timeout"],
-            name=backend,
-        )
-        for backend, limit in options["connection-limits"].items()
-    }
-    balancer = Balancer(reactor, pools)
-    resource = FastCGIResource(
-        balancer,
-        options["path"],
-        index=options["index"],
-        frontController=options["front-controller"],
-        params=options["param"],
-        https=options["https"],
-        trustedProxies=options["trusted-proxy"],
-    )
-    pages: dict[bytes, IResource] = {}
-    allowed = options["status-allow"]
-    status: StatisticsSource = balancer
-    metrics = None
-    observers: list[Callable[[Served], object]] = []
-    directory = options.get("metrics-directory")
-    if options["metrics-path"] is not None or directory is not None:
-        from txfastcgi.metrics import Metrics, MetricsResource, shareAcrossProcesses
 
-        if directory is not None:
-            shareAcrossProcesses(directory)
-        metrics = Metrics(balancer, reactor, phpFPM, directory)
-        if directory is not None:
-            status = metrics
-        if options["metrics-path"] is not None:
-            pages[options["metrics-path"].encode()] = MetricsResource(metrics, allowed)
-            observers.append(metrics)
-    if options["status-path"] is not None:
-        pages[options["status-path"].encode()] = StatusResource(status, allowed)
-    site = _Site(WithPages(resource, pages) if pages else resource, options, observers)
-    return site, resource, balancer, metrics
+    def __init__(
+        self,
+        options: Mapping[str, Any],
+        reactor: IReactorTime,
+        phpFPM: PHPFPMService | None = None,
+    ) -> None:
+        pools = {
+            backend: ConnectionPool(
+                reactor,
+                endpoints.clientFromString(reactor, backend),
+                # The limit is for the backend, so the processes share it.
+                maxConnections=max(1, limit // options["workers"]),
+                connectTimeout=options["connect-timeout"],
+                readTimeout=options["read-timeout"],
+                idleTimeout=options["idle-timeout"],
+                queueTimeout=options["queue-timeout"],
+                name=backend,
+            )
+            for backend, limit in options["connection-limits"].items()
+        }
+        self.balancer = Balancer(reactor, pools)
+        resource = FastCGIResource(
+            self.balancer,
+            options["path"],
+            index=options["index"],
+            frontController=options["front-controller"],
+            params=options["param"],
+            https=options["https"],
+            trustedProxies=options["trusted-proxy"],
+            reactor=reactor,
+        )
+        self.proxy = resource.proxy
+        pages: dict[bytes, OperatorPage] = {}
+        allowed = options["status-allow"]
+        status: StatisticsSource = self.balancer
+        self.metrics: Metrics | None = None
+        self.accessLog = AccessLog(options["access-log"], options["access-log-format"])
+        observers: list[Callable[[Served], object]] = [self.accessLog]
+        directory = options.get("metrics-directory")
+        if options["metrics-path"] is not None or directory is not None:
+            from txfastcgi.metrics import Metrics, MetricsResource, shareAcrossProcesses
+
+            if directory is not None:
+                shareAcrossProcesses(directory)
+            self.metrics = Metrics(self.balancer, reactor, phpFPM, directory)
+            if directory is not None:
+                status = self.metrics
+            if options["metrics-path"] is not None:
+                pages[options["metrics-path"].encode()] = MetricsResource(self.metrics, allowed)
+                observers.append(self.metrics)
+        if options["status-path"] is not None:
+            pages[options["status-path"].encode()] = StatusResource(status, allowed)
+        self.http1 = HTTP1Factory(
+            PagesBeforeProxy(self.proxy, pages) if pages else self.proxy,
+            serveStaticFile=StaticFiles(),
+            maxBodySize=options["max-body-size"],
+            headerTimeout=options["header-timeout"],
+            bodyTimeout=options["body-timeout"],
+            observers=observers,
+            reactor=reactor,
+        )
+        self.site = _Site(
+            WithPages(resource, pages) if pages else resource, options, observers, reactor
+        )
+        self._tls = ByALPN(self.http1, self.site)
+
+    def factory(self, tls: bool) -> IProtocolFactory:
+        """What serves a listener, a TLS one if C{tls}."""
+        return self._tls if tls else self.http1
+
+    def keepNoConnections(self) -> None:
+        """
+        Shutting down: close kept HTTP/1.1 connections idle now, and the
+        others once their request is answered (with C{Connection: close}),
+        as nginx does, while requests finish.
+        """
+        self.http1.keepNoConnections()
+
+    def closeConnections(self) -> Deferred[None]:
+        """
+        Close every client connection once what was written to it is sent,
+        and the idle FastCGI connections; then the access log.
+
+        Before this, the reactor's own shutdown would drop them at once,
+        with the end of the last responses still in their buffers.
+        """
+        self.balancer.close()
+        closing = gatherResults([self.http1.closeConnections(), self.site.closeConnections()])
+        return closing.addCallback(lambda _: self.accessLog.close())
 
 
 class _Site(FastCGISite):
     """
-    The proxy's site: the access log and the client connections, as the
-    lifecycle handles them.
+    The twisted.web site of a process's HTTP/2 connections, over the same
+    core as its HTTP/1.1 front, and the connections, as the lifecycle
+    closes them.
 
-    Not noisy, and named C{txfastcgi} in the ports' own log lines: the
-    start-up line says where it listens, under a name an operator knows.
+    It is never started as a listener's factory (L{txfastcgi.alpn.ByALPN}
+    only builds its protocols): the access log among its observers is the
+    lifecycle's to open and close.
     """
 
     noisy = False
@@ -727,20 +787,18 @@ class _Site(FastCGISite):
         self,
         resource: IResource,
         options: Mapping[str, Any],
-        observers: Sequence[Callable[[Served], object]] = (),
+        observers: Sequence[Callable[[Served], object]],
+        reactor: IReactorTime,
     ) -> None:
-        """
-        @param observers: what is told of each request besides the access log.
-        """
         self._connections: set[_Tracked] = set()
         self._allClosed = Emptied()
-        self.accessLog = AccessLog(options["access-log"], options["access-log-format"])
         super().__init__(
             resource,
             maxBodySize=options["max-body-size"],
             headerTimeout=options["header-timeout"],
             bodyTimeout=options["body-timeout"],
-            observers=[self.accessLog, *observers],
+            observers=observers,
+            reactor=reactor,
         )
 
     def buildProtocol(self, addr: IAddress | None) -> _Tracked:
@@ -749,9 +807,6 @@ class _Site(FastCGISite):
     def closeConnections(self) -> Deferred[None]:
         """
         Close every client connection once what was written to it is sent.
-
-        Before this, the reactor's own shutdown would drop them at once,
-        with the end of the last responses still in their buffers.
 
         @return: fires once they are all closed.
         """
@@ -790,28 +845,42 @@ class _Tracked(proxyForInterface(IProtocol, "_protocol")):  # type: ignore[misc]
 
 
 def _adopt(
-    reactor: IReactorSocket, descriptor: int, family: int, site: Site
+    reactor: IReactorSocket, descriptor: int, family: int, factory: IProtocolFactory
 ) -> Deferred[IListeningPort]:
     port = reactor.adoptStreamPort(
         descriptor,
         socket.AddressFamily(family),
-        site,  # type: ignore[arg-type]
+        factory,  # type: ignore[arg-type]
     )
     return succeed(port)
 
 
-class _Listeners:
-    """The listening ports of a process: open them all, close them all."""
+_Listen = Callable[[IProtocolFactory], Deferred[IListeningPort]]
 
-    def __init__(self, listeners: Sequence[Callable[[Site], Deferred[IListeningPort]]]) -> None:
+
+class _Listeners:
+    """
+    The listening ports of a process: open them all, close them all.
+
+    @param listeners: how to listen on each, and whether it is a TLS one.
+    """
+
+    def __init__(self, listeners: Sequence[tuple[_Listen, bool]]) -> None:
         self._listeners = listeners
         self.ports: list[IListeningPort] = []
 
-    async def listen(self, site: Site) -> None:
-        for listen in self._listeners:
-            self.ports.append(await listen(site))
+    async def listen(self, front: _Front) -> None:
+        """Open the access log, and listen with the factory C{front} has for each."""
+        front.accessLog.open()
+        for listen, tls in self._listeners:
+            self.ports.append(await listen(front.factory(tls)))
 
     def stopListening(self) -> Deferred[None]:
         return gatherResults(
             [maybeDeferred(port.stopListening) for port in self.ports]
         ).addCallback(lambda _: None)
+
+
+def _isTLS(description: str) -> bool:
+    """Whether a --listen endpoint string is a TLS one (ssl: or tls:, behind haproxy: too)."""
+    return description.removeprefix("haproxy:").partition(":")[0] in ("ssl", "tls")
