@@ -253,7 +253,7 @@ class HTTP1Factory(ServerFactory["HTTP1Connection"]):
 
 def _address(address: IAddress) -> tuple[str, int | None]:
     """An address as L{RequestFacts} holds it: a unix socket's is C{("", None)}."""
-    if isinstance(address, IPv4Address | IPv6Address):
+    if isinstance(address, (IPv4Address, IPv6Address)):
         return address.host, address.port
     return "", None
 

@@ -545,7 +545,7 @@ def _announce(
     about tcp backends follow once a connect to each has been tried, without
     holding up the start-up.
     """
-    urls = [_url(d, p.getHost()) for d, p in zip(options["listen"], ports, strict=True)]
+    urls = [_url(d, p.getHost()) for d, p in zip(options["listen"], ports)]
     _log.info(
         "{version} serving {root} on {urls} with PHP from {backends}",
         version=versionLine(),
