@@ -60,7 +60,7 @@ from collections.abc import Callable, Sequence
 from email.utils import formatdate
 from enum import Enum
 from socket import socket
-from typing import IO, Protocol, cast
+from typing import IO, TYPE_CHECKING, Protocol, cast
 
 from httptools import (
     HttpParserCallbackError,
@@ -187,7 +187,13 @@ class _Refused(Exception):
         self.detail = detail
 
 
-class HTTP1Factory(ServerFactory["HTTP1Connection"]):
+if TYPE_CHECKING:
+    _HTTP1ServerFactory = ServerFactory["HTTP1Connection"]
+else:  # Twisted 25.5, the last with TLS on Python 3.9 (PyPy), cannot subscript its factories.
+    _HTTP1ServerFactory = ServerFactory
+
+
+class HTTP1Factory(_HTTP1ServerFactory):
     """
     Serves HTTP/1.1 and HTTP/1.0 through C{proxy}; see the module docstring.
 

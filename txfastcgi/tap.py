@@ -582,7 +582,13 @@ def _warnOfBackend(backend: str, problem: str | None) -> None:
 _PROBE_TIMEOUT = 2.0
 
 
-class _Probe(Factory[Protocol]):
+if TYPE_CHECKING:
+    _ProbeFactory = Factory[Protocol]
+else:  # Twisted 25.5, the last with TLS on Python 3.9 (PyPy), cannot subscript its factories.
+    _ProbeFactory = Factory
+
+
+class _Probe(_ProbeFactory):
     """A connection that says nothing: whether a tcp backend accepts one."""
 
     noisy = False
