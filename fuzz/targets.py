@@ -146,9 +146,9 @@ def fuzzClientConnection(data: bytes) -> None:
             raise AssertionError("the connection recovered from a protocol error") from None
         for event in events:
             assert not ended, f"{event!r} after END_REQUEST"
-            assert isinstance(event, Stdout | Stderr | EndRequest), event
+            assert isinstance(event, (Stdout, Stderr, EndRequest)), event
             assert event.requestId == 1
-            if isinstance(event, Stdout | Stderr):
+            if isinstance(event, (Stdout, Stderr)):
                 assert event.data, "an empty stream record was delivered"
             else:
                 ended = True

@@ -637,7 +637,7 @@ class BalancedSiteTests(TestCase):
             while remaining:
                 remaining.pop()
                 answers[await self.get("/whoami.php?ms=20")] += 1
-                afterEach(answers.total())
+                afterEach(sum(answers.values()))
 
         return gatherResults(
             [Deferred.fromCoroutine(client()) for _ in range(concurrency)]

@@ -5,6 +5,8 @@ spread of --workers, the target checks, and the command lines it builds.
 Nothing here starts a process or runs load.
 """
 
+from __future__ import annotations
+
 import json
 from pathlib import Path
 from typing import Any

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import BytesIO
+from typing import Union
 
 import pytest
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -62,7 +63,7 @@ def sendLargeBody(connection: Connection) -> None:
 
 
 S = ProtocolState
-Moves = dict[str, ProtocolState | type[StateError]]
+Moves = dict[str, Union[ProtocolState, type[StateError]]]
 # Every situation: how to get there, the state it is, and where each event
 # leads from it (StateError: a programming error, the state unchanged).
 SITUATIONS: dict[str, tuple[list[Step], ProtocolState, Moves]] = {

@@ -70,6 +70,7 @@ OTHER_PROGRAMS = {
     "mkdir",
     "/opt/txfastcgi/bin/pip",
     "/opt/txfastcgi/bin/python",
+    "pypy3",
     "python3",
     "systemctl",
     "tar",

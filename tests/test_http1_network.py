@@ -42,8 +42,10 @@ class BigOrSmall(FakeCore):
 
 def exchange(port: int, wrap: ssl.SSLContext | None = None) -> bytes:
     """A blocking client: send L{REQUESTS}, read until the server closes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as plain:
-        connection = wrap.wrap_socket(plain) if wrap is not None else plain
+    plain = socket.create_connection(("127.0.0.1", port), timeout=10)
+    # The TLS socket takes over the plain one's descriptor: closing the plain
+    # one would leave it open until collected, which on PyPy is not at once.
+    with wrap.wrap_socket(plain) if wrap is not None else plain as connection:
         connection.sendall(REQUESTS)
         received = bytearray()
         while data := connection.recv(65536):

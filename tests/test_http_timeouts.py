@@ -212,7 +212,7 @@ def trickleUntilAnswered(connection: socket.socket, data: bytes, interval: float
         connection.sendall(data[index : index + 1])
         try:
             received = connection.recv(65536)
-        except TimeoutError:
+        except socket.timeout:  # TimeoutError itself from Python 3.10 on
             continue
         connection.settimeout(10)
         while more := connection.recv(65536):

@@ -293,7 +293,7 @@ def test_data_split_anywhere_gives_the_same_events(
     cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=20)))
     decoder = RecordDecoder()
     events: list[Record] = []
-    for start, end in zip([0, *cuts], [*cuts, len(wire)], strict=True):
+    for start, end in zip([0, *cuts], [*cuts, len(wire)]):
         events += decoder.receiveData(wire[start:end])
     assert events == someRecords
     assert decoder.pendingBytes == 0

@@ -110,7 +110,7 @@ class AccessLog:
     def open(self) -> None:
         """Open the file, if the destination is one: the process is about to serve."""
         destination = self._destination
-        if destination not in (None, "-", os.devnull) and self._file is None:
+        if destination is not None and destination not in ("-", os.devnull) and self._file is None:
             self._file = open(destination, "a", buffering=1, encoding="utf-8")
 
     def reopen(self) -> None:

@@ -13,6 +13,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from txfastcgi._compat import SLOTS
+
 __all__ = [
     "MAX_HEADER_BLOCK",
     "CGIParams",
@@ -83,7 +85,7 @@ _paramNames: dict[bytes, bytes] = {}
 _MAX_PARAM_NAMES = 4096
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class CGIRequest:
     """
     Everything the CGI parameters of one request are computed from.
@@ -208,7 +210,7 @@ class MalformedResponse(Exception):
     """
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class CGIResponseHead:
     """The HTTP status and headers a CGI header block asks for."""
 

@@ -12,10 +12,11 @@ import ipaddress
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Union
 
 __all__ = ["ForwardedClient", "Networks", "TrustedProxies"]
 
-_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from txfastcgi._compat import SLOTS
+
 __all__ = ["BodyFraming", "Delimiter", "responseBodyFraming"]
 
 
@@ -34,7 +36,7 @@ class Delimiter(Enum):
     """The end of the connection, for an HTTP/1.0 client, length unknown."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class BodyFraming:
     """
     How one response body is delimited.

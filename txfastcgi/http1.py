@@ -67,7 +67,7 @@ from collections.abc import Callable, Sequence
 from email.utils import formatdate
 from enum import Enum
 from socket import socket
-from typing import IO, BinaryIO, Protocol, cast
+from typing import IO, TYPE_CHECKING, BinaryIO, Protocol, cast
 
 from httptools import (
     HttpParserCallbackError,
@@ -221,7 +221,13 @@ class _Refused(Exception):
         self.detail = detail
 
 
-class HTTP1Factory(ServerFactory["HTTP1Connection"]):
+if TYPE_CHECKING:
+    _HTTP1ServerFactory = ServerFactory["HTTP1Connection"]
+else:  # Twisted 25.5, the last with TLS on Python 3.9 (PyPy), cannot subscript its factories.
+    _HTTP1ServerFactory = ServerFactory
+
+
+class HTTP1Factory(_HTTP1ServerFactory):
     """
     Serves HTTP/1.1 and HTTP/1.0 through C{proxy}; see the module docstring.
 
@@ -406,7 +412,7 @@ class StaticFiles:
 
 def _address(address: IAddress) -> tuple[str, int | None]:
     """An address as L{RequestFacts} holds it: a unix socket's is C{("", None)}."""
-    if isinstance(address, IPv4Address | IPv6Address):
+    if isinstance(address, (IPv4Address, IPv6Address)):
         return address.host, address.port
     return "", None
 

@@ -30,7 +30,7 @@ import itertools
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail, succeed
 from twisted.internet.error import ConnectingCancelledError
@@ -587,7 +587,13 @@ class ConnectionPool:
         self._update()
 
 
-class _OneConnection(Factory[FastCGIClientProtocol]):
+if TYPE_CHECKING:
+    _ClientFactory = Factory[FastCGIClientProtocol]
+else:  # Twisted 25.5, the last with TLS on Python 3.9 (PyPy), cannot subscript its factories.
+    _ClientFactory = Factory
+
+
+class _OneConnection(_ClientFactory):
     """
     What L{twisted.internet.endpoints.connectProtocol} does, quietly: a
     pool opens connections all the time, and Twisted's C{Starting factory}

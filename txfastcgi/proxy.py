@@ -35,6 +35,7 @@ from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from txfastcgi._compat import SLOTS
 from txfastcgi._emptied import Emptied
 from txfastcgi._version import __version__
 from txfastcgi.cgi import CGIParams, CGIRequest, MalformedResponse, ResponseHeadParser
@@ -113,7 +114,7 @@ class ConnectionSource(TypingProtocol):
         """Give back a connection acquired before."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class RequestFacts:
     """
     What the core needs to know of one HTTP request, from any front.
@@ -606,7 +607,7 @@ class Exchange:
             self._fail(502, "The PHP backend closed the connection.", str(error))
         elif isinstance(error, BackendTimeout):
             self._fail(504, _NO_ANSWER_IN_TIME, str(error))
-        elif isinstance(error, ProtocolError | MalformedResponse):
+        elif isinstance(error, (ProtocolError, MalformedResponse)):
             self._fail(502, _INVALID_RESPONSE, str(error))
         else:
             self.unexpected(reason)

@@ -14,7 +14,13 @@ import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum, IntEnum
-from typing import ClassVar, TypeAlias
+from typing import TYPE_CHECKING, ClassVar, Union
+
+from txfastcgi._compat import SLOTS
+
+if TYPE_CHECKING:
+    # Python 3.9's typing has no TypeAlias; annotations are never evaluated.
+    from typing_extensions import TypeAlias
 
 FCGI_VERSION_1 = 1
 FCGI_HEADER_LEN = 8
@@ -219,7 +225,7 @@ def encodeParams(requestId: int, pairs: Iterable[tuple[bytes, bytes]]) -> bytes:
     return b"".join(records)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class BeginRequest:
     requestId: int
     role: int = Role.RESPONDER
@@ -241,7 +247,7 @@ def _encodeBeginRequest(requestId: int, role: int, flags: int) -> bytes:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class AbortRequest:
     requestId: int
 
@@ -249,7 +255,7 @@ class AbortRequest:
         return _HEADER.pack(FCGI_VERSION_1, RecordType.ABORT_REQUEST, self.requestId, 0, 0)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class EndRequest:
     requestId: int
     appStatus: int
@@ -267,7 +273,7 @@ class EndRequest:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class _StreamRecord:
     """
     One record of a byte stream; empty C{data} is the record that ends the
@@ -286,27 +292,27 @@ class _StreamRecord:
         return _encodeStream(self._recordType, self.requestId, self.data)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class Params(_StreamRecord):
     _recordType = RecordType.PARAMS
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class Stdin(_StreamRecord):
     _recordType = RecordType.STDIN
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class Stdout(_StreamRecord):
     _recordType = RecordType.STDOUT
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class Stderr(_StreamRecord):
     _recordType = RecordType.STDERR
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class Data(_StreamRecord):
     _recordType = RecordType.DATA
 
@@ -318,7 +324,7 @@ def _encodeManagementRecord(recordType: int, content: bytes) -> bytes:
     return _encodeRecord(recordType, NULL_REQUEST_ID, content)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class GetValues:
     names: tuple[bytes, ...]
 
@@ -327,7 +333,7 @@ class GetValues:
         return _encodeManagementRecord(RecordType.GET_VALUES, body)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class GetValuesResult:
     values: tuple[tuple[bytes, bytes], ...]
 
@@ -336,7 +342,7 @@ class GetValuesResult:
         return _encodeManagementRecord(RecordType.GET_VALUES_RESULT, body)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class UnknownType:
     recordType: int
 
@@ -346,19 +352,19 @@ class UnknownType:
         )
 
 
-Record: TypeAlias = (
-    BeginRequest
-    | AbortRequest
-    | EndRequest
-    | Params
-    | Stdin
-    | Stdout
-    | Stderr
-    | Data
-    | GetValues
-    | GetValuesResult
-    | UnknownType
-)
+Record: TypeAlias = Union[
+    BeginRequest,
+    AbortRequest,
+    EndRequest,
+    Params,
+    Stdin,
+    Stdout,
+    Stderr,
+    Data,
+    GetValues,
+    GetValuesResult,
+    UnknownType,
+]
 
 
 def _decodeBeginRequest(requestId: int, content: bytes) -> BeginRequest:

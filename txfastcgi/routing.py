@@ -13,6 +13,7 @@ import os
 import re
 import stat
 from dataclasses import dataclass
+from typing import Union
 
 __all__ = ["Redirect", "Refused", "Route", "Router", "Script", "StaticFile"]
 
@@ -52,7 +53,7 @@ class Refused:
     reason: str
 
 
-Route = Script | StaticFile | Redirect | Refused
+Route = Union[Script, StaticFile, Redirect, Refused]
 
 SCRIPT_SUFFIX = ".php"
 

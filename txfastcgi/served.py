@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from txfastcgi._compat import SLOTS
+
 __all__ = ["Served", "Upstream", "noteUpstream", "upstreamOf"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class Upstream:
     """
     The FastCGI side of one request.
@@ -34,7 +36,7 @@ class Upstream:
     retries: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class Served:
     """
     One answered request, as the client saw it.

@@ -62,6 +62,8 @@ from twisted.internet.interfaces import IConsumer, IPullProducer, ITransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txfastcgi._compat import SLOTS
+
 __all__ = [
     "ByteRange",
     "CachedFile",
@@ -84,7 +86,7 @@ class ByteRange(NamedTuple):
     length: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class StaticResponse:
     """
     What to answer to one request for a static file.
@@ -446,7 +448,7 @@ def openFile(path: str) -> tuple[BinaryIO, FileFacts]:
         raise
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class CachedFile:
     """A small file's facts and its whole content, in memory."""
 

@@ -82,7 +82,7 @@ class OperatorPage(Resource):
 
     def render_GET(self, request: Request) -> bytes:
         address = request.getClientAddress()
-        host = address.host if isinstance(address, IPv4Address | IPv6Address) else None
+        host = address.host if isinstance(address, (IPv4Address, IPv6Address)) else None
         code, headers, body = self.respond(host)
         request.setResponseCode(code)
         for name, value in headers:

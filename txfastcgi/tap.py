@@ -556,7 +556,7 @@ def _announce(
     about tcp backends follow once a connect to each has been tried, without
     holding up the start-up.
     """
-    urls = [_url(d, p.getHost()) for d, p in zip(options["listen"], ports, strict=True)]
+    urls = [_url(d, p.getHost()) for d, p in zip(options["listen"], ports)]
     _log.info(
         "{version} serving {root} on {urls} with PHP from {backends}",
         version=versionLine(),
@@ -593,7 +593,13 @@ def _warnOfBackend(backend: str, problem: str | None) -> None:
 _PROBE_TIMEOUT = 2.0
 
 
-class _Probe(Factory[Protocol]):
+if TYPE_CHECKING:
+    _ProbeFactory = Factory[Protocol]
+else:  # Twisted 25.5, the last with TLS on Python 3.9 (PyPy), cannot subscript its factories.
+    _ProbeFactory = Factory
+
+
+class _Probe(_ProbeFactory):
     """A connection that says nothing: whether a tcp backend accepts one."""
 
     noisy = False

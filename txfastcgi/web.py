@@ -156,7 +156,7 @@ class FastCGISite(Site):
         now = self.reactor.seconds()
         served = Served(
             time=now if arrived is None else arrived,
-            client=address.host if isinstance(address, IPv4Address | IPv6Address) else "-",
+            client=address.host if isinstance(address, (IPv4Address, IPv6Address)) else "-",
             method=request.method,
             target=request.uri,
             protocol=request.clientproto,

@@ -6,6 +6,7 @@ import html
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Optional
 
 from .summary import Row
 
@@ -68,19 +69,19 @@ def writeChart(rows: Sequence[Row], out: Path, title: str, forceSVG: bool) -> Pa
     return _svgChart(panels, out / "chart.svg", title)
 
 
-Panel = tuple[str, str, Sequence[str], dict[str, list[float | None]]]
+Panel = tuple[str, str, Sequence[str], dict[str, list[Optional[float]]]]
 
 
 def _matplotlibChart(panels: Sequence[Panel], path: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    for axis, (heading, xlabel, labels, series) in zip(axes, panels, strict=True):
+    for axis, (heading, xlabel, labels, series) in zip(axes, panels):
         for target, values in series.items():
             points = [(i, v) for i, v in enumerate(values) if v is not None]
             if not points:
                 continue
-            xs, ys = zip(*points, strict=True)
+            xs, ys = zip(*points)
             axis.plot(
                 xs,
                 ys,

@@ -263,9 +263,7 @@ def spreadVerdict(data: Measurements, target: str = "txfastcgi-w2", workers: int
     low = min(min(s) for s in perRun)
     high = max(max(s) for s in perRun)
     uneven = [
-        f"{r.scenario} round {r.round}"
-        for r, s in zip(sampled, perRun, strict=True)
-        if not evenlySpread(s)
+        f"{r.scenario} round {r.round}" for r, s in zip(sampled, perRun) if not evenlySpread(s)
     ]
     status = MISS if uneven else PASS
     detail = (

@@ -70,7 +70,7 @@ def textTable(
         out.append(
             "  ".join(
                 cell.rjust(width) if i >= labels else cell.ljust(width)
-                for i, (cell, width) in enumerate(zip(line, widths, strict=True))
+                for i, (cell, width) in enumerate(zip(line, widths))
             ).rstrip()
         )
         if index == 0:
@@ -85,7 +85,7 @@ def rstTable(header: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
     rule = "  ".join("=" * width for width in widths)
 
     def render(line: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+        return "  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip()
 
     return "\n".join([rule, render(cells[0]), rule, *(render(line) for line in cells[1:]), rule])
 
