@@ -27,7 +27,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar, Union, cast
 
 import pytest
 from twisted.internet import reactor
@@ -89,7 +89,7 @@ FRONTS = ("twisted.web", "http1")
 COMMAND_FRONT = "http1"
 """The front that C{twist fastcgi-proxy} serves: see L{startFront}."""
 
-Front = FastCGISite | HTTP1Factory
+Front = Union[FastCGISite, HTTP1Factory]
 
 
 def serve(
