@@ -18,6 +18,8 @@ Usage::
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from twisted.internet.interfaces import IAddress, IProtocol, IProtocolNegotiationFactory, ITransport
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.python.failure import Failure
@@ -29,8 +31,14 @@ from txfastcgi.http1 import HTTP1Connection, HTTP1Factory
 __all__ = ["ByALPN"]
 
 
+if TYPE_CHECKING:
+    _ServerFactory = ServerFactory[Protocol]
+else:  # Twisted 25.5, the last with TLS on Python 3.9 (PyPy), cannot subscript its factories.
+    _ServerFactory = ServerFactory
+
+
 @implementer(IProtocolNegotiationFactory)
-class ByALPN(ServerFactory[Protocol]):
+class ByALPN(_ServerFactory):
     """
     Serves each TLS connection with C{http1}, or with C{h2} where the
     client negotiated HTTP/2.
