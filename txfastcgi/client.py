@@ -16,19 +16,14 @@ from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import (
-    IConsumer,
-    IDelayedCall,
-    IPushProducer,
-    IReactorTime,
-    ITransport,
-)
+from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime, ITransport
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Cooperator
 from twisted.python.failure import Failure
 from twisted.web.client import FileBodyProducer
 from zope.interface import implementer
 
+from txfastcgi.limits import Deadlines
 from txfastcgi.records import (
     MAX_CONTENT_LENGTH,
     ClientConnection,
@@ -224,13 +219,24 @@ class FastCGIClientProtocol(Protocol):
     @ivar requestsStarted: how many requests this connection has carried.
     @ivar requestNumber: the place of its latest request among all requests
         sent, over all connections.
+
+    @param deadlines: where its read timeout is kept: a pool passes the one
+        all its connections share, so that one timer serves them all; by
+        default the connection has its own.
     """
 
     def __init__(
-        self, reactor: IReactorTime, readTimeout: float | None = None, backend: str = ""
+        self,
+        reactor: IReactorTime,
+        readTimeout: float | None = None,
+        backend: str = "",
+        deadlines: Deadlines | None = None,
     ) -> None:
         self._reactor = reactor
         self._readTimeout = readTimeout
+        self._deadlines = Deadlines(reactor) if deadlines is None else deadlines
+        # Whether the read timeout runs: the backend owes us a byte.
+        self._awaiting = False
         self.backend = backend
         self._state = ProtocolState.CONNECTING
         self._connection = ClientConnection()
@@ -239,7 +245,6 @@ class FastCGIClientProtocol(Protocol):
         self._receiver: ResponseReceiver | None = None
         self._keepConnection = False
         self._bodyProducer: FileBodyProducer | None = None
-        self._timeoutCall: IDelayedCall | None = None
         self.requestsStarted = 0
         self.requestNumber = 0
         self.whenClosed: Deferred[None] = Deferred()
@@ -337,7 +342,7 @@ class FastCGIClientProtocol(Protocol):
         self._receiver = receiver
         self._keepConnection = keepConnection
         if firstByteDue is not None:
-            self._timeoutCall = self._reactor.callLater(firstByteDue, self._timedOut)
+            self._await(firstByteDue)
         if bodyLength <= _COALESCED_BODY_LIMIT:
             self.transport.write(
                 self._connection.startRequest(params, keepConnection, body.read(bodyLength))
@@ -393,10 +398,6 @@ class FastCGIClientProtocol(Protocol):
             return
         receiver = self._receiver
         assert receiver is not None, "the connection accepted data with no request in flight"
-        if self._timeoutCall is not None and self._readTimeout is not None:
-            # The first byte came, or another: the backend has readTimeout
-            # seconds again for the next.
-            self._timeoutCall.reset(self._readTimeout)
         for event in events:
             if isinstance(event, Stdout):
                 receiver.stdoutReceived(event.data)
@@ -409,6 +410,11 @@ class FastCGIClientProtocol(Protocol):
             if self._receiver is not receiver:
                 # The receiver gave up in a callback (its client went away).
                 return
+        if self._awaiting and self._readTimeout is not None:
+            # A byte came: the backend has the read timeout again for the
+            # next.  Restarted once the events are delivered, so that a
+            # response that ended here costs no restart.
+            self._await(self._readTimeout)
 
     def _ended(self, receiver: ResponseReceiver, event: EndRequest) -> None:
         # A body still being sent was cut short: the rest of STDIN must not
@@ -462,14 +468,18 @@ class FastCGIClientProtocol(Protocol):
     # Read timeout: it runs only while we wait for the backend, never while
     # we hold it back for a slow HTTP client.
 
+    def _await(self, seconds: float) -> None:
+        """Start or restart the read timeout: a byte is due within C{seconds}."""
+        self._awaiting = True
+        self._deadlines.set(self, self._reactor.seconds() + seconds, self._timedOut)
+
     def _cancelTimeout(self) -> None:
-        # A timer is kept only until it fires or is cancelled: it is active.
-        if self._timeoutCall is not None:
-            self._timeoutCall.cancel()
-            self._timeoutCall = None
+        if self._awaiting:
+            self._awaiting = False
+            self._deadlines.clear(self)
 
     def _timedOut(self) -> None:
-        self._timeoutCall = None
+        self._awaiting = False
         self._fail(self._timeoutFailure())
 
     def _timeoutFailure(self) -> Failure:
@@ -487,7 +497,7 @@ class FastCGIClientProtocol(Protocol):
     def resumeProducing(self) -> None:
         if self._move(_E.RESUME) is _PAUSED:
             if self._readTimeout is not None:
-                self._timeoutCall = self._reactor.callLater(self._readTimeout, self._timedOut)
+                self._await(self._readTimeout)
             self.transport.resumeProducing()  # type: ignore[union-attr]
 
     def stopProducing(self) -> None:
