@@ -308,7 +308,7 @@ class FastCGIClientProtocol(Protocol):
 
     def sendRequest(
         self,
-        params: list[tuple[bytes, bytes]],
+        params: list[tuple[bytes, bytes]] | bytes,
         body: IO[bytes],
         bodyLength: int,
         receiver: ResponseReceiver,
@@ -317,6 +317,9 @@ class FastCGIClientProtocol(Protocol):
     ) -> None:
         """
         Send one request; the response goes to C{receiver}.
+
+        @param params: name-value pairs, or their encoding by
+            L{txfastcgi.records.encodeNameValuePairs}.
 
         @param body: the request body, positioned at its start; streamed in
             STDIN records unless it is small, never read whole into memory.

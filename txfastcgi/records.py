@@ -141,12 +141,14 @@ def encodeNameValuePairs(pairs: Iterable[tuple[bytes, bytes]]) -> bytes:
     one byte below 128, else four bytes with the high bit set.
     """
     parts: list[bytes] = []
-    append = parts.append
     for name, value in pairs:
-        append(_encodeLength(len(name)))
-        append(_encodeLength(len(value)))
-        append(name)
-        append(value)
+        nameLength = len(name)
+        valueLength = len(value)
+        if nameLength < 0x80 and valueLength < 0x80:
+            # Nearly every pair: no call for its lengths.
+            parts += (_SHORT_LENGTHS[nameLength], _SHORT_LENGTHS[valueLength], name, value)
+        else:
+            parts += (_encodeLength(nameLength), _encodeLength(valueLength), name, value)
     return b"".join(parts)
 
 
@@ -185,21 +187,28 @@ def decodeNameValuePairs(data: bytes) -> list[tuple[bytes, bytes]]:
     return pairs
 
 
-def encodeParams(requestId: int, pairs: Iterable[tuple[bytes, bytes]]) -> bytes:
+def encodeParams(requestId: int, pairs: Iterable[tuple[bytes, bytes]] | bytes) -> bytes:
     """
-    Encode a whole PARAMS stream, terminator included.
+    Encode a whole PARAMS stream, terminator included, from name-value
+    pairs or from their encoding by L{encodeNameValuePairs}.
 
     Each record holds whole pairs: php-fpm decodes every PARAMS record on its
     own and drops a request whose pair is cut across two. Only a pair too
     large for any record is cut, as the specification allows, since it
     could not be sent otherwise.
     """
-    pairs = list(pairs)
-    encoded = encodeNameValuePairs(pairs)
+    if isinstance(pairs, bytes):
+        encoded = pairs
+    else:
+        pairs = list(pairs)
+        encoded = encodeNameValuePairs(pairs)
     terminator = _encodeRecord(RecordType.PARAMS, requestId, b"")
     if len(encoded) <= _STREAM_CHUNK_LENGTH:
         # The usual request: all of its params in one record.
         return _encodeStream(RecordType.PARAMS, requestId, encoded) + terminator
+    if isinstance(pairs, bytes):
+        # Too long for one record: cut between pairs.
+        pairs = decodeNameValuePairs(pairs)
     records: list[bytes] = []
     pending: list[bytes] = []
     pendingLength = 0
@@ -704,12 +713,14 @@ class ClientConnection:
 
     def startRequest(
         self,
-        params: Iterable[tuple[bytes, bytes]],
+        params: Iterable[tuple[bytes, bytes]] | bytes,
         keepConnection: bool,
         body: bytes | None = None,
     ) -> bytes:
         """
-        Return BEGIN_REQUEST for a responder and the whole PARAMS stream.
+        Return BEGIN_REQUEST for a responder and the whole PARAMS stream, of
+        C{params} as name-value pairs or as L{encodeNameValuePairs} encoded
+        them.
 
         With C{body}, also return the whole STDIN stream, so that a small
         request goes out in one write.  Without it, follow with any number of
