@@ -1,13 +1,16 @@
 """
-The core's own cost per request, with no HTTP front and no socket: the
-proxy (L{txfastcgi.proxy.Proxy}), the pool, the FastCGI client and the codec,
+The core's own cost per request, with no socket: the proxy
+(L{txfastcgi.proxy.Proxy}), the pool, the FastCGI client and the codec,
 driven in a closed loop the way C{wrk -c32} drives a server, on the real
 reactor (its C{callLater}, C{seconds} and timer bookkeeping, which
 C{runUntilCurrent} does after each batch of answers as a reactor turn
-would; no polling), against php-fpm's canned answer to C{hello.php}::
+would; no polling), against php-fpm's canned answer to C{hello.php}. With
+C{--front web}, through twisted.web as well: C{FastCGIResource} in a plain
+C{Site} (as C{embedded_site.py} serves it), fed the bytes wrk sends over
+in-memory transports::
 
-    python benchmarks/core_loop.py [--requests N] [--rounds R] [--concurrency C]
-                                   [--connections M] [--profile]
+    python benchmarks/core_loop.py [--front core|web] [--requests N] [--rounds R]
+                                   [--concurrency C] [--connections M] [--profile]
 
 It prints the CPU microseconds per request of each round and their median.
 Deterministic: the same requests in the same order every time, so that two
@@ -29,19 +32,22 @@ from collections import deque
 from collections.abc import Sequence
 from io import BytesIO
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
-from twisted.internet.address import UNIXAddress
+from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.internet.base import ReactorBase
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IProtocolFactory, IPushProducer
 from twisted.internet.protocol import Protocol
+from twisted.internet.testing import StringTransport
+from twisted.web.server import Request, Site
 
 from txfastcgi.client import FastCGIClientProtocol
 from txfastcgi.framing import BodyFraming
 from txfastcgi.pool import ConnectionPool
 from txfastcgi.proxy import Proxy, RequestFacts
 from txfastcgi.records import EndRequest, Stdout
+from txfastcgi.resource import FastCGIResource
 
 # What php-fpm 8.2 sends for hello.php: the header block and body in one
 # STDOUT record, the empty STDOUT record, END_REQUEST, in one read.
@@ -59,6 +65,7 @@ _ANSWER = b"".join(
 
 # The headers wrk sends.
 _HEADERS = [(b"Host", b"127.0.0.1:8080")]
+_REQUEST = b"GET /hello.php HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
 
 
 class _Transport:
@@ -128,28 +135,16 @@ class _Endpoint:
 class _Loop:
     """C{concurrency} clients, each sending its next request when its last one ends."""
 
-    def __init__(self, reactor: ReactorBase, documentRoot: str, connections: int) -> None:
+    def __init__(self, reactor: ReactorBase, connections: int) -> None:
         self._reactor = reactor
-        pool = ConnectionPool(reactor, _Endpoint(self), maxConnections=connections)  # type: ignore[arg-type]
-        self._proxy = Proxy(pool, documentRoot, reactor=reactor)
+        self.pool = ConnectionPool(reactor, _Endpoint(self), maxConnections=connections)  # type: ignore[arg-type]
         self.sent: deque[FastCGIClientProtocol] = deque()
         self._toStart = 0
         self._left = 0
 
     def request(self) -> None:
-        facts = RequestFacts(
-            method=b"GET",
-            target=b"/hello.php",
-            version=b"HTTP/1.1",
-            headers=_HEADERS,
-            client=("127.0.0.1", 40000),
-            server=("127.0.0.1", 8080),
-            secure=False,
-            body=BytesIO(),
-            bodyLength=0,
-            path=b"/hello.php",
-        )
-        self._proxy.handle(facts, _Writer(self))
+        """Send one request."""
+        raise NotImplementedError()
 
     def finished(self) -> None:
         self._left -= 1
@@ -174,8 +169,73 @@ class _Loop:
                 self._reactor.runUntilCurrent()
 
 
+class _CoreLoop(_Loop):
+    """Requests described as a front describes them, to the core."""
+
+    def __init__(self, reactor: ReactorBase, documentRoot: str, connections: int) -> None:
+        super().__init__(reactor, connections)
+        self._proxy = Proxy(self.pool, documentRoot, reactor=reactor)
+
+    def request(self) -> None:
+        facts = RequestFacts(
+            method=b"GET",
+            target=b"/hello.php",
+            version=b"HTTP/1.1",
+            headers=_HEADERS,
+            client=("127.0.0.1", 40000),
+            server=("127.0.0.1", 8080),
+            secure=False,
+            body=BytesIO(),
+            bodyLength=0,
+            path=b"/hello.php",
+        )
+        self._proxy.handle(facts, _Writer(self))
+
+
+class _DiscardingTransport(StringTransport):
+    """A client's TCP connection that forgets what the server writes."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def writeSequence(self, seq: Sequence[bytes]) -> None:
+        pass
+
+
+class _WebLoop(_Loop):
+    """Requests as bytes on kept-alive HTTP/1.1 connections to a twisted.web Site."""
+
+    def __init__(self, reactor: ReactorBase, documentRoot: str, connections: int) -> None:
+        super().__init__(reactor, connections)
+        loop = self
+
+        class FinishedRequest(Request):
+            def finish(self) -> None:
+                # Forgotten by the request once it is finished.
+                channel = self.channel
+                super().finish()
+                loop._idle.append(channel)
+                loop.finished()
+
+        resource = FastCGIResource(self.pool, documentRoot, reactor=reactor)
+        self._site = Site(resource, requestFactory=FinishedRequest, reactor=reactor)
+        self._idle: deque[Any] = deque()
+
+    def request(self) -> None:
+        if not self._idle:
+            peer = IPv4Address("TCP", "127.0.0.1", 40000 + len(self.sent))
+            channel = self._site.buildProtocol(peer)
+            assert channel is not None
+            channel.makeConnection(
+                _DiscardingTransport(IPv4Address("TCP", "127.0.0.1", 8080), peer)
+            )
+            self._idle.append(channel)
+        self._idle.popleft().dataReceived(_REQUEST)
+
+
 def _round(reactor: ReactorBase, documentRoot: str, arguments: argparse.Namespace) -> float:
-    loop = _Loop(reactor, documentRoot, arguments.connections)
+    front = _WebLoop if arguments.front == "web" else _CoreLoop
+    loop = front(reactor, documentRoot, arguments.connections)
     loop.run(arguments.concurrency, arguments.concurrency)  # warm up
     start = time.process_time()
     loop.run(arguments.requests, arguments.concurrency)
@@ -185,6 +245,7 @@ def _round(reactor: ReactorBase, documentRoot: str, arguments: argparse.Namespac
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--front", choices=("core", "web"), default="core")
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=32)
