@@ -269,3 +269,10 @@ def test_the_head_parser_raises_nothing_but_malformed_response(output: bytes) ->
         ResponseHeadParser(maxSize=200).feed(output)
     except MalformedResponse:
         pass
+
+
+@pytest.mark.parametrize(
+    "block", [b"A: 1\r\nB: 2\nC: 3", b"A: 1\nB: 2\r\nC: 3", b"A: 1\r\nB: 2\r\nC: 3"]
+)
+def test_a_header_block_may_mix_crlf_and_bare_line_feeds(block: bytes) -> None:
+    assert parseResponseHead(block).headers == ((b"A", b"1"), (b"B", b"2"), (b"C", b"3"))

@@ -270,7 +270,8 @@ class MalformedResponse(Exception):
     """
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, as CGIRequest: one is made for every response.
+@dataclass(slots=True)
 class CGIResponseHead:
     """The HTTP status and headers a CGI header block asks for."""
 
@@ -324,7 +325,11 @@ def parseResponseHead(block: bytes) -> CGIResponseHead:
     headers: list[tuple[bytes, bytes]] = []
     contentLength: int | None = None
     hasLocation = False
-    for line in _LINE_END.split(block) if block else ():
+    lines = block.split(b"\r\n") if block else []
+    if lines and block.count(b"\n") >= len(lines):
+        # Some line ends with a bare LF.
+        lines = _LINE_END.split(block)
+    for line in lines:
         match = _HEADER_LINE.match(line)
         if match is None:
             raise MalformedResponse(f"invalid header line from the script: {line[:80]!r}")
