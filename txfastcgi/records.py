@@ -412,6 +412,10 @@ _FIXED_CONTENT_LENGTHS: dict[int, int] = {
 _MANAGEMENT_TYPES = frozenset(
     (RecordType.GET_VALUES, RecordType.GET_VALUES_RESULT, RecordType.UNKNOWN_TYPE)
 )
+# Records of a request's byte streams: any length, any request id.
+_STREAM_TYPES = frozenset(
+    (RecordType.PARAMS, RecordType.STDIN, RecordType.STDOUT, RecordType.STDERR, RecordType.DATA)
+)
 
 
 def _checkHeader(version: int, recordType: int, requestId: int, contentLength: int) -> None:
@@ -469,18 +473,26 @@ class RecordDecoder:
             source = self._buffer
         records: list[Record] = []
         offset = 0
+        # Sliced from the bytes received, a record's content is copied once.
+        fromBytes = source is data and type(data) is bytes
         try:
             with memoryview(source) as view:
                 while len(view) - offset >= FCGI_HEADER_LEN:
                     version, recordType, requestId, contentLength, paddingLength = (
                         _HEADER.unpack_from(view, offset)
                     )
-                    _checkHeader(version, recordType, requestId, contentLength)
+                    if version != FCGI_VERSION_1 or recordType not in _STREAM_TYPES:
+                        # A stream record passes every check but the version.
+                        _checkHeader(version, recordType, requestId, contentLength)
                     contentStart = offset + FCGI_HEADER_LEN
                     contentEnd = contentStart + contentLength
                     if contentEnd + paddingLength > len(view):
                         break
-                    content = bytes(view[contentStart:contentEnd])
+                    content = (
+                        data[contentStart:contentEnd]
+                        if fromBytes
+                        else bytes(view[contentStart:contentEnd])
+                    )
                     records.append(_DECODERS[recordType](requestId, content))
                     offset = contentEnd + paddingLength
         except ProtocolError as error:
