@@ -14,6 +14,7 @@ import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum, IntEnum
+from functools import lru_cache
 from typing import ClassVar, TypeAlias
 
 FCGI_VERSION_1 = 1
@@ -100,6 +101,12 @@ def _encodeRecord(recordType: int, requestId: int, content: bytes) -> bytes:
     paddingLength = -len(content) % 8 if len(content) <= _STREAM_CHUNK_LENGTH else 0
     header = _HEADER.pack(FCGI_VERSION_1, recordType, requestId, len(content), paddingLength)
     return b"".join((header, content, _PADDING[:paddingLength]))
+
+
+@lru_cache(maxsize=64)
+def _endOfStream(recordType: int, requestId: int) -> bytes:
+    """The empty record that ends a stream: the same bytes for every request."""
+    return _encodeRecord(recordType, requestId, b"")
 
 
 def _encodeStream(recordType: int, requestId: int, data: bytes) -> bytes:
@@ -202,7 +209,7 @@ def encodeParams(requestId: int, pairs: Iterable[tuple[bytes, bytes]] | bytes) -
     else:
         pairs = list(pairs)
         encoded = encodeNameValuePairs(pairs)
-    terminator = _encodeRecord(RecordType.PARAMS, requestId, b"")
+    terminator = _endOfStream(RecordType.PARAMS, requestId)
     if len(encoded) <= _STREAM_CHUNK_LENGTH:
         # The usual request: all of its params in one record.
         return _encodeStream(RecordType.PARAMS, requestId, encoded) + terminator
@@ -692,6 +699,12 @@ class ClientConnection:
         if not 1 <= requestId <= 0xFFFF:
             raise ValueError(f"request id {requestId} is not in 1..65535")
         self._requestId = requestId
+        # BEGIN_REQUEST for a responder, without and with FCGI_KEEP_CONN:
+        # the same bytes for every request.
+        self._beginRequest = (
+            _encodeBeginRequest(requestId, Role.RESPONDER, 0),
+            _encodeBeginRequest(requestId, Role.RESPONDER, FCGI_KEEP_CONN),
+        )
         self._decoder = RecordDecoder()
         self._state = ConnectionState.IDLE
         # What ERROR raises again, so that every later call fails the same way.
@@ -740,10 +753,7 @@ class ClientConnection:
         """
         self._call(_START if body is None else _START_WITH_BODY)
         requestId = self._requestId
-        # Packed without a BeginRequest: this is done for every request.
-        begin = _encodeBeginRequest(
-            requestId, Role.RESPONDER, FCGI_KEEP_CONN if keepConnection else 0
-        )
+        begin = self._beginRequest[keepConnection]
         if body is None:
             return begin + encodeParams(requestId, params)
         return b"".join(
@@ -751,7 +761,7 @@ class ClientConnection:
                 begin,
                 encodeParams(requestId, params),
                 _encodeStream(RecordType.STDIN, requestId, body),
-                _encodeRecord(RecordType.STDIN, requestId, b""),
+                _endOfStream(RecordType.STDIN, requestId),
             )
         )
 
@@ -766,7 +776,7 @@ class ClientConnection:
     def endBody(self) -> bytes:
         """Return the empty STDIN record that ends the request body."""
         self._call(_END_BODY)
-        return _encodeRecord(RecordType.STDIN, self._requestId, b"")
+        return _endOfStream(RecordType.STDIN, self._requestId)
 
     def reset(self) -> None:
         """
