@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from txfastcgi.cgi import (
+    CGIParams,
     CGIRequest,
     MalformedResponse,
     ResponseHeadParser,
@@ -107,6 +108,32 @@ def test_configured_params_win_over_computed_ones_and_headers() -> None:
     params = paramsOf(request, HTTP_PHP_VALUE=b"configured", SERVER_NAME=b"forced")
     assert params[b"HTTP_PHP_VALUE"] == b"configured"
     assert params[b"SERVER_NAME"] == b"forced"
+
+
+def test_configured_params_win_over_those_encoded_once_per_site_or_listener() -> None:
+    params = paramsOf(
+        REQUEST, SERVER_SOFTWARE=b"Apache", DOCUMENT_ROOT=b"/elsewhere", SERVER_PORT=b"443"
+    )
+    assert params[b"SERVER_SOFTWARE"] == b"Apache"
+    assert params[b"DOCUMENT_ROOT"] == b"/elsewhere"
+    assert (params[b"SERVER_ADDR"], params[b"SERVER_PORT"]) == (b"127.0.0.2", b"443")
+
+
+def test_each_listener_and_root_gets_its_own_params_from_one_site() -> None:
+    """What is encoded once per listener or root is never another's."""
+    site = CGIParams(b"txfastcgi/test")
+    seen = {
+        (address, port, root): dict(
+            site.params(replace(REQUEST, serverAddr=address, serverPort=port, documentRoot=root))
+        )
+        for _ in range(2)
+        for address, port in [("127.0.0.2", 8080), ("127.0.0.2", 8443), ("unix:", None)]
+        for root in ["/srv/a", "/srv/b"]
+    }
+    for (address, port, root), params in seen.items():
+        assert params[b"SERVER_ADDR"] == address.encode()
+        assert params[b"SERVER_PORT"] == (b"" if port is None else b"%d" % port)
+        assert params[b"DOCUMENT_ROOT"] == root.encode()
 
 
 def test_repeated_headers_are_joined_and_cookies_with_a_semicolon() -> None:
@@ -242,3 +269,10 @@ def test_the_head_parser_raises_nothing_but_malformed_response(output: bytes) ->
         ResponseHeadParser(maxSize=200).feed(output)
     except MalformedResponse:
         pass
+
+
+@pytest.mark.parametrize(
+    "block", [b"A: 1\r\nB: 2\nC: 3", b"A: 1\nB: 2\r\nC: 3", b"A: 1\r\nB: 2\r\nC: 3"]
+)
+def test_a_header_block_may_mix_crlf_and_bare_line_feeds(block: bytes) -> None:
+    assert parseResponseHead(block).headers == ((b"A", b"1"), (b"B", b"2"), (b"C", b"3"))

@@ -5,14 +5,21 @@ talking to an in-memory backend, with time on a L{MemoryReactorClock}.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from io import BytesIO
+from typing import Any, cast
 
 import pytest
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionAborted, ConnectionDone
+from twisted.internet.interfaces import IReactorSocket
+from twisted.internet.protocol import ServerFactory
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
 
 from tests.fakebackend import (
     FakeBackend,
@@ -635,3 +642,29 @@ def test_after_abort_output_already_read_and_the_close_are_not_delivered() -> No
     assert recorder.events == []
     assert not client.reusable
     assert client.whenClosed.called
+
+
+# Writing to a real socket
+
+
+class DirectWriteTests(TestCase):
+    """On a socket, the request goes out at once: php-fpm need not wait for a reactor turn."""
+
+    def test_a_request_is_on_the_socket_before_the_reactor_turns(self) -> Deferred[None]:
+        ours, theirs = socket.socketpair()
+        self.addCleanup(theirs.close)
+        theirs.setblocking(False)
+        protocol = FastCGIClientProtocol(reactor, readTimeout=10)
+        factory = ServerFactory.forProtocol(lambda: protocol)
+        factory.noisy = False
+        cast(IReactorSocket, reactor).adoptStreamConnection(
+            ours.fileno(), socket.AF_UNIX, cast("ServerFactory[Any]", factory)
+        )
+        ours.close()
+        protocol.sendRequest(
+            [(b"SCRIPT_NAME", b"/a.php")], BytesIO(b"body"), 4, ResponseRecorder(), True
+        )
+        records = RecordDecoder().receiveData(theirs.recv(65536))
+        assert [type(record) for record in records] == [BeginRequest, Params, Params, Stdin, Stdin]
+        protocol.abort()
+        return protocol.whenClosed

@@ -12,8 +12,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from txfastcgi._compat import SLOTS
+from txfastcgi.records import decodeNameValuePairs, encodeNameValuePairs
+
+if TYPE_CHECKING:
+    # Python 3.9's typing has no TypeAlias; annotations are never evaluated.
+    from typing_extensions import TypeAlias
 
 __all__ = [
     "MAX_HEADER_BLOCK",
@@ -51,17 +57,21 @@ def headerParams(rawHeaders: Iterable[tuple[bytes, Sequence[bytes]]]) -> list[tu
     @param rawHeaders: pairs of header name and all of its values, as
         L{twisted.web.http_headers.Headers.getAllRawHeaders} gives them.
     """
-    joined: dict[bytes, list[bytes]] = {}
+    joined: dict[bytes, bytes] = {}
+    get = joined.get
     for name, values in rawHeaders:
         key = _paramNames.get(name)
         if key is None:
             key = _paramName(name)
         if key:
-            joined.setdefault(key, []).extend(values)
-    return [
-        (key, (b"; " if key == b"HTTP_COOKIE" else b", ").join(values))
-        for key, values in joined.items()
-    ]
+            for value in values:
+                earlier = get(key)
+                joined[key] = (
+                    value
+                    if earlier is None
+                    else earlier + (b"; " if key == b"HTTP_COOKIE" else b", ") + value
+                )
+    return list(joined.items())
 
 
 def _paramName(name: bytes) -> bytes:
@@ -85,7 +95,9 @@ _paramNames: dict[bytes, bytes] = {}
 _MAX_PARAM_NAMES = 4096
 
 
-@dataclass(frozen=True, **SLOTS)
+# Not frozen: one is made for every request, and a frozen dataclass's
+# __init__ costs three times as much (its headers make it unhashable anyway).
+@dataclass(**SLOTS)
 class CGIRequest:
     """
     Everything the CGI parameters of one request are computed from.
@@ -130,8 +142,11 @@ class CGIRequest:
 
 class CGIParams:
     """
-    The FastCGI parameters of one site's requests: what is the same for
-    every request is given once, and L{params} adds the rest.
+    The FastCGI parameters of one site's requests, encoded as a PARAMS
+    body: what is the same for every request (SERVER_SOFTWARE, the
+    configured params...) or for every request to one listener and document
+    root (SERVER_ADDR, SERVER_PORT, DOCUMENT_ROOT) is encoded once, and
+    L{encode} adds the rest.
 
     @param serverSoftware: the value of SERVER_SOFTWARE.
     @param extra: operator-configured parameters; they win over every
@@ -140,47 +155,97 @@ class CGIParams:
     """
 
     def __init__(self, serverSoftware: bytes, extra: Mapping[bytes, bytes] = {}) -> None:
-        self._serverSoftware = serverSoftware
         self._extra = dict(extra)
+        self._encodedExtra = encodeNameValuePairs(self._extra.items())
+        self._constant = self._encodeUnlessConfigured(
+            [
+                (b"GATEWAY_INTERFACE", b"CGI/1.1"),
+                (b"SERVER_SOFTWARE", serverSoftware),
+                # PHP built with --enable-force-cgi-redirect refuses to run without it.
+                (b"REDIRECT_STATUS", b"200"),
+            ]
+        )
+        # Encoded SERVER_ADDR and SERVER_PORT of each listener, and
+        # DOCUMENT_ROOT of each root: a site has a few of each.
+        self._listeners: dict[object, bytes] = {}
+        self._roots: dict[object, bytes] = {}
 
-    def params(self, request: CGIRequest) -> list[tuple[bytes, bytes]]:
-        """The FastCGI parameters for C{request}."""
+    def _encodeUnlessConfigured(self, pairs: _Pairs) -> bytes:
+        """The encoded C{pairs}, but those the configured params replace."""
+        extra = self._extra
+        return encodeNameValuePairs(
+            [pair for pair in pairs if pair[0] not in extra] if extra else pairs
+        )
+
+    def _remember(self, cache: dict[object, bytes], key: object, pairs: _Pairs) -> bytes:
+        """Encode C{pairs}, which are the same whenever C{key} is, once."""
+        encoded = cache[key] = self._encodeUnlessConfigured(pairs)
+        if len(cache) > _MAX_REMEMBERED:
+            del cache[next(iter(cache))]
+        return encoded
+
+    def encode(self, request: CGIRequest) -> bytes:
+        """The FastCGI parameters for C{request}, encoded as a PARAMS body."""
         https = request.https
         contentLength = request.contentLength
-        params: dict[bytes, bytes] = {
-            b"GATEWAY_INTERFACE": b"CGI/1.1",
-            b"SERVER_SOFTWARE": self._serverSoftware,
-            b"REQUEST_METHOD": request.method,
-            b"REQUEST_URI": request.requestURI,
-            b"QUERY_STRING": request.queryString,
-            b"SCRIPT_FILENAME": _encode(request.scriptFilename),
-            b"SCRIPT_NAME": _encode(request.scriptName),
-            b"PATH_INFO": _encode(request.pathInfo),
-            b"DOCUMENT_URI": _encode(request.documentURI),
-            b"DOCUMENT_ROOT": _encode(request.documentRoot),
-            b"SERVER_PROTOCOL": request.serverProtocol,
-            b"REQUEST_SCHEME": b"https" if https else b"http",
-            b"REMOTE_ADDR": _encode(request.remoteAddr),
-            b"REMOTE_PORT": _encodePort(request.remotePort),
-            b"SERVER_ADDR": _encode(request.serverAddr),
-            b"SERVER_PORT": _encodePort(request.serverPort),
-            b"SERVER_NAME": request.serverName,
-            b"CONTENT_TYPE": request.contentType or b"",
-            b"CONTENT_LENGTH": b"" if contentLength is None else b"%d" % contentLength,
-            # PHP built with --enable-force-cgi-redirect refuses to run without it.
-            b"REDIRECT_STATUS": b"200",
-        }
-        if request.pathInfo:
-            params[b"PATH_TRANSLATED"] = _encode(request.documentRoot + request.pathInfo)
+        pathInfo = _encode(request.pathInfo)
+        pairs = [
+            (b"REQUEST_METHOD", request.method),
+            (b"REQUEST_URI", request.requestURI),
+            (b"QUERY_STRING", request.queryString),
+            (b"SCRIPT_FILENAME", _encode(request.scriptFilename)),
+            (b"SCRIPT_NAME", _encode(request.scriptName)),
+            (b"PATH_INFO", pathInfo),
+            (b"DOCUMENT_URI", _encode(request.documentURI)),
+            (b"SERVER_PROTOCOL", request.serverProtocol),
+            (b"REQUEST_SCHEME", b"https" if https else b"http"),
+            (b"REMOTE_ADDR", _encode(request.remoteAddr)),
+            (b"REMOTE_PORT", _encodePort(request.remotePort)),
+            (b"SERVER_NAME", request.serverName),
+            (b"CONTENT_TYPE", request.contentType or b""),
+            (b"CONTENT_LENGTH", b"" if contentLength is None else b"%d" % contentLength),
+        ]
+        if pathInfo:
+            pairs.append((b"PATH_TRANSLATED", _encode(request.documentRoot + request.pathInfo)))
         if https:
             # Absent rather than "off" on plain HTTP: WordPress and others
             # test isset() or empty() and both are right when it is missing.
-            params[b"HTTPS"] = b"on"
-        setdefault = params.setdefault
-        for key, value in headerParams(request.headers):
-            setdefault(key, value)
-        params.update(self._extra)
-        return list(params.items())
+            pairs.append((b"HTTPS", b"on"))
+        # No computed name starts with HTTP_, so only configured ones can
+        # replace a header's.
+        pairs += headerParams(request.headers)
+        serverAddr, serverPort = request.serverAddr, request.serverPort
+        listener = self._listeners.get((serverAddr, serverPort))
+        if listener is None:
+            listener = self._remember(
+                self._listeners,
+                (serverAddr, serverPort),
+                [(b"SERVER_ADDR", _encode(serverAddr)), (b"SERVER_PORT", _encodePort(serverPort))],
+            )
+        root = request.documentRoot
+        documentRoot = self._roots.get(root)
+        if documentRoot is None:
+            documentRoot = self._remember(self._roots, root, [(b"DOCUMENT_ROOT", _encode(root))])
+        return b"".join(
+            (
+                self._constant,
+                documentRoot,
+                listener,
+                self._encodeUnlessConfigured(pairs),
+                self._encodedExtra,
+            )
+        )
+
+    def params(self, request: CGIRequest) -> list[tuple[bytes, bytes]]:
+        """The FastCGI parameters for C{request}, as L{encode} sends them."""
+        return decodeNameValuePairs(self.encode(request))
+
+
+_Pairs: TypeAlias = "list[tuple[bytes, bytes]]"
+
+# Listeners or document roots remembered at most: a site has a few, and a
+# server bound to a wildcard address sees one per local address.
+_MAX_REMEMBERED = 64
 
 
 def _encode(text: str) -> bytes:
@@ -210,7 +275,8 @@ class MalformedResponse(Exception):
     """
 
 
-@dataclass(frozen=True, **SLOTS)
+# Not frozen, as CGIRequest: one is made for every response.
+@dataclass(**SLOTS)
 class CGIResponseHead:
     """The HTTP status and headers a CGI header block asks for."""
 
@@ -264,7 +330,11 @@ def parseResponseHead(block: bytes) -> CGIResponseHead:
     headers: list[tuple[bytes, bytes]] = []
     contentLength: int | None = None
     hasLocation = False
-    for line in _LINE_END.split(block) if block else ():
+    lines = block.split(b"\r\n") if block else []
+    if lines and block.count(b"\n") >= len(lines):
+        # Some line ends with a bare LF.
+        lines = _LINE_END.split(block)
+    for line in lines:
         match = _HEADER_LINE.match(line)
         if match is None:
             raise MalformedResponse(f"invalid header line from the script: {line[:80]!r}")

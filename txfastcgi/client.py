@@ -14,21 +14,17 @@ from enum import Enum
 from typing import IO
 from typing import Protocol as TypingProtocol
 
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import (
-    IConsumer,
-    IDelayedCall,
-    IPushProducer,
-    IReactorTime,
-    ITransport,
-)
+from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime, ITransport
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Cooperator
 from twisted.python.failure import Failure
 from twisted.web.client import FileBodyProducer
 from zope.interface import implementer
 
+from txfastcgi.limits import Deadlines
 from txfastcgi.records import (
     MAX_CONTENT_LENGTH,
     ClientConnection,
@@ -224,13 +220,24 @@ class FastCGIClientProtocol(Protocol):
     @ivar requestsStarted: how many requests this connection has carried.
     @ivar requestNumber: the place of its latest request among all requests
         sent, over all connections.
+
+    @param deadlines: where its read timeout is kept: a pool passes the one
+        all its connections share, so that one timer serves them all; by
+        default the connection has its own.
     """
 
     def __init__(
-        self, reactor: IReactorTime, readTimeout: float | None = None, backend: str = ""
+        self,
+        reactor: IReactorTime,
+        readTimeout: float | None = None,
+        backend: str = "",
+        deadlines: Deadlines | None = None,
     ) -> None:
         self._reactor = reactor
         self._readTimeout = readTimeout
+        self._deadlines = Deadlines(reactor) if deadlines is None else deadlines
+        # Whether the read timeout runs: the backend owes us a byte.
+        self._awaiting = False
         self.backend = backend
         self._state = ProtocolState.CONNECTING
         self._connection = ClientConnection()
@@ -239,7 +246,9 @@ class FastCGIClientProtocol(Protocol):
         self._receiver: ResponseReceiver | None = None
         self._keepConnection = False
         self._bodyProducer: FileBodyProducer | None = None
-        self._timeoutCall: IDelayedCall | None = None
+        # A socket transport (TCP or unix), written to directly while it
+        # has nothing buffered; None for any other transport.
+        self._direct: tcp.Connection | None = None
         self.requestsStarted = 0
         self.requestNumber = 0
         self.whenClosed: Deferred[None] = Deferred()
@@ -260,6 +269,8 @@ class FastCGIClientProtocol(Protocol):
     def makeConnection(self, transport: ITransport) -> None:
         # Protocol's own sets the connected flag, which is the state here.
         self.transport = transport
+        if isinstance(transport, tcp.Connection):
+            self._direct = transport
         self.connectionMade()
 
     @property
@@ -303,7 +314,7 @@ class FastCGIClientProtocol(Protocol):
 
     def sendRequest(
         self,
-        params: list[tuple[bytes, bytes]],
+        params: list[tuple[bytes, bytes]] | bytes,
         body: IO[bytes],
         bodyLength: int,
         receiver: ResponseReceiver,
@@ -312,6 +323,9 @@ class FastCGIClientProtocol(Protocol):
     ) -> None:
         """
         Send one request; the response goes to C{receiver}.
+
+        @param params: name-value pairs, or their encoding by
+            L{txfastcgi.records.encodeNameValuePairs}.
 
         @param body: the request body, positioned at its start; streamed in
             STDIN records unless it is small, never read whole into memory.
@@ -337,13 +351,13 @@ class FastCGIClientProtocol(Protocol):
         self._receiver = receiver
         self._keepConnection = keepConnection
         if firstByteDue is not None:
-            self._timeoutCall = self._reactor.callLater(firstByteDue, self._timedOut)
+            self._await(firstByteDue)
         if bodyLength <= _COALESCED_BODY_LIMIT:
-            self.transport.write(
+            self._write(
                 self._connection.startRequest(params, keepConnection, body.read(bodyLength))
             )
             return
-        self.transport.write(self._connection.startRequest(params, keepConnection))
+        self._write(self._connection.startRequest(params, keepConnection))
         # Read on our own reactor, not the global one that
         # FileBodyProducer uses by default.
         cooperator = Cooperator(scheduler=lambda step: self._reactor.callLater(0, step))
@@ -357,14 +371,33 @@ class FastCGIClientProtocol(Protocol):
         )
 
     def _writeBody(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(self._connection.sendBody(data))
+        self._write(self._connection.sendBody(data))
 
     def _bodyDone(self, ignored: object) -> None:
-        assert self.transport is not None
         self._bodyProducer = None
         IConsumer(self.transport).unregisterProducer()
-        self.transport.write(self._connection.endBody())
+        self._write(self._connection.endBody())
+
+    def _write(self, data: bytes) -> None:
+        """
+        Write C{data}: straight to the socket while the transport has nothing
+        buffered, so that php-fpm has the request now rather than after a
+        reactor turn and a pair of C{epoll_ctl} calls; what the socket does
+        not take, and everything while something is buffered, goes through
+        the transport, in order.  Twisted keeps its buffer in C{dataBuffer}
+        and C{_tempDataLen}.
+        """
+        direct = self._direct
+        if direct is not None and not direct._tempDataLen and not direct.dataBuffer:
+            try:
+                sent = direct.socket.send(data)
+            except OSError:  # Full, or broken: the transport will find out which.
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        assert self.transport is not None
+        self.transport.write(data)
 
     def _stopBody(self) -> None:
         if self._bodyProducer is not None:
@@ -393,10 +426,6 @@ class FastCGIClientProtocol(Protocol):
             return
         receiver = self._receiver
         assert receiver is not None, "the connection accepted data with no request in flight"
-        if self._timeoutCall is not None and self._readTimeout is not None:
-            # The first byte came, or another: the backend has readTimeout
-            # seconds again for the next.
-            self._timeoutCall.reset(self._readTimeout)
         for event in events:
             if isinstance(event, Stdout):
                 receiver.stdoutReceived(event.data)
@@ -409,6 +438,11 @@ class FastCGIClientProtocol(Protocol):
             if self._receiver is not receiver:
                 # The receiver gave up in a callback (its client went away).
                 return
+        if self._awaiting and self._readTimeout is not None:
+            # A byte came: the backend has the read timeout again for the
+            # next.  Restarted once the events are delivered, so that a
+            # response that ended here costs no restart.
+            self._await(self._readTimeout)
 
     def _ended(self, receiver: ResponseReceiver, event: EndRequest) -> None:
         # A body still being sent was cut short: the rest of STDIN must not
@@ -428,6 +462,7 @@ class FastCGIClientProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
         self._move(_E.LOSE)
+        self._direct = None
         self._cancelTimeout()
         self._stopBody()
         receiver, self._receiver = self._receiver, None
@@ -462,14 +497,18 @@ class FastCGIClientProtocol(Protocol):
     # Read timeout: it runs only while we wait for the backend, never while
     # we hold it back for a slow HTTP client.
 
+    def _await(self, seconds: float) -> None:
+        """Start or restart the read timeout: a byte is due within C{seconds}."""
+        self._awaiting = True
+        self._deadlines.set(self, self._reactor.seconds() + seconds, self._timedOut)
+
     def _cancelTimeout(self) -> None:
-        # A timer is kept only until it fires or is cancelled: it is active.
-        if self._timeoutCall is not None:
-            self._timeoutCall.cancel()
-            self._timeoutCall = None
+        if self._awaiting:
+            self._awaiting = False
+            self._deadlines.clear(self)
 
     def _timedOut(self) -> None:
-        self._timeoutCall = None
+        self._awaiting = False
         self._fail(self._timeoutFailure())
 
     def _timeoutFailure(self) -> Failure:
@@ -487,7 +526,7 @@ class FastCGIClientProtocol(Protocol):
     def resumeProducing(self) -> None:
         if self._move(_E.RESUME) is _PAUSED:
             if self._readTimeout is not None:
-                self._timeoutCall = self._reactor.callLater(self._readTimeout, self._timedOut)
+                self._await(self._readTimeout)
             self.transport.resumeProducing()  # type: ignore[union-attr]
 
     def stopProducing(self) -> None:

@@ -26,10 +26,10 @@ time): a frozen php-fpm answers every request within the read timeout.
 
 from __future__ import annotations
 
-import itertools
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
+from functools import partial
 from typing import TYPE_CHECKING, cast
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail, succeed
@@ -46,6 +46,7 @@ from twisted.python.failure import Failure
 
 from txfastcgi._poolpolicy import PoolPolicy, Seen, Suspicion
 from txfastcgi.client import BackendTimeout, FastCGIClientProtocol
+from txfastcgi.limits import Deadlines
 
 __all__ = [
     "TRANSITIONS",
@@ -81,6 +82,9 @@ class PoolStateError(Exception):
 class ConnectionState(Enum):
     """Where one connection of a pool stands."""
 
+    # Identity is equality for these; this keeps lookups cheap.
+    __hash__ = object.__hash__
+
     CONNECTING = "connecting"
     IDLE = "idle"
     """Open, and free for the next request."""
@@ -96,6 +100,8 @@ class ConnectionState(Enum):
 class PoolEvent(Enum):
     """What can happen to one connection of a pool."""
 
+    __hash__ = object.__hash__
+
     CONNECTED = "connected"
     CONNECT_FAILED = "connect failed"
     LENT = "lent"
@@ -106,6 +112,20 @@ class PoolEvent(Enum):
 
 _S = ConnectionState
 _E = PoolEvent
+
+# Enum member lookups through the class cost a metaclass __getattr__; what
+# runs for every request uses these names.
+_CONNECTING = _S.CONNECTING
+_IDLE = _S.IDLE
+_BUSY = _S.BUSY
+_CLOSING = _S.CLOSING
+_LENT = _E.LENT
+_RETURNED = _E.RETURNED
+# The states whose connections the pool keeps by state, each in the order
+# they entered it: the last idle one is the most recently used.
+_KEPT_BY_STATE = (_CONNECTING, _IDLE, _BUSY, _CLOSING)
+# The states of a connection that php-fpm may have accepted.
+_OPEN = frozenset((_IDLE, _BUSY))
 
 TRANSITIONS: dict[tuple[ConnectionState, PoolEvent], ConnectionState] = {
     (_S.CONNECTING, _E.CONNECTED): _S.IDLE,
@@ -159,9 +179,6 @@ class _Connection:
     accepted: bool = False
     # When it was lent for its first request.
     firstLentAt: float | None = None
-    # Orders idle connections: the most recently used is lent first.
-    idleSince: int = 0
-    idleTimer: IDelayedCall | None = None
 
     def seen(self) -> Seen:
         protocol = self.protocol
@@ -184,7 +201,6 @@ class _Waiter:
     fresh: bool
     # The reactor time it began to wait.
     since: float
-    timer: IDelayedCall | None = field(default=None)
 
 
 class ConnectionPool:
@@ -236,12 +252,22 @@ class ConnectionPool:
         # order they were opened: php-fpm accepts them in that order.
         self._connections: list[_Connection] = []
         self._byProtocol: dict[FastCGIClientProtocol, _Connection] = {}
+        # The same by state, as ordered sets: whatever a request needs
+        # (the idle connection to lend, how many are being made) is found
+        # without a look at every connection.
+        self._byState: dict[ConnectionState, dict[_Connection, None]] = {
+            state: {} for state in _KEPT_BY_STATE
+        }
+        # Those idle or busy that php-fpm has not been seen to accept yet.
+        self._unaccepted: set[_Connection] = set()
         self._waiting: deque[_Waiter] = deque()
+        # Every timeout of the pool and of its connections, on one timer:
+        # waiting requests', idle connections', read timeouts.
+        self._deadlines = Deadlines(reactor)
         self._shutDown = False
         self._updating = False
         self._updateAgain = False
         self._wakeCall: IDelayedCall | None = None
-        self._idleOrder = itertools.count(1)
         self.waits = 0
         self.waitSeconds = 0.0
 
@@ -251,17 +277,16 @@ class ConnectionPool:
         being made, and how many requests wait beyond those the connections
         being made will serve.
         """
-        counts = dict.fromkeys(ConnectionState, 0)
-        for connection in self._connections:
-            counts[connection.state] += 1
-        idle = counts[_S.IDLE]
-        busy = counts[_S.BUSY] + counts[_S.CLOSING]
+        byState = self._byState
+        idle = len(byState[_IDLE])
+        busy = len(byState[_BUSY]) + len(byState[_CLOSING])
+        connecting = len(byState[_CONNECTING])
         return PoolStatistics(
             open=idle + busy,
             idle=idle,
             busy=busy,
-            connecting=counts[_S.CONNECTING],
-            waiting=max(0, len(self._waiting) - counts[_S.CONNECTING]),
+            connecting=connecting,
+            waiting=max(0, len(self._waiting) - connecting),
         )
 
     def acquire(
@@ -289,13 +314,13 @@ class ConnectionPool:
         if not self._waiting:
             idle = self._idleFor(fresh)
             if idle is not None:
-                self._move(idle, _E.LENT)
+                self._move(idle, _LENT)
                 return succeed(idle.protocol)
         waiter = _Waiter(Deferred(self._forget), fresh, now)
         self._waiting.append(waiter)
         queueDue = now + self._queueTimeout
-        waiter.timer = self._reactor.callLater(
-            min(due, queueDue) - now, self._waitedTooLong, waiter, due < queueDue
+        self._deadlines.set(
+            waiter, min(due, queueDue), partial(self._waitedTooLong, waiter, due < queueDue)
         )
         self._update()
         return waiter.deferred
@@ -312,11 +337,11 @@ class ConnectionPool:
         if connection is None:
             raise PoolStateError(f"{protocol!r} is not a connection of this pool")
         if connection.state is _S.LOST:
-            self._move(connection, _E.RETURNED)
+            self._move(connection, _RETURNED)
         elif not protocol.reusable or self._shutDown:
             self._close(connection)
         else:
-            self._move(connection, _E.RETURNED)
+            self._move(connection, _RETURNED)
         self._update()
 
     def close(self) -> None:
@@ -325,7 +350,7 @@ class ConnectionPool:
         when it is given back; none is kept from now on.
         """
         self._shutDown = True
-        for connection in self._inState(_S.IDLE):
+        for connection in list(self._byState[_IDLE]):
             self._close(connection)
 
     # Waiting requests
@@ -340,16 +365,16 @@ class ConnectionPool:
             if waiter.deferred is deferred:
                 self._dequeue(waiter)
                 break
-        connecting = self._inState(_S.CONNECTING)
+        connecting = self._byState[_CONNECTING]
         if len(connecting) > len(self._waiting):
-            connecting[-1].connecting.cancel()
+            # The one opened last.
+            next(reversed(connecting)).connecting.cancel()
 
     def _dequeue(self, waiter: _Waiter) -> None:
         self._waiting.remove(waiter)
         self.waits += 1
         self.waitSeconds += self._reactor.seconds() - waiter.since
-        if waiter.timer is not None and waiter.timer.active():
-            waiter.timer.cancel()
+        self._deadlines.clear(waiter)
 
     def _waitedTooLong(self, waiter: _Waiter, late: bool) -> None:
         self._dequeue(waiter)
@@ -399,6 +424,31 @@ class ConnectionPool:
 
     def _decide(self) -> None:
         now = self._reactor.seconds()
+        if self._unaccepted:
+            # Only a connection php-fpm has not been seen to accept can be in
+            # its backlog, or show it has another worker: with none, the
+            # policy has nothing to say but how many connections to open.
+            self._freeWorkers(now)
+        self._lendIdle()
+        byState = self._byState
+        needed = len(self._waiting) - len(byState[_CONNECTING])
+        while needed > 0 and len(self._connections) < self.policy.limit(now):
+            self._connect()
+            needed -= 1
+        if needed > len(byState[_CLOSING]):
+            # Fresh requests the limit leaves waiting: make room, with the
+            # connection idle the longest.
+            idle = byState[_IDLE]
+            if idle:
+                self._close(next(iter(idle)))
+        self._startIdleTimers(now)
+        self._schedule(now, blocked=needed > 0)
+
+    def _freeWorkers(self, now: float) -> None:
+        """
+        Learn php-fpm's workers from the connections, and close a free one
+        for each request that may wait in php-fpm's backlog.
+        """
         policy = self.policy
         seen = self._seen()
         policy.learn(seen)
@@ -417,67 +467,78 @@ class ConnectionPool:
                 )
             self._close(holder)
             seen = self._seen()
-        self._lendIdle()
-        needed = len(self._waiting) - len(self._inState(_S.CONNECTING))
-        while needed > 0 and len(self._connections) < policy.limit(now):
-            self._connect()
-            needed -= 1
-        if needed > len(self._inState(_S.CLOSING)):
-            # Fresh requests the limit leaves waiting: make room.
-            idle = self._inState(_S.IDLE)
-            if idle:
-                self._close(min(idle, key=lambda connection: connection.idleSince))
-        self._startIdleTimers()
-        self._schedule(now, blocked=needed > 0)
 
     def _seen(self) -> list[Seen]:
-        return [
+        """What the policy knows of the open connections, oldest first."""
+        seen = [
             connection.seen()
             for connection in self._connections
-            if connection.state is _S.IDLE or connection.state is _S.BUSY
+            if connection.state is _IDLE or connection.state is _BUSY
         ]
+        self._unaccepted = {c for c in self._unaccepted if not c.accepted}
+        return seen
 
     def _holder(self) -> _Connection | None:
         """The idle connection php-fpm surely gave a worker, that served the latest request."""
-        accepted = [c for c in self._inState(_S.IDLE) if c.accepted]
-        return max(accepted, key=lambda c: c.protocol.requestNumber, default=None)
+        return max(
+            (c for c in self._byState[_IDLE] if c.accepted),
+            key=lambda c: c.protocol.requestNumber,
+            default=None,
+        )
 
     def _lendIdle(self) -> None:
         """
         Lend idle connections to waiting requests, oldest first: the most
         recently used to those that take kept ones, one never lent to those
-        that want a new one.
+        that want a new one.  The oldest request takes one at once unless it
+        wants a new one, so that this costs a look at every request only
+        while those wait.
         """
-        while True:
-            for waiter in self._waiting:
-                idle = self._idleFor(waiter.fresh)
-                if idle is not None:
-                    self._lend(idle, waiter)
+        idle = self._byState[_IDLE]
+        waiting = self._waiting
+        while idle and waiting:
+            for waiter in waiting:
+                connection = self._idleFor(waiter.fresh)
+                if connection is not None:
+                    self._lend(connection, waiter)
                     break
+                if not idle:
+                    return
             else:
                 return
 
     def _idleFor(self, fresh: bool) -> _Connection | None:
         """
-        The idle connection to lend next (never lent before, if C{fresh}).
-        One that broke while idle (the backend sent stray bytes) is closed.
+        The idle connection to lend next: the most recently used, or if
+        C{fresh} the most recently made of those never lent.  One that
+        broke while idle (the backend sent stray bytes) is closed.
         """
-        while True:
-            idle = [c for c in self._inState(_S.IDLE) if not fresh or c.firstLentAt is None]
-            connection = max(idle, key=lambda c: c.idleSince, default=None)
-            if connection is None or connection.protocol.reusable:
+        idle = self._byState[_IDLE]
+        while idle:
+            if fresh:
+                connection = next((c for c in reversed(idle) if c.firstLentAt is None), None)
+                if connection is None:
+                    return None
+            else:
+                connection = next(reversed(idle))
+            if connection.protocol.reusable:
                 return connection
             self._close(connection)
+        return None
 
     def _lend(self, connection: _Connection, waiter: _Waiter) -> None:
         self._dequeue(waiter)
-        self._move(connection, _E.LENT)
+        self._move(connection, _LENT)
         waiter.deferred.callback(connection.protocol)
 
     def _schedule(self, now: float, blocked: bool) -> None:
-        wakeAt = self.policy.wakeAt(
-            now, self._seen(), blocked=blocked, holding=self._holder() is not None
-        )
+        if self._unaccepted:
+            wakeAt = self.policy.wakeAt(
+                now, self._seen(), blocked=blocked, holding=self._holder() is not None
+            )
+        else:
+            # No request waits for a first answer: no grace can end.
+            wakeAt = self.policy.wakeAt(now, (), blocked=blocked, holding=False)
         call = self._wakeCall
         if call is not None and call.active():
             if wakeAt is not None and call.getTime() == wakeAt:
@@ -491,38 +552,45 @@ class ConnectionPool:
 
     # Connections
 
-    def _inState(self, state: ConnectionState) -> list[_Connection]:
-        return [connection for connection in self._connections if connection.state is state]
-
     def _move(self, connection: _Connection, event: PoolEvent) -> None:
         """Make one legal move, and what entering and leaving a state entails."""
-        state = nextState(connection.state, event)
-        if connection.idleTimer is not None:
-            if connection.idleTimer.active():
-                connection.idleTimer.cancel()
-            connection.idleTimer = None
+        left = connection.state
+        state = nextState(left, event)
+        byState = self._byState
+        members = byState.get(left)
+        if members is not None:
+            del members[connection]
+        if left is _IDLE:
+            # Its idle timer, if it started.
+            self._deadlines.clear(connection)
         connection.state = state
-        if state is _S.IDLE:
-            # Its idle timer starts once the pool has decided not to lend it
-            # at once (see _startIdleTimers), not for every hand-over.
-            connection.idleSince = next(self._idleOrder)
-        elif state is _S.BUSY and connection.firstLentAt is None:
-            connection.firstLentAt = self._reactor.seconds()
+        members = byState.get(state)
+        if members is not None:
+            # An idle one's timer starts once the pool has decided not to
+            # lend it at once (see _startIdleTimers), not for every hand-over.
+            members[connection] = None
+        if state not in _OPEN:
+            self._unaccepted.discard(connection)
+        if state is _BUSY:
+            if connection.firstLentAt is None:
+                connection.firstLentAt = self._reactor.seconds()
         elif state is _S.LOST or state is _S.CLOSED:
             if connection in self._connections:
                 self._connections.remove(connection)
             if state is _S.CLOSED:
                 del self._byProtocol[connection.protocol]
 
-    def _startIdleTimers(self) -> None:
-        for connection in self._inState(_S.IDLE):
-            if connection.idleTimer is None:
-                connection.idleTimer = self._reactor.callLater(
-                    self._idleTimeout, self._idleTimedOut, connection
+    def _startIdleTimers(self, now: float) -> None:
+        deadlines = self._deadlines
+        for connection in self._byState[_IDLE]:
+            if connection not in deadlines:
+                deadlines.set(
+                    connection,
+                    now + self._idleTimeout,
+                    partial(self._idleTimedOut, connection),
                 )
 
     def _idleTimedOut(self, connection: _Connection) -> None:
-        connection.idleTimer = None
         self._close(connection)
         self._update()
 
@@ -535,13 +603,16 @@ class ConnectionPool:
         connection.protocol.abort()
 
     def _connect(self) -> None:
-        protocol = FastCGIClientProtocol(self._reactor, self._readTimeout, self.name)
+        protocol = FastCGIClientProtocol(
+            self._reactor, self._readTimeout, self.name, self._deadlines
+        )
         # The endpoint's Deferred fires with what the factory built: protocol.
         connecting = cast(
             "Deferred[FastCGIClientProtocol]", self._endpoint.connect(_OneConnection(protocol))
         )
         connection = _Connection(protocol, connecting)
         self._connections.append(connection)
+        self._byState[_CONNECTING][connection] = None
         self._byProtocol[protocol] = connection
         # A timed-out connect is cancelled, and Twisted's endpoints fail a
         # cancelled connect with ConnectingCancelledError, not CancelledError.
@@ -553,6 +624,7 @@ class ConnectionPool:
 
     def _connected(self, connection: _Connection) -> None:
         self._move(connection, _E.CONNECTED)
+        self._unaccepted.add(connection)
         connection.protocol.whenClosed.addCallback(lambda _: self._lost(connection))
         if self._shutDown and not self._waiting:
             self._close(connection)

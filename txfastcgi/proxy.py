@@ -406,7 +406,8 @@ class Exchange:
         self._headParser: ResponseHeadParser | None = None
         # Body bytes still due by the framing; None while only the end tells.
         self._bodyRemaining: int | None = None
-        self._params: list[tuple[bytes, bytes]] = []
+        # Encoded: a retry sends the same bytes again.
+        self._params = b""
         self._arrived = 0.0
         # For its access log line and metrics: who ran it, how often again.
         self._backend: str | None = None
@@ -473,7 +474,7 @@ class Exchange:
 
     def _startScript(self, script: Script) -> None:
         proxy = self._proxy
-        self._params = proxy.cgiParams.params(proxy.cgiRequest(self._request, script))
+        self._params = proxy.cgiParams.encode(proxy.cgiRequest(self._request, script))
         self._headParser = ResponseHeadParser()
         # Its read timeout counts from here, time in the pool's queue included.
         self._arrived = proxy.clock.seconds()

@@ -14,6 +14,7 @@ import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum, IntEnum
+from functools import lru_cache
 from typing import TYPE_CHECKING, ClassVar, Union
 
 from txfastcgi._compat import SLOTS
@@ -108,6 +109,12 @@ def _encodeRecord(recordType: int, requestId: int, content: bytes) -> bytes:
     return b"".join((header, content, _PADDING[:paddingLength]))
 
 
+@lru_cache(maxsize=64)
+def _endOfStream(recordType: int, requestId: int) -> bytes:
+    """The empty record that ends a stream: the same bytes for every request."""
+    return _encodeRecord(recordType, requestId, b"")
+
+
 def _encodeStream(recordType: int, requestId: int, data: bytes) -> bytes:
     """
     Cut C{data} into as many records as it needs, without a terminator: the
@@ -147,12 +154,14 @@ def encodeNameValuePairs(pairs: Iterable[tuple[bytes, bytes]]) -> bytes:
     one byte below 128, else four bytes with the high bit set.
     """
     parts: list[bytes] = []
-    append = parts.append
     for name, value in pairs:
-        append(_encodeLength(len(name)))
-        append(_encodeLength(len(value)))
-        append(name)
-        append(value)
+        nameLength = len(name)
+        valueLength = len(value)
+        if nameLength < 0x80 and valueLength < 0x80:
+            # Nearly every pair: no call for its lengths.
+            parts += (_SHORT_LENGTHS[nameLength], _SHORT_LENGTHS[valueLength], name, value)
+        else:
+            parts += (_encodeLength(nameLength), _encodeLength(valueLength), name, value)
     return b"".join(parts)
 
 
@@ -191,21 +200,28 @@ def decodeNameValuePairs(data: bytes) -> list[tuple[bytes, bytes]]:
     return pairs
 
 
-def encodeParams(requestId: int, pairs: Iterable[tuple[bytes, bytes]]) -> bytes:
+def encodeParams(requestId: int, pairs: Iterable[tuple[bytes, bytes]] | bytes) -> bytes:
     """
-    Encode a whole PARAMS stream, terminator included.
+    Encode a whole PARAMS stream, terminator included, from name-value
+    pairs or from their encoding by L{encodeNameValuePairs}.
 
     Each record holds whole pairs: php-fpm decodes every PARAMS record on its
     own and drops a request whose pair is cut across two. Only a pair too
     large for any record is cut, as the specification allows, since it
     could not be sent otherwise.
     """
-    pairs = list(pairs)
-    encoded = encodeNameValuePairs(pairs)
-    terminator = _encodeRecord(RecordType.PARAMS, requestId, b"")
+    if isinstance(pairs, bytes):
+        encoded = pairs
+    else:
+        pairs = list(pairs)
+        encoded = encodeNameValuePairs(pairs)
+    terminator = _endOfStream(RecordType.PARAMS, requestId)
     if len(encoded) <= _STREAM_CHUNK_LENGTH:
         # The usual request: all of its params in one record.
         return _encodeStream(RecordType.PARAMS, requestId, encoded) + terminator
+    if isinstance(pairs, bytes):
+        # Too long for one record: cut between pairs.
+        pairs = decodeNameValuePairs(pairs)
     records: list[bytes] = []
     pending: list[bytes] = []
     pendingLength = 0
@@ -409,6 +425,10 @@ _FIXED_CONTENT_LENGTHS: dict[int, int] = {
 _MANAGEMENT_TYPES = frozenset(
     (RecordType.GET_VALUES, RecordType.GET_VALUES_RESULT, RecordType.UNKNOWN_TYPE)
 )
+# Records of a request's byte streams: any length, any request id.
+_STREAM_TYPES = frozenset(
+    (RecordType.PARAMS, RecordType.STDIN, RecordType.STDOUT, RecordType.STDERR, RecordType.DATA)
+)
 
 
 def _checkHeader(version: int, recordType: int, requestId: int, contentLength: int) -> None:
@@ -466,18 +486,26 @@ class RecordDecoder:
             source = self._buffer
         records: list[Record] = []
         offset = 0
+        # Sliced from the bytes received, a record's content is copied once.
+        fromBytes = source is data and type(data) is bytes
         try:
             with memoryview(source) as view:
                 while len(view) - offset >= FCGI_HEADER_LEN:
                     version, recordType, requestId, contentLength, paddingLength = (
                         _HEADER.unpack_from(view, offset)
                     )
-                    _checkHeader(version, recordType, requestId, contentLength)
+                    if version != FCGI_VERSION_1 or recordType not in _STREAM_TYPES:
+                        # A stream record passes every check but the version.
+                        _checkHeader(version, recordType, requestId, contentLength)
                     contentStart = offset + FCGI_HEADER_LEN
                     contentEnd = contentStart + contentLength
                     if contentEnd + paddingLength > len(view):
                         break
-                    content = bytes(view[contentStart:contentEnd])
+                    content = (
+                        data[contentStart:contentEnd]
+                        if fromBytes
+                        else bytes(view[contentStart:contentEnd])
+                    )
                     records.append(_DECODERS[recordType](requestId, content))
                     offset = contentEnd + paddingLength
         except ProtocolError as error:
@@ -677,6 +705,12 @@ class ClientConnection:
         if not 1 <= requestId <= 0xFFFF:
             raise ValueError(f"request id {requestId} is not in 1..65535")
         self._requestId = requestId
+        # BEGIN_REQUEST for a responder, without and with FCGI_KEEP_CONN:
+        # the same bytes for every request.
+        self._beginRequest = (
+            _encodeBeginRequest(requestId, Role.RESPONDER, 0),
+            _encodeBeginRequest(requestId, Role.RESPONDER, FCGI_KEEP_CONN),
+        )
         self._decoder = RecordDecoder()
         self._state = ConnectionState.IDLE
         # What ERROR raises again, so that every later call fails the same way.
@@ -710,12 +744,14 @@ class ClientConnection:
 
     def startRequest(
         self,
-        params: Iterable[tuple[bytes, bytes]],
+        params: Iterable[tuple[bytes, bytes]] | bytes,
         keepConnection: bool,
         body: bytes | None = None,
     ) -> bytes:
         """
-        Return BEGIN_REQUEST for a responder and the whole PARAMS stream.
+        Return BEGIN_REQUEST for a responder and the whole PARAMS stream, of
+        C{params} as name-value pairs or as L{encodeNameValuePairs} encoded
+        them.
 
         With C{body}, also return the whole STDIN stream, so that a small
         request goes out in one write.  Without it, follow with any number of
@@ -723,10 +759,7 @@ class ClientConnection:
         """
         self._call(_START if body is None else _START_WITH_BODY)
         requestId = self._requestId
-        # Packed without a BeginRequest: this is done for every request.
-        begin = _encodeBeginRequest(
-            requestId, Role.RESPONDER, FCGI_KEEP_CONN if keepConnection else 0
-        )
+        begin = self._beginRequest[keepConnection]
         if body is None:
             return begin + encodeParams(requestId, params)
         return b"".join(
@@ -734,7 +767,7 @@ class ClientConnection:
                 begin,
                 encodeParams(requestId, params),
                 _encodeStream(RecordType.STDIN, requestId, body),
-                _encodeRecord(RecordType.STDIN, requestId, b""),
+                _endOfStream(RecordType.STDIN, requestId),
             )
         )
 
@@ -749,7 +782,7 @@ class ClientConnection:
     def endBody(self) -> bytes:
         """Return the empty STDIN record that ends the request body."""
         self._call(_END_BODY)
-        return _encodeRecord(RecordType.STDIN, self._requestId, b"")
+        return _endOfStream(RecordType.STDIN, self._requestId)
 
     def reset(self) -> None:
         """
