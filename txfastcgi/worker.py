@@ -17,6 +17,7 @@ import json
 import os
 import sys
 
+from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IReactorCore, IReactorFDSet, IReadDescriptor
 from twisted.internet.main import CONNECTION_DONE
 from twisted.logger import globalLogBeginner, jsonFileLogObserver
@@ -47,11 +48,19 @@ class _Parent:
     def doRead(self) -> Failure | None:
         if os.read(0, 512):
             return None
-        self._reactor.stop()
         return Failure(CONNECTION_DONE)
 
     def connectionLost(self, reason: Failure) -> None:
-        """Nothing more to watch."""
+        """
+        The main process is gone: shut down as on SIGTERM.
+
+        The reactor calls this both after L{doRead} read the end and, where
+        epoll reports the closed pipe as a hang-up alone, without reading.
+        """
+        try:
+            self._reactor.stop()
+        except ReactorNotRunning:  # Shutting down already.
+            pass
 
 
 def main(sockets: list[str]) -> None:
