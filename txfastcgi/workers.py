@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -177,19 +176,22 @@ class WorkerProcesses:
         if not isinstance(address, (IPv4Address, IPv6Address)):
             return descriptor, socket.AF_UNIX
         family = socket.AF_INET if isinstance(address, IPv4Address) else socket.AF_INET6
-        with socket.socket(family, socket.SOCK_STREAM, fileno=os.dup(descriptor)) as shared:
-            # Linux lets a listening socket join a group after the fact.
-            shared.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            own = socket.socket(family, socket.SOCK_STREAM)
-            own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if family == socket.AF_INET6:
-                own.setsockopt(
-                    socket.IPPROTO_IPV6,
-                    socket.IPV6_V6ONLY,
-                    shared.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY),
-                )
-            own.bind(shared.getsockname())
+        # The port's own socket object: a new one around its descriptor
+        # would, under PyPy, make it blocking, and the reactor would then
+        # block in accept().
+        shared: socket.socket = port.socket  # type: ignore[attr-defined]
+        # Linux lets a listening socket join a group after the fact.
+        shared.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        own = socket.socket(family, socket.SOCK_STREAM)
+        own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            own.setsockopt(
+                socket.IPPROTO_IPV6,
+                socket.IPV6_V6ONLY,
+                shared.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY),
+            )
+        own.bind(shared.getsockname())
         own.listen(getattr(port, "backlog", socket.SOMAXCONN))
         # As Twisted's own: a worker's reactor must never block in accept().
         own.setblocking(False)
