@@ -19,13 +19,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from txfastcgi.cgi import (
-    MAX_HEADER_BLOCK,
-    CGIResponseHead,
-    MalformedResponse,
-    ResponseHeadParser,
-    parseResponseHead,
-)
+from txfastcgi.cgi import MAX_HEADER_BLOCK, CGIResponseHead, ResponseHeadParser, parseResponseHead
+from txfastcgi.errors import MalformedResponse, ProtocolError
 from txfastcgi.records import (
     MAX_CONTENT_LENGTH,
     AbortRequest,
@@ -34,7 +29,6 @@ from txfastcgi.records import (
     EndRequest,
     GetValues,
     GetValuesResult,
-    ProtocolError,
     Record,
     RecordDecoder,
     Stderr,

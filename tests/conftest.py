@@ -33,8 +33,8 @@ from typing import Protocol
 import pytest
 
 from tests.fronts import FRONTS
+from txfastcgi.errors import PHPFPMNotFound
 from txfastcgi.phpfpm import (
-    PHPFPMNotFound,
     PoolConfiguration,
     acceptsConnections,
     findPHPFPM,

@@ -65,6 +65,7 @@ from twisted.test.iosim import FakeAddress, FakeTransport
 from zope.interface import implementer
 
 from txfastcgi.client import FastCGIClientProtocol
+from txfastcgi.errors import ProtocolError, UnexpectedRecord
 from txfastcgi.records import (
     FCGI_KEEP_CONN,
     MAX_CONTENT_LENGTH,
@@ -72,14 +73,12 @@ from txfastcgi.records import (
     BeginRequest,
     EndRequest,
     Params,
-    ProtocolError,
     ProtocolStatus,
     Record,
     RecordDecoder,
     Stderr,
     Stdin,
     Stdout,
-    UnexpectedRecord,
     decodeNameValuePairs,
 )
 

@@ -37,9 +37,10 @@ from twisted.web.server import Site
 from tests.fakebackend import Acquisition, FakeBackendEndpoint
 from txfastcgi import FastCGIResource
 from txfastcgi.balancer import BackendStatistics, Balancer
-from txfastcgi.client import BackendTimeout, FastCGIClientProtocol
+from txfastcgi.client import FastCGIClientProtocol
+from txfastcgi.errors import BackendTimeout, BackendUnavailable, QueueTimeout
 from txfastcgi.phpfpm import findPHPFPM, processArguments, workerUser
-from txfastcgi.pool import BackendUnavailable, ConnectionPool, PoolStatistics, QueueTimeout
+from txfastcgi.pool import ConnectionPool, PoolStatistics
 
 CONNECT_TIMEOUT = 5.0
 QUEUE_TIMEOUT = 30.0

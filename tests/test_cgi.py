@@ -10,14 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from txfastcgi.cgi import (
-    CGIParams,
-    CGIRequest,
-    MalformedResponse,
-    ResponseHeadParser,
-    headerParams,
-    parseResponseHead,
-)
+from txfastcgi.cgi import CGIParams, CGIRequest, ResponseHeadParser, headerParams, parseResponseHead
+from txfastcgi.errors import MalformedResponse
 
 REQUEST = CGIRequest(
     method=b"POST",

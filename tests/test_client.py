@@ -30,14 +30,20 @@ from tests.fakebackend import (
     ResponseRecorder,
     stall,
 )
-from txfastcgi.client import BackendClosed, BackendTimeout, FastCGIClientProtocol
+from txfastcgi.client import FastCGIClientProtocol
+from txfastcgi.errors import (
+    BackendClosed,
+    BackendTimeout,
+    ProtocolError,
+    UnexpectedRecord,
+    UnsupportedVersion,
+)
 from txfastcgi.records import (
     FCGI_KEEP_CONN,
     MAX_CONTENT_LENGTH,
     BeginRequest,
     EndRequest,
     Params,
-    ProtocolError,
     ProtocolStatus,
     Record,
     RecordDecoder,
@@ -45,8 +51,6 @@ from txfastcgi.records import (
     Stderr,
     Stdin,
     Stdout,
-    UnexpectedRecord,
-    UnsupportedVersion,
 )
 
 PARAMS = [

@@ -15,7 +15,8 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
 from tests.fakebackend import ResponseRecorder
-from txfastcgi.client import FastCGIClientProtocol, ProtocolState, StateError
+from txfastcgi.client import FastCGIClientProtocol, ProtocolState
+from txfastcgi.errors import StateError
 from txfastcgi.records import EndRequest, Stdout
 
 READ_TIMEOUT = 10

@@ -31,8 +31,8 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from tests.processes import childrenRunning
+from txfastcgi.errors import PHPFPMNotFound
 from txfastcgi.phpfpm import (
-    PHPFPMNotFound,
     PHPFPMService,
     PoolConfiguration,
     acceptsConnections,

@@ -21,14 +21,9 @@ from tests.fakebackend import (
     ResponseRecorder,
     stall,
 )
-from txfastcgi.client import BackendTimeout, FastCGIClientProtocol
-from txfastcgi.pool import (
-    BackendUnavailable,
-    ConnectionPool,
-    PoolStateError,
-    PoolStatistics,
-    QueueTimeout,
-)
+from txfastcgi.client import FastCGIClientProtocol
+from txfastcgi.errors import BackendTimeout, BackendUnavailable, PoolStateError, QueueTimeout
+from txfastcgi.pool import ConnectionPool, PoolStatistics
 from txfastcgi.records import Stdout
 
 CONNECT_TIMEOUT = 5.0

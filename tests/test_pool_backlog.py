@@ -26,7 +26,7 @@ from tests.fakebackend import (
     answered,
 )
 from txfastcgi.balancer import Balancer
-from txfastcgi.client import BackendTimeout
+from txfastcgi.errors import BackendTimeout
 from txfastcgi.pool import ConnectionPool
 
 FAST = b"/fast.php"

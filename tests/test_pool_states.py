@@ -8,7 +8,8 @@ import itertools
 
 import pytest
 
-from txfastcgi.pool import TRANSITIONS, ConnectionState, PoolEvent, PoolStateError, nextState
+from txfastcgi.errors import PoolStateError
+from txfastcgi.pool import TRANSITIONS, ConnectionState, PoolEvent, nextState
 
 S, E = ConnectionState, PoolEvent
 

@@ -14,9 +14,9 @@ from twisted.internet.testing import MemoryReactorClock
 
 from tests.fakebackend import FakeBackendEndpoint, ResponseRecorder, stall
 from tests.test_pool import Acquired
-from txfastcgi.client import BackendTimeout
+from txfastcgi.errors import BackendTimeout, QueueTimeout
 from txfastcgi.limits import Deadlines
-from txfastcgi.pool import ConnectionPool, QueueTimeout
+from txfastcgi.pool import ConnectionPool
 
 # Deadlines
 

@@ -13,6 +13,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from txfastcgi.errors import (
+    MalformedRecord,
+    ProtocolError,
+    StateError,
+    UnexpectedRecord,
+    UnsupportedVersion,
+)
 from txfastcgi.records import (
     FCGI_HEADER_LEN,
     FCGI_KEEP_CONN,
@@ -26,21 +33,16 @@ from txfastcgi.records import (
     EndRequest,
     GetValues,
     GetValuesResult,
-    MalformedRecord,
     Params,
-    ProtocolError,
     ProtocolStatus,
     Record,
     RecordDecoder,
     RecordType,
     Role,
-    StateError,
     Stderr,
     Stdin,
     Stdout,
-    UnexpectedRecord,
     UnknownType,
-    UnsupportedVersion,
     decodeNameValuePairs,
     encodeNameValuePairs,
     encodeParams,

@@ -26,8 +26,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from txfastcgi.client import BackendTimeout, FastCGIClientProtocol
-from txfastcgi.pool import BackendUnavailable, ConnectionPool, PoolStatistics, QueueTimeout
+from txfastcgi.client import FastCGIClientProtocol
+from txfastcgi.errors import BackendTimeout, BackendUnavailable, QueueTimeout
+from txfastcgi.pool import ConnectionPool, PoolStatistics
 
 __all__ = ["BackendStatistics", "Balancer"]
 

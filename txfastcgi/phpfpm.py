@@ -53,12 +53,12 @@ from twisted.python.failure import Failure
 from zope.interface import provider
 
 from txfastcgi._child import moduleCommand
+from txfastcgi.errors import PHPFPMNotFound
 
 if TYPE_CHECKING:
     from twisted.runner.procmon import ProcessMonitor
 
 __all__ = [
-    "PHPFPMNotFound",
     "PHPFPMService",
     "PoolConfiguration",
     "acceptsConnections",
@@ -75,14 +75,6 @@ _VERSIONED = re.compile(r"php-fpm(\d+)\.(\d+)")
 _PROCESS_NAME = "php-fpm"
 
 _POLL_INTERVAL = 0.05
-
-
-class PHPFPMNotFound(Exception):
-    """
-    No php-fpm binary could be found.
-
-    The message is a single line meant to be shown as it is on the command line.
-    """
 
 
 def findPHPFPM(searchPath: str | None = None) -> str:

@@ -45,18 +45,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txfastcgi._poolpolicy import PoolPolicy, Seen, Suspicion
-from txfastcgi.client import BackendTimeout, FastCGIClientProtocol
+from txfastcgi.client import FastCGIClientProtocol
+from txfastcgi.errors import BackendTimeout, BackendUnavailable, PoolStateError, QueueTimeout
 from txfastcgi.limits import Deadlines
 
 __all__ = [
     "TRANSITIONS",
-    "BackendUnavailable",
     "ConnectionPool",
     "ConnectionState",
     "PoolEvent",
-    "PoolStateError",
     "PoolStatistics",
-    "QueueTimeout",
     "nextState",
 ]
 
@@ -65,18 +63,6 @@ __all__ = [
 # before T, when what it waits for is still in the future: it fires this
 # much later instead.
 _TIMER_SLACK = 1e-6
-
-
-class BackendUnavailable(Exception):
-    """No connection to the backend could be made (refused, or timed out)."""
-
-
-class QueueTimeout(Exception):
-    """A request waited longer than the queue timeout for a free connection."""
-
-
-class PoolStateError(Exception):
-    """A connection was moved in a way its state does not allow."""
 
 
 class ConnectionState(Enum):

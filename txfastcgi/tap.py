@@ -48,11 +48,12 @@ from txfastcgi._version import __version__
 from txfastcgi.accesslog import ACCESS_LOG_FORMATS, AccessLog
 from txfastcgi.alpn import ByALPN
 from txfastcgi.balancer import Balancer
+from txfastcgi.errors import PHPFPMNotFound
 from txfastcgi.forwarded import Networks
 from txfastcgi.http1 import HTTP1Factory, StaticFiles
 from txfastcgi.lifecycle import Lifecycle, Step, onLogRotation
 from txfastcgi.limits import DEFAULT_MAX_BODY_SIZE
-from txfastcgi.phpfpm import PHPFPMNotFound, PHPFPMService, findPHPFPM
+from txfastcgi.phpfpm import PHPFPMService, findPHPFPM
 from txfastcgi.pool import ConnectionPool
 from txfastcgi.resource import FastCGIResource
 from txfastcgi.served import Served
