@@ -34,13 +34,14 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
 from twisted.web.server import Site
 
-from tests.fakebackend import Acquisition, FakeBackendEndpoint
+from tests.poolclients import Acquisition
 from txfastcgi import FastCGIResource
 from txfastcgi.balancer import BackendStatistics, Balancer
 from txfastcgi.client import FastCGIClientProtocol
 from txfastcgi.errors import BackendTimeout, BackendUnavailable, QueueTimeout
 from txfastcgi.phpfpm import findPHPFPM, processArguments, workerUser
 from txfastcgi.pool import ConnectionPool, PoolStatistics
+from txfastcgi.testing import FakeBackendEndpoint
 
 CONNECT_TIMEOUT = 5.0
 QUEUE_TIMEOUT = 30.0

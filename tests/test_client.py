@@ -21,15 +21,6 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from tests.fakebackend import (
-    FakeBackend,
-    Link,
-    ReceivedRequest,
-    Reply,
-    Responder,
-    ResponseRecorder,
-    stall,
-)
 from txfastcgi.client import FastCGIClientProtocol
 from txfastcgi.errors import (
     BackendClosed,
@@ -51,6 +42,15 @@ from txfastcgi.records import (
     Stderr,
     Stdin,
     Stdout,
+)
+from txfastcgi.testing import (
+    FakeBackend,
+    Link,
+    ReceivedRequest,
+    Reply,
+    Responder,
+    ResponseRecorder,
+    stall,
 )
 
 PARAMS = [

@@ -14,10 +14,10 @@ import pytest
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
-from tests.fakebackend import ResponseRecorder
 from txfastcgi.client import FastCGIClientProtocol, ProtocolState
 from txfastcgi.errors import StateError
 from txfastcgi.records import EndRequest, Stdout
+from txfastcgi.testing import ResponseRecorder
 
 READ_TIMEOUT = 10
 OUTPUT = Stdout(1, b"Status: 200 OK\r\n\r\n").encode()

@@ -13,18 +13,12 @@ from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 
-from tests.fakebackend import (
-    Acquisition,
-    FakeBackend,
-    FakeBackendEndpoint,
-    Reply,
-    ResponseRecorder,
-    stall,
-)
+from tests.poolclients import Acquisition
 from txfastcgi.client import FastCGIClientProtocol
 from txfastcgi.errors import BackendTimeout, BackendUnavailable, PoolStateError, QueueTimeout
 from txfastcgi.pool import ConnectionPool, PoolStatistics
 from txfastcgi.records import Stdout
+from txfastcgi.testing import FakeBackend, FakeBackendEndpoint, Reply, ResponseRecorder, stall
 
 CONNECT_TIMEOUT = 5.0
 IDLE_TIMEOUT = 5.0

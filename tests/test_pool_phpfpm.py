@@ -22,7 +22,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from tests.fakebackend import PoolClient, answered
+from tests.poolclients import PoolClient, answered
 from txfastcgi.pool import ConnectionPool
 
 if TYPE_CHECKING:

@@ -12,11 +12,11 @@ from io import BytesIO
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 
-from tests.fakebackend import FakeBackendEndpoint, ResponseRecorder, stall
 from tests.test_pool import Acquired
 from txfastcgi.errors import BackendTimeout, QueueTimeout
 from txfastcgi.limits import Deadlines
 from txfastcgi.pool import ConnectionPool
+from txfastcgi.testing import FakeBackendEndpoint, ResponseRecorder, stall
 
 # Deadlines
 

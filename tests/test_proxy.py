@@ -25,7 +25,6 @@ from twisted.logger import LogEvent, capturedLogs, formatEvent
 from twisted.trial.unittest import TestCase
 from twisted.web.server import Site as WebSite
 
-from tests.fakebackend import FakeBackend, FakeBackendEndpoint, ReceivedRequest, Reply, stall
 from txfastcgi import FastCGIResource
 from txfastcgi.client import FastCGIClientProtocol
 from txfastcgi.errors import BackendError
@@ -34,6 +33,7 @@ from txfastcgi.pool import ConnectionPool
 from txfastcgi.proxy import Phase, Proxy, RequestFacts
 from txfastcgi.records import ProtocolStatus
 from txfastcgi.served import Upstream, upstreamOf
+from txfastcgi.testing import FakeBackend, FakeBackendEndpoint, ReceivedRequest, Reply, stall
 
 
 class RecordingWriter:

@@ -30,7 +30,6 @@ from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 from twisted.web._http2 import H2Connection
 
-from tests.fakebackend import ReceivedRequest
 from tests.fronts import InMemoryFront, ProxyTestCase, onEveryFront
 from tests.recordingbackend import (
     EXECUTED,
@@ -52,6 +51,7 @@ from txfastcgi.records import (
     encodeNameValuePairs,
     encodeParams,
 )
+from txfastcgi.testing import ReceivedRequest
 from txfastcgi.web import FastCGISite
 
 # What php-fpm's own reader accepts in one PARAMS record: content and

@@ -18,7 +18,6 @@ from functools import partial
 import pytest
 from twisted.internet import reactor
 
-from tests.fakebackend import FakeBackend, ReceivedRequest, Reply, Responder
 from tests.fronts import ProxyTestCase, onEveryFront
 from tests.recordingbackend import (
     Answer,
@@ -29,6 +28,7 @@ from tests.recordingbackend import (
     waitUntil,
 )
 from txfastcgi.records import EndRequest, ProtocolStatus, RecordType, Stderr, Stdout
+from txfastcgi.testing import FakeBackend, ReceivedRequest, Reply, Responder
 
 OK_HEAD = b"Content-Type: text/plain\r\n\r\n"
 
