@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
-from txfastcgi.client import FastCGIClientProtocol
+from txfastcgi._client.protocol import FastCGIClientProtocol
 
 
 class Acquisition:
@@ -45,7 +45,7 @@ class Acquisition:
 
 
 class ConnectionSource(TypingProtocol):
-    """A L{txfastcgi.pool.ConnectionPool} or L{txfastcgi.balancer.Balancer}."""
+    """A L{txfastcgi._client.pool.ConnectionPool} or L{txfastcgi._client.balancer.Balancer}."""
 
     def acquire(
         self, fresh: bool = False, since: float | None = None

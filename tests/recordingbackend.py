@@ -34,7 +34,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
-from txfastcgi.records import decodeNameValuePairs
+from txfastcgi._fastcgi.records import decodeNameValuePairs
 from txfastcgi.testing import FakeBackend, ReceivedRequest, Reply, Responder
 
 __all__ = [

@@ -10,7 +10,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from txfastcgi.cgi import CGIParams, CGIRequest, ResponseHeadParser, headerParams, parseResponseHead
+from txfastcgi._http.cgi import (
+    CGIParams,
+    CGIRequest,
+    ResponseHeadParser,
+    headerParams,
+    parseResponseHead,
+)
 from txfastcgi.errors import MalformedResponse
 
 REQUEST = CGIRequest(

@@ -14,9 +14,9 @@ import pytest
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
-from txfastcgi.client import FastCGIClientProtocol, ProtocolState
+from txfastcgi._client.protocol import FastCGIClientProtocol, ProtocolState
+from txfastcgi._fastcgi.records import EndRequest, Stdout
 from txfastcgi.errors import StateError
-from txfastcgi.records import EndRequest, Stdout
 from txfastcgi.testing import ResponseRecorder
 
 READ_TIMEOUT = 10

@@ -1,5 +1,5 @@
 """
-Tests for L{txfastcgi.pool.ConnectionPool}: connections to an in-memory
+Tests for L{txfastcgi._client.pool.ConnectionPool}: connections to an in-memory
 backend, opened, queued for, reused and closed on a L{MemoryReactorClock}.
 """
 
@@ -14,10 +14,10 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 
 from tests.poolclients import Acquisition
-from txfastcgi.client import FastCGIClientProtocol
+from txfastcgi._client.pool import ConnectionPool, PoolStatistics
+from txfastcgi._client.protocol import FastCGIClientProtocol
+from txfastcgi._fastcgi.records import Stdout
 from txfastcgi.errors import BackendTimeout, BackendUnavailable, PoolStateError, QueueTimeout
-from txfastcgi.pool import ConnectionPool, PoolStatistics
-from txfastcgi.records import Stdout
 from txfastcgi.testing import FakeBackend, FakeBackendEndpoint, Reply, ResponseRecorder, stall
 
 CONNECT_TIMEOUT = 5.0

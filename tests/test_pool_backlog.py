@@ -19,9 +19,9 @@ import pytest
 from twisted.internet.testing import MemoryReactorClock
 
 from tests.poolclients import ConnectionSource, PoolClient, answered
-from txfastcgi.balancer import Balancer
+from txfastcgi._client.balancer import Balancer
+from txfastcgi._client.pool import ConnectionPool
 from txfastcgi.errors import BackendTimeout
-from txfastcgi.pool import ConnectionPool
 from txfastcgi.testing import FakeBackendEndpoint, FakePHPFPM
 
 FAST = b"/fast.php"

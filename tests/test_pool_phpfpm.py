@@ -23,7 +23,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from tests.poolclients import PoolClient, answered
-from txfastcgi.pool import ConnectionPool
+from txfastcgi._client.pool import ConnectionPool
 
 if TYPE_CHECKING:
     from tests.conftest import PHPFPMFactory, PHPFPMPool

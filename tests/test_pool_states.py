@@ -8,12 +8,12 @@ import itertools
 
 import pytest
 
+from txfastcgi._client.pool import TRANSITIONS, ConnectionState, PoolEvent, nextState
 from txfastcgi.errors import PoolStateError
-from txfastcgi.pool import TRANSITIONS, ConnectionState, PoolEvent, nextState
 
 S, E = ConnectionState, PoolEvent
 
-# Written out again, on purpose: the table in txfastcgi.pool must say this.
+# Written out again, on purpose: the table in txfastcgi._client.pool must say this.
 EXPECTED = {
     (S.CONNECTING, E.CONNECTED): S.IDLE,
     (S.CONNECTING, E.CONNECT_FAILED): S.CLOSED,

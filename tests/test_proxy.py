@@ -1,5 +1,5 @@
 """
-The core, L{txfastcgi.proxy.Proxy}, specified directly: a request described
+The core, L{txfastcgi._http.core.Proxy}, specified directly: a request described
 as L{RequestFacts}, a L{ResponseWriter} that records what the front is told,
 and the in-memory fake php-fpm on a L{MemoryReactorClock}.
 """
@@ -26,13 +26,13 @@ from twisted.trial.unittest import TestCase
 from twisted.web.server import Site as WebSite
 
 from txfastcgi import FastCGIResource
-from txfastcgi.client import FastCGIClientProtocol
+from txfastcgi._client.pool import ConnectionPool
+from txfastcgi._client.protocol import FastCGIClientProtocol
+from txfastcgi._fastcgi.records import ProtocolStatus
+from txfastcgi._http.core import Phase, Proxy, RequestFacts
+from txfastcgi._http.framing import BodyFraming, Delimiter
+from txfastcgi._http.served import Upstream, upstreamOf
 from txfastcgi.errors import BackendError
-from txfastcgi.framing import BodyFraming, Delimiter
-from txfastcgi.pool import ConnectionPool
-from txfastcgi.proxy import Phase, Proxy, RequestFacts
-from txfastcgi.records import ProtocolStatus
-from txfastcgi.served import Upstream, upstreamOf
 from txfastcgi.testing import FakeBackend, FakeBackendEndpoint, ReceivedRequest, Reply, stall
 
 

@@ -1,7 +1,7 @@
 """
 An in-memory php-fpm, to test code that embeds txfastcgi without a php-fpm
 to run: what C{treq.testing}'s C{StubTreq} is to treq.  The server side of
-FastCGI is played by the sans-IO codec in L{txfastcgi.records}, with
+FastCGI is played by the sans-IO codec in L{txfastcgi._fastcgi.records}, with
 no socket and no process; nothing moves until the test says so, so a test
 on a L{twisted.internet.testing.MemoryReactorClock} is deterministic.
 
@@ -61,8 +61,7 @@ from twisted.python.failure import Failure
 from twisted.test.iosim import FakeAddress, FakeTransport
 from zope.interface import implementer
 
-from txfastcgi.errors import ProtocolError, UnexpectedRecord
-from txfastcgi.records import (
+from txfastcgi._fastcgi.records import (
     FCGI_KEEP_CONN,
     MAX_CONTENT_LENGTH,
     AbortRequest,
@@ -77,6 +76,7 @@ from txfastcgi.records import (
     Stdout,
     decodeNameValuePairs,
 )
+from txfastcgi.errors import ProtocolError, UnexpectedRecord
 
 __all__ = [
     "ClientTransport",
@@ -356,7 +356,7 @@ class FakeBackend(Protocol):
 
 class ResponseRecorder:
     """
-    A L{txfastcgi.client.ResponseReceiver} that keeps everything it is given,
+    A L{txfastcgi._client.protocol.ResponseReceiver} that keeps everything it is given,
     in order, for tests that drive a L{FastCGIClientProtocol} directly.
 
     @ivar events: C{("stdout", data)}, C{("stderr", data)},

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from txfastcgi._compat import SLOTS
+from txfastcgi._fastcgi.records import decodeNameValuePairs, encodeNameValuePairs
 from txfastcgi.errors import MalformedResponse
-from txfastcgi.records import decodeNameValuePairs, encodeNameValuePairs
 
 if TYPE_CHECKING:
     # Python 3.9's typing has no TypeAlias; annotations are never evaluated.

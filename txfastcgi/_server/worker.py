@@ -23,8 +23,8 @@ from twisted.logger import globalLogBeginner, jsonFileLogObserver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from txfastcgi.tap import makeWorkerService
-from txfastcgi.workers import (
+from txfastcgi._server.service import makeWorkerService
+from txfastcgi._server.workers import (
     WORKER_EVENTS_DESCRIPTOR,
     WORKER_OPTIONS_VARIABLE,
     parseSocketArguments,

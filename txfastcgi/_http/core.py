@@ -2,7 +2,7 @@
 The core of the proxy, shared by every HTTP front: what PHP sees and what the
 client gets, for one site (a document root and its backends).
 
-A front (L{txfastcgi.resource.FastCGIResource} over twisted.web, or the
+A front (L{txfastcgi._http.resource.FastCGIResource} over twisted.web, or the
 dedicated HTTP/1.1 front) describes each request as L{RequestFacts} and hands
 it to L{Proxy.handle} with a L{ResponseWriter}; the core routes it (static
 file, script, redirect, error), builds the CGI params, gets a FastCGI
@@ -35,11 +35,16 @@ from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from txfastcgi._client.protocol import FastCGIClientProtocol
 from txfastcgi._compat import SLOTS
 from txfastcgi._emptied import Emptied
+from txfastcgi._fastcgi.records import ProtocolStatus
+from txfastcgi._http.cgi import CGIParams, CGIRequest, ResponseHeadParser
+from txfastcgi._http.forwarded import TrustedProxies
+from txfastcgi._http.framing import BodyFraming, Delimiter, responseBodyFraming
+from txfastcgi._http.routing import Redirect, Router, Script, StaticFile
+from txfastcgi._http.served import Upstream, noteUpstream
 from txfastcgi._version import __version__
-from txfastcgi.cgi import CGIParams, CGIRequest, ResponseHeadParser
-from txfastcgi.client import FastCGIClientProtocol
 from txfastcgi.errors import (
     BackendClosed,
     BackendError,
@@ -48,11 +53,6 @@ from txfastcgi.errors import (
     MalformedResponse,
     StateError,
 )
-from txfastcgi.forwarded import TrustedProxies
-from txfastcgi.framing import BodyFraming, Delimiter, responseBodyFraming
-from txfastcgi.records import ProtocolStatus
-from txfastcgi.routing import Redirect, Router, Script, StaticFile
-from txfastcgi.served import Upstream, noteUpstream
 
 __all__ = [
     "SERVER_SOFTWARE",
@@ -131,7 +131,7 @@ class RequestFacts:
     @ivar server: the local address and port, the same way.
     @ivar body: the whole request body, spooled, seekable.
     @ivar record: the front's own object for this request, on which the core
-        notes its part with L{txfastcgi.served.noteUpstream}.
+        notes its part with L{txfastcgi._http.served.noteUpstream}.
     @ivar prefix: the decoded URL path the site is mounted under (C{/blog}),
         C{""} at the root; SCRIPT_NAME starts with it.
     @ivar path: the decoded URL path below C{prefix}, if the front has it

@@ -24,9 +24,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import FileBodyProducer
 from zope.interface import implementer
 
-from txfastcgi.errors import BackendClosed, BackendTimeout, ProtocolError, StateError
-from txfastcgi.limits import Deadlines
-from txfastcgi.records import (
+from txfastcgi._fastcgi.records import (
     MAX_CONTENT_LENGTH,
     ClientConnection,
     ConnectionState,
@@ -34,6 +32,8 @@ from txfastcgi.records import (
     Stderr,
     Stdout,
 )
+from txfastcgi._limits import Deadlines
+from txfastcgi.errors import BackendClosed, BackendTimeout, ProtocolError, StateError
 
 __all__ = [
     "FastCGIClientProtocol",
@@ -300,7 +300,7 @@ class FastCGIClientProtocol(Protocol):
         Send one request; the response goes to C{receiver}.
 
         @param params: name-value pairs, or their encoding by
-            L{txfastcgi.records.encodeNameValuePairs}.
+            L{txfastcgi._fastcgi.records.encodeNameValuePairs}.
 
         @param body: the request body, positioned at its start; streamed in
             STDIN records unless it is small, never read whole into memory.

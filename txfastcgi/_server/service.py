@@ -1,0 +1,216 @@
+"""
+The service of C{twist fastcgi-proxy}, assembled from its options: a
+php-fpm to spawn if asked, the fronts (L{txfastcgi._server.front.Front}),
+their listeners and, with C{--workers}, the worker processes that share
+them, as one L{txfastcgi._server.lifecycle.Lifecycle}, whose steps say in
+which order its parts start and stop.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any, cast
+
+from twisted.application.service import IService
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IReactorSocket,
+    IReactorTime,
+)
+from twisted.logger import textFileLogObserver
+from twisted.python import usage
+
+from txfastcgi._server.announce import announceServing
+from txfastcgi._server.front import Front
+from txfastcgi._server.lifecycle import Lifecycle, Step, onLogRotation
+from txfastcgi._server.listeners import Listeners, adopt, isTLS
+from txfastcgi._server.options import EXTERNAL_CONNECTIONS, SPAWN, Options
+from txfastcgi._server.phpfpm import PHPFPMService
+
+if TYPE_CHECKING:
+    from txfastcgi._server.workers import WorkerProcesses
+
+
+__all__ = ["makeService", "makeWorkerService", "processLifecycle"]
+
+
+def makeService(options: Options) -> IService:
+    """
+    The proxy: a php-fpm to spawn if asked, the fronts (see L{Front}), its
+    listeners and, with C{--workers}, the worker processes that share them.
+    """
+    from twisted.internet import reactor
+
+    # Imported here: it imports procmon, which installs the global reactor.
+    from txfastcgi._server.workers import WorkerProcesses
+
+    _preferTextEvents(options)
+
+    backends = list(options["php-fpm"])
+    phpFPM = None
+    limits = {backend: options["max-connections"] or EXTERNAL_CONNECTIONS for backend in backends}
+    if SPAWN in backends:
+        phpFPM = PHPFPMService(
+            options["path"], children=options["spawn-children"], binary=options["php-fpm-binary"]
+        )
+        spawned = backends[backends.index(SPAWN)] = phpFPM.endpointDescription
+        # Never more connections than it has workers: see DESIGN's backlog trap.
+        limits[spawned] = options["max-connections"] or options["spawn-children"]
+        del limits[SPAWN]
+    served = {**options, "php-fpm": backends, "connection-limits": limits}
+    listeners = Listeners(
+        [(endpoints.serverFromString(reactor, d).listen, isTLS(d)) for d in options["listen"]]
+    )
+    workers = None
+    if options["workers"] > 1:
+        exited = None
+        if options["status-path"] is not None or options["metrics-path"] is not None:
+            from txfastcgi._server.metrics import forgetProcess
+
+            # Where every process writes its metrics, for the pages of each
+            # to show them all: private (0700), removed at shutdown.
+            served["metrics-directory"] = tempfile.mkdtemp(prefix="txfastcgi-metrics-")
+            exited = partial(forgetProcess, served["metrics-directory"])
+        workers = WorkerProcesses(
+            reactor, served, options["workers"] - 1, options["shutdown-timeout"], exited
+        )
+    return processLifecycle(
+        cast(IReactorTime, reactor),
+        served,
+        listeners,
+        phpFPM,
+        workers,
+        announce=True,
+        reopenEventLog=_twistLogFileReopener(options),
+    )
+
+
+def _preferTextEvents(options: Options, argv: Sequence[str] = sys.argv) -> None:
+    """
+    Under C{twist}, log events as text lines, not JSON, when standard output
+    is no terminal (the journal, a file), unless C{--log-format} says
+    otherwise: twist's own default would put JSON events and text access
+    lines in one stream. twist reads its choice after this runs, and keeps
+    no note of whether it was asked for, so the command line tells.
+    """
+    from twisted.application.twist._options import TwistOptions
+
+    parent = getattr(options, "parent", None)
+    if isinstance(parent, TwistOptions) and not any(
+        argument.startswith("--log-format") for argument in argv
+    ):
+        parent["fileLogObserverFactory"] = textFileLogObserver
+
+
+def _twistLogFileReopener(options: Options) -> Callable[[], None] | None:
+    """
+    Under C{twist --log-file F}: how to open F again under its name, once
+    logrotate has renamed it. twist's log observer keeps the file object it
+    was given, so the new file takes the old one's descriptor, and the
+    observer writes to it from then on.
+    """
+    parent = getattr(options, "parent", None)
+    logFile = parent.get("logFile") if isinstance(parent, usage.Options) else None
+    if logFile is None or logFile in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        return None
+    name = getattr(logFile, "name", None)
+    if not isinstance(name, str):
+        return None
+
+    def reopen() -> None:
+        logFile.flush()
+        fresh = os.open(name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        os.dup2(fresh, logFile.fileno())
+        os.close(fresh)
+
+    return reopen
+
+
+def makeWorkerService(options: Mapping[str, Any], inherited: Sequence[tuple[int, int]]) -> IService:
+    """
+    The service of a worker process started by C{--workers}: the same
+    fronts on listening sockets inherited from the main process.
+
+    @param options: the main process's, as L{makeService} serves them.
+    @param inherited: file descriptor and address family of each socket.
+    """
+    from twisted.internet import reactor
+
+    # Plain sockets only: see _SHAREABLE.
+    adopters = [
+        (partial(adopt, cast(IReactorSocket, reactor), descriptor, family), False)
+        for descriptor, family in inherited
+    ]
+    return processLifecycle(cast(IReactorTime, reactor), options, Listeners(adopters))
+
+
+def processLifecycle(
+    reactor: IReactorTime,
+    options: Mapping[str, Any],
+    listeners: Listeners,
+    phpFPM: PHPFPMService | None = None,
+    workers: WorkerProcesses | None = None,
+    announce: bool = False,
+    reopenEventLog: Callable[[], None] | None = None,
+) -> Lifecycle:
+    """
+    The steps of one process's life, in the order that
+    L{txfastcgi._server.lifecycle} documents, without those it has nothing for.
+
+    @param announce: log what is served once it listens (the main process).
+    @param reopenEventLog: opens the event log's file again, on SIGHUP or
+        SIGUSR1, if it is a file.
+    """
+    front = Front(options, reactor, phpFPM)
+    metrics = front.metrics
+
+    def reopenLogs() -> None:
+        if reopenEventLog is not None:
+            reopenEventLog()
+        front.accessLog.reopen()
+        if workers is not None:
+            workers.signal("HUP")
+
+    spawning = [] if phpFPM is None else [phpFPM]
+    supervising = [] if workers is None else [workers]
+    # Metrics that other processes read: written every second.
+    sharing = [] if metrics is None or options.get("metrics-directory") is None else [metrics]
+    startup = [
+        *(Step("start php-fpm", p.startService) for p in spawning),
+        *(Step("wait for php-fpm", p.whenListening) for p in spawning),
+        Step("listen", partial(listeners.listen, front), fatal=True),
+        *(
+            [Step("announce", partial(announceServing, reactor, options, listeners.ports))]
+            if announce
+            else []
+        ),
+        *(Step("write metrics for the other processes", m.start) for m in sharing),
+        *(Step("start workers", partial(w.start, listeners.ports)) for w in supervising),
+        Step("reopen logs on SIGHUP or SIGUSR1", partial(onLogRotation, reactor, reopenLogs)),
+    ]
+
+    def stopListening() -> Deferred[None]:
+        front.keepNoConnections()
+        return listeners.stopListening()
+
+    shutdown = [
+        Step("stop listening", stopListening),
+        *(Step("stop workers", w.stop) for w in supervising),
+        Step("finish requests", front.proxy.whenIdle, bounded=True),
+        *(Step("wait for workers", w.whenStopped, bounded=True) for w in supervising),
+        Step("close connections", front.closeConnections, bounded=True),
+        *(Step("stop php-fpm", p.stopService) for p in spawning),
+        *(Step("stop writing metrics", m.stop) for m in sharing),
+        *(
+            Step("remove the metrics directory", partial(shutil.rmtree, directory, True))
+            for directory in [options.get("metrics-directory")]
+            if directory is not None and workers is not None
+        ),
+    ]
+    return Lifecycle(reactor, startup, shutdown, options["shutdown-timeout"])
