@@ -5,6 +5,7 @@ deterministic clock, and the steps that C{twist fastcgi-proxy} builds.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
+from txfastcgi._server.configuration import Configuration
 from txfastcgi._server.lifecycle import Lifecycle, Step
 from txfastcgi._server.listeners import Listeners
 from txfastcgi._server.phpfpm import PHPFPMService
@@ -154,9 +156,10 @@ class ProxyStepsTests(SynchronousTestCase):
         options.parseOptions(["--path", os.curdir, *arguments])
         return options
 
-    def served(self, options: Options) -> dict[str, object]:
-        backends = ["unix:/nonexistent.sock"]
-        return {**options, "php-fpm": backends, "connection-limits": dict.fromkeys(backends, 4)}
+    def served(self, options: Options) -> Configuration:
+        return dataclasses.replace(
+            Configuration.fromOptions(options), backends=["unix:/nonexistent.sock"]
+        )
 
     def test_mainProcessWithSpawnedPHPFPMAndWorkers(self) -> None:
         options = self.options("--php-fpm", "spawn", "--workers", "3")
@@ -164,7 +167,7 @@ class ProxyStepsTests(SynchronousTestCase):
         reactor = MemoryReactorClock()
         phpFPM = PHPFPMService(options["path"], binary="/bin/false", reactor=cast(Any, reactor))
         self.addCleanup(shutil.rmtree, phpFPM.directory)
-        workers = WorkerProcesses(reactor, served, 2, 30)
+        workers = WorkerProcesses(reactor, served.toJSON(), 2, 30)
         lifecycle = processLifecycle(reactor, served, Listeners([]), phpFPM, workers)
         self.assertEqual(
             [step.name for step in lifecycle.startup],

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from twisted.internet import endpoints
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
@@ -26,11 +26,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from txfastcgi._server.configuration import Configuration
 from txfastcgi._server.options import versionLine
-
-if TYPE_CHECKING:
-    pass
-
 
 __all__ = ["announceServing"]
 
@@ -38,7 +35,7 @@ _log = Logger(namespace="txfastcgi")
 
 
 def announceServing(
-    reactor: IReactorTime, options: Mapping[str, Any], ports: Sequence[IListeningPort]
+    reactor: IReactorTime, configuration: Configuration, ports: Sequence[IListeningPort]
 ) -> None:
     """
     Log one line that says what this proxy serves, and one warning for each
@@ -46,27 +43,30 @@ def announceServing(
     about tcp backends follow once a connect to each has been tried, without
     holding up the start-up.
     """
-    urls = [_url(d, p.getHost()) for d, p in zip(options["listen"], ports)]
+    urls = [_url(d, p.getHost()) for d, p in zip(configuration.listen, ports)]
     _log.info(
         "{version} serving {root} on {urls} with PHP from {backends}",
         version=versionLine(),
-        root=options["path"],
+        root=configuration.documentRoot,
         urls=", ".join(urls),
-        backends=", ".join(options["php-fpm"]),
+        backends=", ".join(configuration.backends),
     )
-    if options.get("path-defaulted"):
-        _log.warn("serving the current directory {root}: no --path was given", root=options["path"])
-    frontController = options["front-controller"]
+    if configuration.documentRootDefaulted:
+        _log.warn(
+            "serving the current directory {root}: no --path was given",
+            root=configuration.documentRoot,
+        )
+    frontController = configuration.frontController
     if frontController is not None:
         script = frontController.partition("?")[0].lstrip("/")
-        if not os.path.isfile(os.path.join(options["path"], script)):
+        if not os.path.isfile(os.path.join(configuration.documentRoot, script)):
             _log.warn(
                 "--front-controller {url}: there is no {script} in {root}",
                 url=frontController,
                 script=script,
-                root=options["path"],
+                root=configuration.documentRoot,
             )
-    for backend in options["php-fpm"]:
+    for backend in configuration.backends:
         if backend.partition(":")[0] == "tcp":
             _tcpBackendProblem(reactor, backend).addCallback(partial(_warnOfBackend, backend))
         else:

@@ -6,8 +6,8 @@ TLS, the status and metrics pages, and the access log.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, gatherResults
@@ -38,6 +38,7 @@ from txfastcgi._http.status import (
     WithPages,
 )
 from txfastcgi._http.web import FastCGISite
+from txfastcgi._server.configuration import Configuration
 from txfastcgi._server.phpfpm import PHPFPMService
 
 if TYPE_CHECKING:
@@ -58,8 +59,8 @@ class Front:
     access log.
 
     With C{--workers} and either page, the metrics are kept where every
-    process reads them (C{metrics-directory}, which L{makeService} adds to
-    the options), and the status page shows them; otherwise the status page
+    process reads them (the configuration's C{metricsDirectory}, which
+    L{makeService} sets), and the status page shows them; otherwise the status page
     reads this process's balancer, and metrics, only with C{--metrics-path},
     cost nothing.
 
@@ -69,7 +70,7 @@ class Front:
 
     def __init__(
         self,
-        options: Mapping[str, Any],
+        configuration: Configuration,
         reactor: IReactorTime,
         phpFPM: PHPFPMService | None = None,
     ) -> None:
@@ -78,35 +79,37 @@ class Front:
                 reactor,
                 endpoints.clientFromString(reactor, backend),
                 # The limit is for the backend, so the processes share it.
-                maxConnections=max(1, limit // options["workers"]),
-                connectTimeout=options["connect-timeout"],
-                readTimeout=options["read-timeout"],
-                idleTimeout=options["idle-timeout"],
-                queueTimeout=options["queue-timeout"],
+                maxConnections=max(1, limit // configuration.workers),
+                connectTimeout=configuration.connectTimeout,
+                readTimeout=configuration.readTimeout,
+                idleTimeout=configuration.idleTimeout,
+                queueTimeout=configuration.queueTimeout,
                 name=backend,
             )
-            for backend, limit in options["connection-limits"].items()
+            for backend, limit in configuration.connectionLimits.items()
         }
         self.balancer = Balancer(reactor, pools)
+        # Mapping's keys are invariant: a Mapping[str, str] is not one of bytes | str.
+        params: dict[bytes | str, bytes | str] = {k: v for k, v in configuration.params.items()}
         resource = FastCGIResource(
             self.balancer,
-            options["path"],
-            index=options["index"],
-            frontController=options["front-controller"],
-            params=options["param"],
-            https=options["https"],
-            trustedProxies=options["trusted-proxy"],
+            configuration.documentRoot,
+            index=configuration.index,
+            frontController=configuration.frontController,
+            params=params,
+            https=configuration.https,
+            trustedProxies=configuration.trustedProxies,
             reactor=reactor,
         )
         self.proxy = resource.proxy
         pages: dict[bytes, OperatorPage] = {}
-        allowed = options["status-allow"]
+        allowed = configuration.statusAllow
         status: StatisticsSource = self.balancer
         self.metrics: Metrics | None = None
-        self.accessLog = AccessLog(options["access-log"], options["access-log-format"])
+        self.accessLog = AccessLog(configuration.accessLog, configuration.accessLogFormat)
         observers: list[Callable[[Served], object]] = [self.accessLog]
-        directory = options.get("metrics-directory")
-        if options["metrics-path"] is not None or directory is not None:
+        directory = configuration.metricsDirectory
+        if configuration.metricsPath is not None or directory is not None:
             from txfastcgi._server.metrics import Metrics, MetricsResource, shareAcrossProcesses
 
             if directory is not None:
@@ -114,22 +117,22 @@ class Front:
             self.metrics = Metrics(self.balancer, reactor, phpFPM, directory)
             if directory is not None:
                 status = self.metrics
-            if options["metrics-path"] is not None:
-                pages[options["metrics-path"].encode()] = MetricsResource(self.metrics, allowed)
+            if configuration.metricsPath is not None:
+                pages[configuration.metricsPath.encode()] = MetricsResource(self.metrics, allowed)
                 observers.append(self.metrics)
-        if options["status-path"] is not None:
-            pages[options["status-path"].encode()] = StatusResource(status, allowed)
+        if configuration.statusPath is not None:
+            pages[configuration.statusPath.encode()] = StatusResource(status, allowed)
         self.http1 = HTTP1Factory(
             PagesBeforeProxy(self.proxy, pages) if pages else self.proxy,
             serveStaticFile=StaticFiles(),
-            maxBodySize=options["max-body-size"],
-            headerTimeout=options["header-timeout"],
-            bodyTimeout=options["body-timeout"],
+            maxBodySize=configuration.maxBodySize,
+            headerTimeout=configuration.headerTimeout,
+            bodyTimeout=configuration.bodyTimeout,
             observers=observers,
             reactor=reactor,
         )
         self.site = HTTP2Site(
-            WithPages(resource, pages) if pages else resource, options, observers, reactor
+            WithPages(resource, pages) if pages else resource, configuration, observers, reactor
         )
         self._tls = ByALPN(self.http1, self.site)
 
@@ -177,7 +180,7 @@ class HTTP2Site(FastCGISite):
     def __init__(
         self,
         resource: IResource,
-        options: Mapping[str, Any],
+        configuration: Configuration,
         observers: Sequence[Callable[[Served], object]],
         reactor: IReactorTime,
     ) -> None:
@@ -185,9 +188,9 @@ class HTTP2Site(FastCGISite):
         self._allClosed = Emptied()
         super().__init__(
             resource,
-            maxBodySize=options["max-body-size"],
-            headerTimeout=options["header-timeout"],
-            bodyTimeout=options["body-timeout"],
+            maxBodySize=configuration.maxBodySize,
+            headerTimeout=configuration.headerTimeout,
+            bodyTimeout=configuration.bodyTimeout,
             observers=observers,
             reactor=reactor,
         )

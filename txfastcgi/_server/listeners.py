@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.interfaces import (
@@ -17,10 +16,6 @@ from twisted.internet.interfaces import (
 )
 
 from txfastcgi._server.front import Front
-
-if TYPE_CHECKING:
-    pass
-
 
 __all__ = ["Listen", "Listeners", "adopt", "isTLS"]
 

@@ -12,7 +12,7 @@ import re
 import socket
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 
 import twisted
 from twisted.internet import endpoints
@@ -22,23 +22,13 @@ from twisted.python import usage
 from txfastcgi._http.accesslog import ACCESS_LOG_FORMATS
 from txfastcgi._http.forwarded import Networks
 from txfastcgi._limits import DEFAULT_MAX_BODY_SIZE
+from txfastcgi._server.configuration import EXTERNAL_CONNECTIONS, SPAWN
 from txfastcgi._server.phpfpm import findPHPFPM
 from txfastcgi._server.units import parseDuration, parseSize
 from txfastcgi._version import __version__
 from txfastcgi.errors import PHPFPMNotFound
 
-if TYPE_CHECKING:
-    pass
-
-
-__all__ = ["EXTERNAL_CONNECTIONS", "SPAWN", "Options", "versionLine"]
-
-SPAWN = "spawn"
-
-# The default --max-connections to a php-fpm of the system's: under the
-# pm.max_children = 5 that Debian's pool ships with, so that a burst never
-# waits in php-fpm's listen backlog behind connections it cannot serve.
-EXTERNAL_CONNECTIONS = 4
+__all__ = ["Options", "versionLine"]
 
 # Listeners whose sockets worker processes can adopt as they are; a TLS
 # listener would need its TLS context rebuilt in each worker.

@@ -1,5 +1,5 @@
 """
-The service of C{twist fastcgi-proxy}, assembled from its options: a
+The service of C{twist fastcgi-proxy}, assembled from its configuration: a
 php-fpm to spawn if asked, the fronts (L{txfastcgi._server.front.Front}),
 their listeners and, with C{--workers}, the worker processes that share
 them, as one L{txfastcgi._server.lifecycle.Lifecycle}, whose steps say in
@@ -8,13 +8,14 @@ which order its parts start and stop.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 from twisted.application.service import IService
 from twisted.internet import endpoints
@@ -27,10 +28,11 @@ from twisted.logger import textFileLogObserver
 from twisted.python import usage
 
 from txfastcgi._server.announce import announceServing
+from txfastcgi._server.configuration import SPAWN, Configuration
 from txfastcgi._server.front import Front
 from txfastcgi._server.lifecycle import Lifecycle, Step, onLogRotation
 from txfastcgi._server.listeners import Listeners, adopt, isTLS
-from txfastcgi._server.options import EXTERNAL_CONNECTIONS, SPAWN, Options
+from txfastcgi._server.options import Options
 from txfastcgi._server.phpfpm import PHPFPMService
 
 if TYPE_CHECKING:
@@ -52,37 +54,39 @@ def makeService(options: Options) -> IService:
 
     _preferTextEvents(options)
 
-    backends = list(options["php-fpm"])
+    configuration = Configuration.fromOptions(options)
     phpFPM = None
-    limits = {backend: options["max-connections"] or EXTERNAL_CONNECTIONS for backend in backends}
-    if SPAWN in backends:
+    if SPAWN in configuration.backends:
         phpFPM = PHPFPMService(
-            options["path"], children=options["spawn-children"], binary=options["php-fpm-binary"]
+            configuration.documentRoot,
+            children=configuration.spawnChildren,
+            binary=configuration.phpFPMBinary,
         )
-        spawned = backends[backends.index(SPAWN)] = phpFPM.endpointDescription
-        # Never more connections than it has workers: see DESIGN's backlog trap.
-        limits[spawned] = options["max-connections"] or options["spawn-children"]
-        del limits[SPAWN]
-    served = {**options, "php-fpm": backends, "connection-limits": limits}
+        configuration = configuration.withSpawned(phpFPM.endpointDescription)
     listeners = Listeners(
-        [(endpoints.serverFromString(reactor, d).listen, isTLS(d)) for d in options["listen"]]
+        [(endpoints.serverFromString(reactor, d).listen, isTLS(d)) for d in configuration.listen]
     )
     workers = None
-    if options["workers"] > 1:
+    if configuration.workers > 1:
         exited = None
-        if options["status-path"] is not None or options["metrics-path"] is not None:
+        if configuration.statusPath is not None or configuration.metricsPath is not None:
             from txfastcgi._server.metrics import forgetProcess
 
             # Where every process writes its metrics, for the pages of each
             # to show them all: private (0700), removed at shutdown.
-            served["metrics-directory"] = tempfile.mkdtemp(prefix="txfastcgi-metrics-")
-            exited = partial(forgetProcess, served["metrics-directory"])
+            directory = tempfile.mkdtemp(prefix="txfastcgi-metrics-")
+            configuration = dataclasses.replace(configuration, metricsDirectory=directory)
+            exited = partial(forgetProcess, directory)
         workers = WorkerProcesses(
-            reactor, served, options["workers"] - 1, options["shutdown-timeout"], exited
+            reactor,
+            configuration.toJSON(),
+            configuration.workers - 1,
+            configuration.shutdownTimeout,
+            exited,
         )
     return processLifecycle(
         cast(IReactorTime, reactor),
-        served,
+        configuration,
         listeners,
         phpFPM,
         workers,
@@ -132,12 +136,14 @@ def _twistLogFileReopener(options: Options) -> Callable[[], None] | None:
     return reopen
 
 
-def makeWorkerService(options: Mapping[str, Any], inherited: Sequence[tuple[int, int]]) -> IService:
+def makeWorkerService(
+    configuration: Configuration, inherited: Sequence[tuple[int, int]]
+) -> IService:
     """
     The service of a worker process started by C{--workers}: the same
     fronts on listening sockets inherited from the main process.
 
-    @param options: the main process's, as L{makeService} serves them.
+    @param configuration: the main process's, as L{makeService} serves it.
     @param inherited: file descriptor and address family of each socket.
     """
     from twisted.internet import reactor
@@ -147,12 +153,12 @@ def makeWorkerService(options: Mapping[str, Any], inherited: Sequence[tuple[int,
         (partial(adopt, cast(IReactorSocket, reactor), descriptor, family), False)
         for descriptor, family in inherited
     ]
-    return processLifecycle(cast(IReactorTime, reactor), options, Listeners(adopters))
+    return processLifecycle(cast(IReactorTime, reactor), configuration, Listeners(adopters))
 
 
 def processLifecycle(
     reactor: IReactorTime,
-    options: Mapping[str, Any],
+    configuration: Configuration,
     listeners: Listeners,
     phpFPM: PHPFPMService | None = None,
     workers: WorkerProcesses | None = None,
@@ -167,7 +173,7 @@ def processLifecycle(
     @param reopenEventLog: opens the event log's file again, on SIGHUP or
         SIGUSR1, if it is a file.
     """
-    front = Front(options, reactor, phpFPM)
+    front = Front(configuration, reactor, phpFPM)
     metrics = front.metrics
 
     def reopenLogs() -> None:
@@ -180,13 +186,13 @@ def processLifecycle(
     spawning = [] if phpFPM is None else [phpFPM]
     supervising = [] if workers is None else [workers]
     # Metrics that other processes read: written every second.
-    sharing = [] if metrics is None or options.get("metrics-directory") is None else [metrics]
+    sharing = [] if metrics is None or configuration.metricsDirectory is None else [metrics]
     startup = [
         *(Step("start php-fpm", p.startService) for p in spawning),
         *(Step("wait for php-fpm", p.whenListening) for p in spawning),
         Step("listen", partial(listeners.listen, front), fatal=True),
         *(
-            [Step("announce", partial(announceServing, reactor, options, listeners.ports))]
+            [Step("announce", partial(announceServing, reactor, configuration, listeners.ports))]
             if announce
             else []
         ),
@@ -209,8 +215,8 @@ def processLifecycle(
         *(Step("stop writing metrics", m.stop) for m in sharing),
         *(
             Step("remove the metrics directory", partial(shutil.rmtree, directory, True))
-            for directory in [options.get("metrics-directory")]
+            for directory in [configuration.metricsDirectory]
             if directory is not None and workers is not None
         ),
     ]
-    return Lifecycle(reactor, startup, shutdown, options["shutdown-timeout"])
+    return Lifecycle(reactor, startup, shutdown, configuration.shutdownTimeout)

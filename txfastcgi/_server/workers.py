@@ -48,7 +48,7 @@ __all__ = [
     "parseSocketArguments",
 ]
 
-# How the main process hands its parsed options to worker processes.
+# How the main process hands its configuration to worker processes.
 WORKER_OPTIONS_VARIABLE = "TXFASTCGI_WORKER_OPTIONS"
 
 # The file descriptor on which a worker writes its log events for the main process.
@@ -140,7 +140,8 @@ class WorkerProcesses:
         exited: Callable[[int], object] | None = None,
     ) -> None:
         """
-        @param options: the parsed options, which the workers serve.
+        @param options: the configuration the workers serve, as JSON-ready
+            data (L{txfastcgi._server.configuration.Configuration.toJSON}).
         @param timeout: the workers' own C{--shutdown-timeout}.
         @param exited: called with the process id of each worker that
             exits, for whoever keeps something of it (its metrics).
