@@ -148,7 +148,7 @@ def makeWorkerService(
     """
     from twisted.internet import reactor
 
-    # Plain sockets only: see _SHAREABLE.
+    # Plain sockets only: see the options' _SHAREABLE.
     adopters = [
         (partial(adopt, cast(IReactorSocket, reactor), descriptor, family), False)
         for descriptor, family in inherited
