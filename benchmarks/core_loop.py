@@ -1,6 +1,6 @@
 """
 The core's own cost per request, with no socket: the proxy
-(L{txfastcgi.proxy.Proxy}), the pool, the FastCGI client and the codec,
+(L{txfastcgi._http.core.Proxy}), the pool, the FastCGI client and the codec,
 driven in a closed loop the way C{wrk -c32} drives a server, on the real
 reactor (its C{callLater}, C{seconds} and timer bookkeeping, which
 C{runUntilCurrent} does after each batch of answers as a reactor turn
@@ -42,12 +42,12 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.testing import StringTransport
 from twisted.web.server import Request, Site
 
-from txfastcgi.client import FastCGIClientProtocol
-from txfastcgi.framing import BodyFraming
-from txfastcgi.pool import ConnectionPool
-from txfastcgi.proxy import Proxy, RequestFacts
-from txfastcgi.records import EndRequest, Stdout
-from txfastcgi.resource import FastCGIResource
+from txfastcgi._client.pool import ConnectionPool
+from txfastcgi._client.protocol import FastCGIClientProtocol
+from txfastcgi._fastcgi.records import EndRequest, Stdout
+from txfastcgi._http.core import Proxy, RequestFacts
+from txfastcgi._http.framing import BodyFraming
+from txfastcgi._http.resource import FastCGIResource
 
 # What php-fpm 8.2 sends for hello.php: the header block and body in one
 # STDOUT record, the empty STDOUT record, END_REQUEST, in one read.

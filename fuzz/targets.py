@@ -19,14 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from txfastcgi.cgi import (
-    MAX_HEADER_BLOCK,
-    CGIResponseHead,
-    MalformedResponse,
-    ResponseHeadParser,
-    parseResponseHead,
-)
-from txfastcgi.records import (
+from txfastcgi._fastcgi.records import (
     MAX_CONTENT_LENGTH,
     AbortRequest,
     BeginRequest,
@@ -34,7 +27,6 @@ from txfastcgi.records import (
     EndRequest,
     GetValues,
     GetValuesResult,
-    ProtocolError,
     Record,
     RecordDecoder,
     Stderr,
@@ -43,6 +35,13 @@ from txfastcgi.records import (
     UnknownType,
     encodeParams,
 )
+from txfastcgi._http.cgi import (
+    MAX_HEADER_BLOCK,
+    CGIResponseHead,
+    ResponseHeadParser,
+    parseResponseHead,
+)
+from txfastcgi.errors import MalformedResponse, ProtocolError
 
 __all__ = [
     "SEEDS",
@@ -55,7 +54,7 @@ __all__ = [
 
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 # Written out again on purpose, from RFC 9110 section 7.6.1 and the usual
-# extras: an oracle of its own catches a name dropped from txfastcgi.cgi's list.
+# extras: an oracle of its own catches a name dropped from txfastcgi._http.cgi's list.
 _HOP_BY_HOP = {
     b"connection",
     b"keep-alive",

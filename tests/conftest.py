@@ -1,12 +1,12 @@
 """
 A real php-fpm for the integration tests.
 
-The pools are configured by L{txfastcgi.phpfpm.PoolConfiguration}, as the
+The pools are configured by L{txfastcgi._server.phpfpm.PoolConfiguration}, as the
 product configures its own, but run with C{subprocess} so that no fixture needs
 a running reactor.
 
 Permissions: php-fpm started as root (as in CI) refuses to run PHP as root, and
-picks a worker user with L{txfastcgi.phpfpm.workerUser}, as C{twist
+picks a worker user with L{txfastcgi._server.phpfpm.workerUser}, as C{twist
 fastcgi-proxy --php-fpm spawn} does.  Rather than start php-fpm with C{-R} and
 C{user = root}, which would hide from the tests the permission problems users
 meet, the site is copied to a world-readable directory outside pytest's
@@ -33,14 +33,14 @@ from typing import Protocol
 import pytest
 
 from tests.fronts import FRONTS
-from txfastcgi.phpfpm import (
-    PHPFPMNotFound,
+from txfastcgi._server.phpfpm import (
     PoolConfiguration,
     acceptsConnections,
     findPHPFPM,
     processArguments,
     workerUser,
 )
+from txfastcgi.errors import PHPFPMNotFound
 
 SITE = Path(__file__).parent / "site"
 

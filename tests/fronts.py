@@ -4,7 +4,7 @@ specification runs against both (issue 12, "one core, two fronts"):
 
   - C{"twisted.web"}: a L{FastCGISite} serving a L{FastCGIResource};
   - C{"http1"}: the dedicated L{HTTP1Factory} over the same kind of core,
-    the resource's L{txfastcgi.proxy.Proxy}.
+    the resource's L{txfastcgi._http.core.Proxy}.
 
 L{serve} builds either with the same limits and observers.  A test serves it
 in one of three ways:
@@ -53,20 +53,20 @@ from tests.recordingbackend import (
     waitUntil,
 )
 from txfastcgi import FastCGIResource
-from txfastcgi.accesslog import AccessLog
-from txfastcgi.framing import responseBodyFraming
-from txfastcgi.http1 import DEFAULT_IDLE_TIMEOUT, HTTP1Factory, ServeStaticFile, StaticFiles
-from txfastcgi.limits import (
+from txfastcgi._client.pool import ConnectionPool
+from txfastcgi._http.accesslog import AccessLog
+from txfastcgi._http.core import Phase, RequestFacts, ResponseWriter
+from txfastcgi._http.core import Proxy as Core
+from txfastcgi._http.framing import responseBodyFraming
+from txfastcgi._http.http1 import DEFAULT_IDLE_TIMEOUT, HTTP1Factory, ServeStaticFile, StaticFiles
+from txfastcgi._http.served import Served
+from txfastcgi._http.web import FastCGISite
+from txfastcgi._limits import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT,
     DEFAULT_MAX_BODY_SIZE,
     DEFAULT_MAX_HEADER_SIZE,
 )
-from txfastcgi.pool import ConnectionPool
-from txfastcgi.proxy import Phase, RequestFacts, ResponseWriter
-from txfastcgi.proxy import Proxy as Core
-from txfastcgi.served import Served
-from txfastcgi.web import FastCGISite
 
 __all__ = [
     "COMMAND_FRONT",

@@ -2,7 +2,7 @@
 What the security tests need to attack a proxy and see what got through.
 
   - L{RecordingServer}: a FastCGI responder listening on a real unix socket
-    in the test process, one L{tests.fakebackend.FakeBackend} per
+    in the test process, one L{txfastcgi.testing.FakeBackend} per
     connection, so that a test sees exactly what would have reached php-fpm
     (the params, the body, every record with its padding, every connection)
     and scripts any answer, malformed or not.
@@ -34,8 +34,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
-from tests.fakebackend import FakeBackend, ReceivedRequest, Reply, Responder
-from txfastcgi.records import decodeNameValuePairs
+from txfastcgi._fastcgi.records import decodeNameValuePairs
+from txfastcgi.testing import FakeBackend, ReceivedRequest, Reply, Responder
 
 __all__ = [
     "Answer",

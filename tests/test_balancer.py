@@ -1,5 +1,5 @@
 """
-Tests for L{txfastcgi.balancer.Balancer}.
+Tests for L{txfastcgi._client.balancer.Balancer}.
 
 First step by step, on a L{MemoryReactorClock}, with a real
 L{ConnectionPool} per backend in front of in-memory backends that can refuse
@@ -34,12 +34,14 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
 from twisted.web.server import Site
 
-from tests.fakebackend import Acquisition, FakeBackendEndpoint
+from tests.poolclients import Acquisition
 from txfastcgi import FastCGIResource
-from txfastcgi.balancer import BackendStatistics, Balancer
-from txfastcgi.client import BackendTimeout, FastCGIClientProtocol
-from txfastcgi.phpfpm import findPHPFPM, processArguments, workerUser
-from txfastcgi.pool import BackendUnavailable, ConnectionPool, PoolStatistics, QueueTimeout
+from txfastcgi._client.balancer import BackendStatistics, Balancer
+from txfastcgi._client.pool import ConnectionPool, PoolStatistics
+from txfastcgi._client.protocol import FastCGIClientProtocol
+from txfastcgi._server.phpfpm import findPHPFPM, processArguments, workerUser
+from txfastcgi.errors import BackendTimeout, BackendUnavailable, QueueTimeout
+from txfastcgi.testing import FakeBackendEndpoint
 
 CONNECT_TIMEOUT = 5.0
 QUEUE_TIMEOUT = 30.0

@@ -10,14 +10,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from txfastcgi.cgi import (
+from txfastcgi._http.cgi import (
     CGIParams,
     CGIRequest,
-    MalformedResponse,
     ResponseHeadParser,
     headerParams,
     parseResponseHead,
 )
+from txfastcgi.errors import MalformedResponse
 
 REQUEST = CGIRequest(
     method=b"POST",

@@ -1,5 +1,5 @@
 """
-Tests for L{txfastcgi.client.FastCGIClientProtocol}: one FastCGI connection
+Tests for L{txfastcgi._client.protocol.FastCGIClientProtocol}: one FastCGI connection
 talking to an in-memory backend, with time on a L{MemoryReactorClock}.
 """
 
@@ -21,23 +21,13 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from tests.fakebackend import (
-    FakeBackend,
-    Link,
-    ReceivedRequest,
-    Reply,
-    Responder,
-    ResponseRecorder,
-    stall,
-)
-from txfastcgi.client import BackendClosed, BackendTimeout, FastCGIClientProtocol
-from txfastcgi.records import (
+from txfastcgi._client.protocol import FastCGIClientProtocol
+from txfastcgi._fastcgi.records import (
     FCGI_KEEP_CONN,
     MAX_CONTENT_LENGTH,
     BeginRequest,
     EndRequest,
     Params,
-    ProtocolError,
     ProtocolStatus,
     Record,
     RecordDecoder,
@@ -45,8 +35,22 @@ from txfastcgi.records import (
     Stderr,
     Stdin,
     Stdout,
+)
+from txfastcgi.errors import (
+    BackendClosed,
+    BackendTimeout,
+    ProtocolError,
     UnexpectedRecord,
     UnsupportedVersion,
+)
+from txfastcgi.testing import (
+    FakeBackend,
+    Link,
+    ReceivedRequest,
+    Reply,
+    Responder,
+    ResponseRecorder,
+    stall,
 )
 
 PARAMS = [

@@ -14,9 +14,10 @@ import pytest
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
-from tests.fakebackend import ResponseRecorder
-from txfastcgi.client import FastCGIClientProtocol, ProtocolState, StateError
-from txfastcgi.records import EndRequest, Stdout
+from txfastcgi._client.protocol import FastCGIClientProtocol, ProtocolState
+from txfastcgi._fastcgi.records import EndRequest, Stdout
+from txfastcgi.errors import StateError
+from txfastcgi.testing import ResponseRecorder
 
 READ_TIMEOUT = 10
 OUTPUT = Stdout(1, b"Status: 200 OK\r\n\r\n").encode()

@@ -33,7 +33,7 @@ from zope.interface import implementer
 
 from tests.processes import startProxy, stopProxy
 from txfastcgi import FastCGIResource
-from txfastcgi.pool import ConnectionPool
+from txfastcgi._client.pool import ConnectionPool
 
 
 @pytest.fixture(autouse=True)

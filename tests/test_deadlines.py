@@ -22,7 +22,7 @@ from twisted.web.server import Site
 
 from tests.processes import childrenRunning
 from txfastcgi import FastCGIResource
-from txfastcgi.pool import ConnectionPool
+from txfastcgi._client.pool import ConnectionPool
 
 READ_TIMEOUT = 1.0
 

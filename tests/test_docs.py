@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pytest
 
 from tests.certificates import selfSignedCertificate
-from txfastcgi.cgi import CGIRequest
+from txfastcgi._http.cgi import CGIRequest
 from txfastcgi.tap import Options
 
 if TYPE_CHECKING:
@@ -335,20 +335,27 @@ def test_every_example_is_shown_and_tested() -> None:
         assert f"examples/{name}" in shown, f"docs/examples/{name} is on no page"
 
 
-# Run as a program by --workers; nothing in it is for users.
-UNDOCUMENTED_MODULES = {"txfastcgi.worker"}
+def test_the_api_reference_documents_the_public_api_and_nothing_private(built: Path) -> None:
+    """
+    Public is what C{txfastcgi} names and the top-level modules without a
+    leading underscore; the reference documents exactly those modules, and
+    every name C{txfastcgi} exports.
+    """
+    import txfastcgi
 
-
-def test_the_api_reference_documents_every_public_module() -> None:
     api = (DOCS / "reference" / "api.rst").read_text()
     documented = set(re.findall(r"^\.\. automodule:: (\S+)$", api, re.MULTILINE))
-    modules = {
+    public = {"txfastcgi"} | {
         f"txfastcgi.{path.stem}"
         for path in (REPOSITORY / "txfastcgi").glob("*.py")
         if not path.name.startswith("_")
     }
-    missing = modules - documented - UNDOCUMENTED_MODULES
-    assert not missing, f"add '.. automodule::' for {sorted(missing)} to docs/reference/api.rst"
+    assert documented == public
+    objects = {name for name, kind in builtInventory(built)}
+    missing = (
+        {f"txfastcgi.{name}" for name in txfastcgi.__all__} - objects - {"txfastcgi.__version__"}
+    )
+    assert not missing, f"txfastcgi exports {sorted(missing)}, which the reference does not show"
 
 
 def test_the_params_reference_lists_every_param_sent() -> None:

@@ -36,6 +36,7 @@ from tests.processes import (
     startServer,
     stopProxy,
 )
+from txfastcgi._server.workers import WORKER_MODULE
 
 
 @pytest.fixture(scope="module")
@@ -319,7 +320,7 @@ def test_workers_share_the_listening_socket(tmp_path: Path, php_fpm: Any) -> Non
     )
     try:
         deadline = time.monotonic() + 10
-        while not (workers := childrenRunning(proxy.process.pid, "txfastcgi.worker")):
+        while not (workers := childrenRunning(proxy.process.pid, WORKER_MODULE)):
             assert time.monotonic() < deadline, proxy.log()
             time.sleep(0.05)
         (worker,) = workers

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from txfastcgi.forwarded import ForwardedClient, TrustedProxies
+from txfastcgi._http.forwarded import ForwardedClient, TrustedProxies
 
 PROXIES = TrustedProxies(["10.0.0.0/8", "127.0.0.1", "::1"])
 

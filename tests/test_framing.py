@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from txfastcgi.framing import BodyFraming, Delimiter, responseBodyFraming
+from txfastcgi._http.framing import BodyFraming, Delimiter, responseBodyFraming
 
 NONE = BodyFraming(Delimiter.NONE, 0)
 CHUNKED = BodyFraming(Delimiter.CHUNKED, None)

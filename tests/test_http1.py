@@ -1,5 +1,5 @@
 """
-The dedicated HTTP/1.1 front, L{txfastcgi.http1}, where it has no
+The dedicated HTTP/1.1 front, L{txfastcgi._http.http1}, where it has no
 twisted.web counterpart: what it hands the core, and how its writer copes
 with a core that writes what the contract does not allow.
 
@@ -18,9 +18,9 @@ from twisted.internet.error import ConnectionLost
 
 from tests.fronts import Client, FakeCore, InMemoryFront
 from tests.test_http_timeouts import GET
-from txfastcgi.framing import BodyFraming, Delimiter
-from txfastcgi.http1 import HTTP1Factory, Response
-from txfastcgi.served import Served
+from txfastcgi._http.framing import BodyFraming, Delimiter
+from txfastcgi._http.http1 import HTTP1Factory, Response
+from txfastcgi._http.served import Served
 
 
 def staticFileServer(served: list[tuple[Any, str]]) -> Callable[[Any, str, Response], None]:

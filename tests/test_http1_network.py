@@ -20,8 +20,8 @@ from tests.certificates import selfSignedCertificate
 from tests.fronts import FakeCore, FakeExchange
 from tests.recordingbackend import parseAnswers, waitUntil
 from tests.test_http1 import staticFileServer
-from txfastcgi.http1 import HTTP1Factory
-from txfastcgi.proxy import RequestFacts, ResponseWriter
+from txfastcgi._http.core import RequestFacts, ResponseWriter
+from txfastcgi._http.http1 import HTTP1Factory
 
 BIG = bytes(range(256)) * (16 * 1024)  # 4 MiB: more than any socket buffer takes at once.
 

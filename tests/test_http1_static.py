@@ -19,10 +19,10 @@ from twisted.internet.testing import MemoryReactorClock
 from tests.fronts import Client, FakeCore
 from tests.recordingbackend import Answer
 from tests.test_http1 import staticFileServer
-from txfastcgi.http1 import HTTP1Factory, Response, StaticFiles
-from txfastcgi.served import Served
-from txfastcgi.staticfiles import SmallFileCache
-from txfastcgi.status import PagesBeforeProxy
+from txfastcgi._http.http1 import HTTP1Factory, Response, StaticFiles
+from txfastcgi._http.served import Served
+from txfastcgi._http.staticfiles import SmallFileCache
+from txfastcgi._http.status import PagesBeforeProxy
 
 SMALL = b"body { color: red }\n"
 LARGE = bytes(range(256)) * 1024  # 256 KiB: over the cache's limit here, sent by a FileSender.

@@ -22,8 +22,8 @@ from zope.interface import implementer
 from tests.fronts import Client, FakeCore, InMemoryFront, knownDefect
 from tests.test_http_parsing import chunk
 from tests.test_http_timeouts import GET, POST_HEAD
-from txfastcgi.framing import BodyFraming, Delimiter, responseBodyFraming
-from txfastcgi.served import Served, Upstream, noteUpstream
+from txfastcgi._http.framing import BodyFraming, Delimiter, responseBodyFraming
+from txfastcgi._http.served import Served, Upstream, noteUpstream
 
 
 @implementer(IPushProducer)

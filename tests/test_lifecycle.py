@@ -30,6 +30,7 @@ from tests.processes import (
     startProxy,
     stopProxy,
 )
+from txfastcgi._server.workers import WORKER_MODULE
 
 if TYPE_CHECKING:
     from tests.conftest import PHPFPMFactory, PHPFPMPool
@@ -199,13 +200,11 @@ def test_a_worker_that_dies_is_replaced(tmp_path: Path, php_fpm: PHPFPMPool) -> 
         tmp_path / "twist.log",
     )
     try:
-        _waitFor(lambda: childrenRunning(proxy.process.pid, "txfastcgi.worker"), "no worker")
-        (worker,) = childrenRunning(proxy.process.pid, "txfastcgi.worker")
+        _waitFor(lambda: childrenRunning(proxy.process.pid, WORKER_MODULE), "no worker")
+        (worker,) = childrenRunning(proxy.process.pid, WORKER_MODULE)
         os.kill(worker, signal.SIGKILL)
         _waitFor(
-            lambda: [
-                p for p in childrenRunning(proxy.process.pid, "txfastcgi.worker") if p != worker
-            ],
+            lambda: [p for p in childrenRunning(proxy.process.pid, WORKER_MODULE) if p != worker],
             f"the worker was not replaced:\n{proxy.log()}",
         )
         for _ in range(10):

@@ -1,5 +1,5 @@
 """
-L{txfastcgi._guardian}, which ends a spawned php-fpm with the proxy, with a
+L{txfastcgi._server.guardian}, which ends a spawned php-fpm with the proxy, with a
 shell standing in for php-fpm's master and two C{sleep}s for its workers.
 
 Whether every one of them has ended is seen without C{/proc}, as on macOS
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.processes import REPOSITORY
-from txfastcgi._guardian import stop
+from txfastcgi._server.guardian import stop
 
 # A master that starts two workers, says who it is, and waits.
 MASTER = ["sh", "-c", "sleep 30 & sleep 30 & echo $$; exec sleep 30"]
@@ -48,7 +48,7 @@ def guarded(tmp_path: Path) -> Iterator[Guarded]:
     runDirectory = tmp_path / "run"
     runDirectory.mkdir()
     guardian = subprocess.Popen(
-        [sys.executable, "-m", "txfastcgi._guardian", str(runDirectory), "--", *MASTER],
+        [sys.executable, "-m", "txfastcgi._server.guardian", str(runDirectory), "--", *MASTER],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         env=dict(os.environ, PYTHONPATH=str(REPOSITORY)),

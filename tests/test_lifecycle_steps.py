@@ -1,10 +1,11 @@
 """
-The order of a proxy process's life (L{txfastcgi.lifecycle}) on a
+The order of a proxy process's life (L{txfastcgi._server.lifecycle}) on a
 deterministic clock, and the steps that C{twist fastcgi-proxy} builds.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from collections.abc import Callable
@@ -14,10 +15,13 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from txfastcgi.lifecycle import Lifecycle, Step
-from txfastcgi.phpfpm import PHPFPMService
-from txfastcgi.tap import Options, _lifecycle, _Listeners
-from txfastcgi.workers import WorkerProcesses
+from txfastcgi._server.configuration import Configuration
+from txfastcgi._server.lifecycle import Lifecycle, Step
+from txfastcgi._server.listeners import Listeners
+from txfastcgi._server.phpfpm import PHPFPMService
+from txfastcgi._server.service import processLifecycle
+from txfastcgi._server.workers import WorkerProcesses
+from txfastcgi.tap import Options
 
 
 class _Recorder:
@@ -152,9 +156,10 @@ class ProxyStepsTests(SynchronousTestCase):
         options.parseOptions(["--path", os.curdir, *arguments])
         return options
 
-    def served(self, options: Options) -> dict[str, object]:
-        backends = ["unix:/nonexistent.sock"]
-        return {**options, "php-fpm": backends, "connection-limits": dict.fromkeys(backends, 4)}
+    def served(self, options: Options) -> Configuration:
+        return dataclasses.replace(
+            Configuration.fromOptions(options), backends=["unix:/nonexistent.sock"]
+        )
 
     def test_mainProcessWithSpawnedPHPFPMAndWorkers(self) -> None:
         options = self.options("--php-fpm", "spawn", "--workers", "3")
@@ -162,8 +167,8 @@ class ProxyStepsTests(SynchronousTestCase):
         reactor = MemoryReactorClock()
         phpFPM = PHPFPMService(options["path"], binary="/bin/false", reactor=cast(Any, reactor))
         self.addCleanup(shutil.rmtree, phpFPM.directory)
-        workers = WorkerProcesses(reactor, served, 2, 30)
-        lifecycle = _lifecycle(reactor, served, _Listeners([]), phpFPM, workers)
+        workers = WorkerProcesses(reactor, served.toJSON(), 2, 30)
+        lifecycle = processLifecycle(reactor, served, Listeners([]), phpFPM, workers)
         self.assertEqual(
             [step.name for step in lifecycle.startup],
             [
@@ -193,7 +198,7 @@ class ProxyStepsTests(SynchronousTestCase):
     def test_workerProcessOrExternalPHPFPM(self) -> None:
         """A worker, or a main process with an external php-fpm, has the same steps, fewer."""
         served = self.served(self.options())
-        lifecycle = _lifecycle(MemoryReactorClock(), served, _Listeners([]))
+        lifecycle = processLifecycle(MemoryReactorClock(), served, Listeners([]))
         self.assertEqual(
             [step.name for step in lifecycle.startup],
             ["listen", "reopen logs on SIGHUP or SIGUSR1"],

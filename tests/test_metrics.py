@@ -203,7 +203,7 @@ def test_a_restart_of_the_spawned_php_fpm_is_counted(
     try:
         restarts = "txfastcgi_phpfpm_restarts_total"
         assert sample(scrape(proxy), restarts) == 0
-        (guardian,) = childrenRunning(proxy.process.pid, "txfastcgi._guardian")
+        (guardian,) = childrenRunning(proxy.process.pid, "txfastcgi._server.guardian")
         (master,) = childrenRunning(guardian, "php-fpm")
         os.kill(master, signal.SIGKILL)
         waitFor(lambda: sample(scrape(proxy), restarts) == 1, proxy.log)

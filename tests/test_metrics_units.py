@@ -1,5 +1,5 @@
 """
-L{txfastcgi.metrics} on a deterministic clock: what each answered request
+L{txfastcgi._server.metrics} on a deterministic clock: what each answered request
 counts, what is read from the balancer and its pools, how a process shares
 its values with the others, and that the guide lists every metric.
 """
@@ -20,12 +20,12 @@ from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
-from txfastcgi.balancer import Balancer
-from txfastcgi.metrics import Metrics, shareAcrossProcesses
-from txfastcgi.phpfpm import PHPFPMService
-from txfastcgi.pool import ConnectionPool
-from txfastcgi.served import Served, Upstream
-from txfastcgi.status import statusDocument
+from txfastcgi._client.balancer import Balancer
+from txfastcgi._client.pool import ConnectionPool
+from txfastcgi._http.served import Served, Upstream
+from txfastcgi._http.status import statusDocument
+from txfastcgi._server.metrics import Metrics, shareAcrossProcesses
+from txfastcgi._server.phpfpm import PHPFPMService
 
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "guides" / "metrics.rst"
 BACKEND = "tcp:10.0.0.2:9000"

@@ -1,12 +1,12 @@
 """
-txfastcgi._units: sizes and durations as an operator writes them.
+txfastcgi._server.units: sizes and durations as an operator writes them.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from txfastcgi._units import UnitError, parseDuration, parseSize
+from txfastcgi._server.units import UnitError, parseDuration, parseSize
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,5 @@
 """
-Tests for L{txfastcgi.phpfpm} against the real php-fpm, and for the php-fpm
+Tests for L{txfastcgi._server.phpfpm} against the real php-fpm, and for the php-fpm
 fixtures and the site they serve, spoken to in hand-packed FastCGI so that
 these tests do not depend on the client under test elsewhere.
 """
@@ -31,8 +31,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from tests.processes import childrenRunning
-from txfastcgi.phpfpm import (
-    PHPFPMNotFound,
+from txfastcgi._server.phpfpm import (
     PHPFPMService,
     PoolConfiguration,
     acceptsConnections,
@@ -40,6 +39,7 @@ from txfastcgi.phpfpm import (
     processArguments,
     workerUser,
 )
+from txfastcgi.errors import PHPFPMNotFound
 
 if TYPE_CHECKING:
     from tests.conftest import PHPFPMFactory, PHPFPMPool

@@ -1,5 +1,5 @@
 """
-Tests for L{txfastcgi.pool.ConnectionPool}: connections to an in-memory
+Tests for L{txfastcgi._client.pool.ConnectionPool}: connections to an in-memory
 backend, opened, queued for, reused and closed on a L{MemoryReactorClock}.
 """
 
@@ -13,23 +13,12 @@ from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 
-from tests.fakebackend import (
-    Acquisition,
-    FakeBackend,
-    FakeBackendEndpoint,
-    Reply,
-    ResponseRecorder,
-    stall,
-)
-from txfastcgi.client import BackendTimeout, FastCGIClientProtocol
-from txfastcgi.pool import (
-    BackendUnavailable,
-    ConnectionPool,
-    PoolStateError,
-    PoolStatistics,
-    QueueTimeout,
-)
-from txfastcgi.records import Stdout
+from tests.poolclients import Acquisition
+from txfastcgi._client.pool import ConnectionPool, PoolStatistics
+from txfastcgi._client.protocol import FastCGIClientProtocol
+from txfastcgi._fastcgi.records import Stdout
+from txfastcgi.errors import BackendTimeout, BackendUnavailable, PoolStateError, QueueTimeout
+from txfastcgi.testing import FakeBackend, FakeBackendEndpoint, Reply, ResponseRecorder, stall
 
 CONNECT_TIMEOUT = 5.0
 IDLE_TIMEOUT = 5.0

@@ -18,16 +18,11 @@ import math
 import pytest
 from twisted.internet.testing import MemoryReactorClock
 
-from tests.fakebackend import (
-    ConnectionSource,
-    FakeBackendEndpoint,
-    FakePHPFPM,
-    PoolClient,
-    answered,
-)
-from txfastcgi.balancer import Balancer
-from txfastcgi.client import BackendTimeout
-from txfastcgi.pool import ConnectionPool
+from tests.poolclients import ConnectionSource, PoolClient, answered
+from txfastcgi._client.balancer import Balancer
+from txfastcgi._client.pool import ConnectionPool
+from txfastcgi.errors import BackendTimeout
+from txfastcgi.testing import FakeBackendEndpoint, FakePHPFPM
 
 FAST = b"/fast.php"
 SLOW = b"/slow.php"

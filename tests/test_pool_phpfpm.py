@@ -22,8 +22,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from tests.fakebackend import PoolClient, answered
-from txfastcgi.pool import ConnectionPool
+from tests.poolclients import PoolClient, answered
+from txfastcgi._client.pool import ConnectionPool
 
 if TYPE_CHECKING:
     from tests.conftest import PHPFPMFactory, PHPFPMPool

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from txfastcgi._poolpolicy import (
+from txfastcgi._client.policy import (
     BACKLOG_GRACE,
     PROBE_INTERVAL,
     UNANSWERED_GRACE,

@@ -8,11 +8,12 @@ import itertools
 
 import pytest
 
-from txfastcgi.pool import TRANSITIONS, ConnectionState, PoolEvent, PoolStateError, nextState
+from txfastcgi._client.pool import TRANSITIONS, ConnectionState, PoolEvent, nextState
+from txfastcgi.errors import PoolStateError
 
 S, E = ConnectionState, PoolEvent
 
-# Written out again, on purpose: the table in txfastcgi.pool must say this.
+# Written out again, on purpose: the table in txfastcgi._client.pool must say this.
 EXPECTED = {
     (S.CONNECTING, E.CONNECTED): S.IDLE,
     (S.CONNECTING, E.CONNECT_FAILED): S.CLOSED,

@@ -1,5 +1,5 @@
 """
-The timers behind a pool's timeouts: L{txfastcgi.limits.Deadlines}, exact
+The timers behind a pool's timeouts: L{txfastcgi._limits.Deadlines}, exact
 deadlines for many things on one timer, and a pool that keeps all of its
 own (waiting requests', idle connections') and its connections' read
 timeouts there, instead of a C{callLater} per request.
@@ -12,11 +12,11 @@ from io import BytesIO
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 
-from tests.fakebackend import FakeBackendEndpoint, ResponseRecorder, stall
 from tests.test_pool import Acquired
-from txfastcgi.client import BackendTimeout
-from txfastcgi.limits import Deadlines
-from txfastcgi.pool import ConnectionPool, QueueTimeout
+from txfastcgi._client.pool import ConnectionPool
+from txfastcgi._limits import Deadlines
+from txfastcgi.errors import BackendTimeout, QueueTimeout
+from txfastcgi.testing import FakeBackendEndpoint, ResponseRecorder, stall
 
 # Deadlines
 

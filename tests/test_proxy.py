@@ -1,5 +1,5 @@
 """
-The core, L{txfastcgi.proxy.Proxy}, specified directly: a request described
+The core, L{txfastcgi._http.core.Proxy}, specified directly: a request described
 as L{RequestFacts}, a L{ResponseWriter} that records what the front is told,
 and the in-memory fake php-fpm on a L{MemoryReactorClock}.
 """
@@ -25,14 +25,15 @@ from twisted.logger import LogEvent, capturedLogs, formatEvent
 from twisted.trial.unittest import TestCase
 from twisted.web.server import Site as WebSite
 
-from tests.fakebackend import FakeBackend, FakeBackendEndpoint, ReceivedRequest, Reply, stall
 from txfastcgi import FastCGIResource
-from txfastcgi.client import FastCGIClientProtocol
-from txfastcgi.framing import BodyFraming, Delimiter
-from txfastcgi.pool import ConnectionPool
-from txfastcgi.proxy import Phase, Proxy, RequestFacts
-from txfastcgi.records import ProtocolStatus
-from txfastcgi.served import Upstream, upstreamOf
+from txfastcgi._client.pool import ConnectionPool
+from txfastcgi._client.protocol import FastCGIClientProtocol
+from txfastcgi._fastcgi.records import ProtocolStatus
+from txfastcgi._http.core import Phase, Proxy, RequestFacts
+from txfastcgi._http.framing import BodyFraming, Delimiter
+from txfastcgi._http.served import Upstream, upstreamOf
+from txfastcgi.errors import BackendError
+from txfastcgi.testing import FakeBackend, FakeBackendEndpoint, ReceivedRequest, Reply, stall
 
 
 class RecordingWriter:
@@ -393,25 +394,50 @@ def test_a_backend_closing_in_mid_body_cuts_the_client_connection(root: str) -> 
     ]
 
 
-def test_an_unexpected_error_gives_500_and_a_logged_traceback(root: str) -> None:
-    class Broken:
-        def acquire(
-            self, fresh: bool = False, since: float | None = None
-        ) -> Deferred[FastCGIClientProtocol]:
-            return fail(RuntimeError("a bug"))
+class FailingSource:
+    """A connection source whose every acquire fails with C{error}."""
 
-        def release(self, protocol: FastCGIClientProtocol) -> None:
-            pass
+    def __init__(self, error: Exception) -> None:
+        self.error = error
 
-    proxy = Proxy(Broken(), root, reactor=MemoryReactorClock())
+    def acquire(
+        self, fresh: bool = False, since: float | None = None
+    ) -> Deferred[FastCGIClientProtocol]:
+        return fail(self.error)
+
+    def release(self, protocol: FastCGIClientProtocol) -> None:
+        pass
+
+
+def handleWith(source: FailingSource, root: str) -> tuple[RecordingWriter, Proxy]:
+    proxy = Proxy(source, root, reactor=MemoryReactorClock())
     writer = RecordingWriter()
+    proxy.handle(
+        RequestFacts(
+            b"GET", b"/hello.php", b"HTTP/1.1", [], ("", None), ("", None), False, BytesIO(), 0
+        ),
+        writer,
+    )
+    return writer, proxy
+
+
+def test_a_backend_error_gives_the_status_page_and_headers_it_names(root: str) -> None:
+    """The core asks the error what it becomes: a source's own error class works as ours do."""
+
+    class Maintenance(BackendError):
+        status = 503
+        explanation = "Down for maintenance."
+        headers = ((b"retry-after", b"60"),)
+
+    writer, _ = handleWith(FailingSource(Maintenance("the backends are being upgraded")), root)
+    assert (writer.code, writer.header(b"retry-after")) == (503, b"60")
+    assert b"Down for maintenance." in writer.body
+    assert b"upgraded" not in writer.body
+
+
+def test_an_unexpected_error_gives_500_and_a_logged_traceback(root: str) -> None:
     with capturedLogs() as events:
-        proxy.handle(
-            RequestFacts(
-                b"GET", b"/hello.php", b"HTTP/1.1", [], ("", None), ("", None), False, BytesIO(), 0
-            ),
-            writer,
-        )
+        writer, proxy = handleWith(FailingSource(RuntimeError("a bug")), root)
     assert writer.code == 500 and writer.finished
     assert any(event.get("log_failure") for event in events)
     assert proxy.whenIdle().called

@@ -1,5 +1,5 @@
 """
-Tests for L{txfastcgi.records}: the FastCGI 1.0 wire format and the client side
+Tests for L{txfastcgi._fastcgi.records}: the FastCGI 1.0 wire format and the client side
 of a connection.
 """
 
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from txfastcgi.records import (
+from txfastcgi._fastcgi.records import (
     FCGI_HEADER_LEN,
     FCGI_KEEP_CONN,
     MAX_CONTENT_LENGTH,
@@ -26,24 +26,26 @@ from txfastcgi.records import (
     EndRequest,
     GetValues,
     GetValuesResult,
-    MalformedRecord,
     Params,
-    ProtocolError,
     ProtocolStatus,
     Record,
     RecordDecoder,
     RecordType,
     Role,
-    StateError,
     Stderr,
     Stdin,
     Stdout,
-    UnexpectedRecord,
     UnknownType,
-    UnsupportedVersion,
     decodeNameValuePairs,
     encodeNameValuePairs,
     encodeParams,
+)
+from txfastcgi.errors import (
+    MalformedRecord,
+    ProtocolError,
+    StateError,
+    UnexpectedRecord,
+    UnsupportedVersion,
 )
 
 modest = settings(max_examples=60, deadline=None)

@@ -28,7 +28,7 @@ from twisted.web.server import Site
 from twisted.web.static import Data
 
 from txfastcgi import FastCGIResource
-from txfastcgi.pool import ConnectionPool
+from txfastcgi._client.pool import ConnectionPool
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from txfastcgi.routing import Redirect, Refused, Router, Script, StaticFile
+from txfastcgi._http.routing import Redirect, Refused, Router, Script, StaticFile
 
 
 @pytest.fixture

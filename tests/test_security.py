@@ -1,7 +1,7 @@
 """
 Requests that must never reach PHP, or must reach it only as harmless data.
 
-Each test sends an attack, byte for byte, to a L{txfastcgi.web.FastCGISite}
+Each test sends an attack, byte for byte, to a L{txfastcgi._http.web.FastCGISite}
 serving a L{txfastcgi.FastCGIResource} in front of a recording FastCGI
 backend (L{tests.recordingbackend.RecordingServer}), and checks what the
 client got and what the backend, standing in for php-fpm, received.  The same
@@ -30,7 +30,6 @@ from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 from twisted.web._http2 import H2Connection
 
-from tests.fakebackend import ReceivedRequest
 from tests.fronts import InMemoryFront, ProxyTestCase, onEveryFront
 from tests.recordingbackend import (
     EXECUTED,
@@ -43,7 +42,7 @@ from tests.recordingbackend import (
     request,
 )
 from txfastcgi import FastCGIResource
-from txfastcgi.records import (
+from txfastcgi._fastcgi.records import (
     MAX_CONTENT_LENGTH,
     BeginRequest,
     Params,
@@ -52,7 +51,8 @@ from txfastcgi.records import (
     encodeNameValuePairs,
     encodeParams,
 )
-from txfastcgi.web import FastCGISite
+from txfastcgi._http.web import FastCGISite
+from txfastcgi.testing import ReceivedRequest
 
 # What php-fpm's own reader accepts in one PARAMS record: content and
 # padding together (main/fastcgi.c, fcgi_read_request).

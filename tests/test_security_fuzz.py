@@ -23,7 +23,7 @@ from fuzz.targets import (
     fuzzResponseHeadParser,
 )
 from tests.recordingbackend import buildAttackSite
-from txfastcgi.records import (
+from txfastcgi._fastcgi.records import (
     MAX_CONTENT_LENGTH,
     EndRequest,
     GetValuesResult,
@@ -32,7 +32,7 @@ from txfastcgi.records import (
     Stdout,
     UnknownType,
 )
-from txfastcgi.routing import Router, Script
+from txfastcgi._http.routing import Router, Script
 
 fuzzing = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

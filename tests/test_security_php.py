@@ -47,7 +47,7 @@ from tests.test_security import (
     smuggledRecords,
 )
 from txfastcgi import FastCGIResource
-from txfastcgi.pool import ConnectionPool
+from txfastcgi._client.pool import ConnectionPool
 from txfastcgi.tap import Options
 
 
@@ -204,7 +204,7 @@ def test_source_is_never_served_when_php_fpm_is_down(
 
 @pytest.mark.skipif(
     "max-body-size" not in Options().opts,
-    reason="no --max-body-size yet: tap.py must serve txfastcgi.web.FastCGISite",
+    reason="no --max-body-size yet: tap.py must serve txfastcgi._http.web.FastCGISite",
 )
 def test_the_command_line_refuses_large_bodies_and_heads(
     phpFPM: PHPFPMPool, attackSite: str, tmp_path: Path

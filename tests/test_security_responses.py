@@ -1,7 +1,7 @@
 """
 What a broken or hostile FastCGI backend can, and cannot, make a client see.
 
-The proxy (L{txfastcgi.web.FastCGISite} and L{txfastcgi.FastCGIResource}, in
+The proxy (L{txfastcgi._http.web.FastCGISite} and L{txfastcgi.FastCGIResource}, in
 this process) talks to a L{tests.recordingbackend.RecordingServer} on a real
 unix socket, whose answers each test scripts byte for byte.  A client reads
 the proxy's answers off a real TCP connection, as Python's HTTP client would.
@@ -18,7 +18,6 @@ from functools import partial
 import pytest
 from twisted.internet import reactor
 
-from tests.fakebackend import FakeBackend, ReceivedRequest, Reply, Responder
 from tests.fronts import ProxyTestCase, onEveryFront
 from tests.recordingbackend import (
     Answer,
@@ -28,7 +27,8 @@ from tests.recordingbackend import (
     request,
     waitUntil,
 )
-from txfastcgi.records import EndRequest, ProtocolStatus, RecordType, Stderr, Stdout
+from txfastcgi._fastcgi.records import EndRequest, ProtocolStatus, RecordType, Stderr, Stdout
+from txfastcgi.testing import FakeBackend, ReceivedRequest, Reply, Responder
 
 OK_HEAD = b"Content-Type: text/plain\r\n\r\n"
 

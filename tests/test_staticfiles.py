@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from txfastcgi.staticfiles import (
+from txfastcgi._http.staticfiles import (
     ByteRange,
     FileFacts,
     StaticResponse,

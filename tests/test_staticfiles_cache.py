@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from txfastcgi.staticfiles import ByteRange, CachedFile, SmallFileCache
+from txfastcgi._http.staticfiles import ByteRange, CachedFile, SmallFileCache
 
 
 def aMinuteLater() -> float:

@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from tests.certificates import selfSignedCertificate
-from txfastcgi.staticfiles import FileSender
+from txfastcgi._http.staticfiles import FileSender
 
 MiB = 1024 * 1024
 # The global reactor, whose interfaces mypy cannot see.

@@ -1,5 +1,5 @@
 """
-Tests for L{txfastcgi.status}: the JSON status page of the backends, as an
+Tests for L{txfastcgi._http.status}: the JSON status page of the backends, as an
 operator's script reads it, beside a PHP site served by a real php-fpm and a
 backend that is not there.
 """
@@ -24,9 +24,9 @@ from twisted.web.server import Site
 from twisted.web.static import Data
 
 from txfastcgi import FastCGIResource
-from txfastcgi.balancer import BackendStatistics, Balancer
-from txfastcgi.pool import ConnectionPool, PoolStatistics
-from txfastcgi.status import StatusResource, WithPages, statusDocument
+from txfastcgi._client.balancer import BackendStatistics, Balancer
+from txfastcgi._client.pool import ConnectionPool, PoolStatistics
+from txfastcgi._http.status import StatusResource, WithPages, statusDocument
 
 if TYPE_CHECKING:
     from tests.conftest import PHPFPMFactory

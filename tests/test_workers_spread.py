@@ -18,6 +18,7 @@ import pytest
 
 from tests.conftest import PHPFPMPool
 from tests.processes import Proxy, childrenRunning, startProxy, stopProxy
+from txfastcgi._server.workers import WORKER_MODULE
 
 CONNECTIONS = 64
 
@@ -32,7 +33,7 @@ def twoProcesses(tmp_path: Path, php_fpm: PHPFPMPool) -> Iterator[tuple[Proxy, i
     )
     try:
         deadline = time.monotonic() + 10
-        while not (workers := childrenRunning(proxy.process.pid, "txfastcgi.worker")):
+        while not (workers := childrenRunning(proxy.process.pid, WORKER_MODULE)):
             assert time.monotonic() < deadline, proxy.log()
             time.sleep(0.05)
         (worker,) = workers

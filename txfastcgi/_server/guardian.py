@@ -1,7 +1,7 @@
 """
 A guardian that keeps a spawned php-fpm from outliving the proxy.
 
-C{python -m txfastcgi._guardian RUN_DIRECTORY -- COMMAND...} runs COMMAND (the
+C{python -m txfastcgi._server.guardian RUN_DIRECTORY -- COMMAND...} runs COMMAND (the
 php-fpm master) in a session of its own and then waits for one of three
 things:
 
@@ -121,7 +121,9 @@ def main(arguments: list[str]) -> int:
     """C{RUN_DIRECTORY -- COMMAND...}"""
     runDirectory, separator, *command = arguments
     if separator != "--" or not command:
-        sys.stderr.write("usage: python -m txfastcgi._guardian RUN_DIRECTORY -- COMMAND...\n")
+        sys.stderr.write(
+            "usage: python -m txfastcgi._server.guardian RUN_DIRECTORY -- COMMAND...\n"
+        )
         return 2
     return guard(runDirectory, command)
 

@@ -37,13 +37,13 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
-from txfastcgi.balancer import BackendStatistics, Balancer
-from txfastcgi.pool import PoolStatistics
-from txfastcgi.served import Served
-from txfastcgi.status import OperatorPage, hiddenEndpoints
+from txfastcgi._client.balancer import BackendStatistics, Balancer
+from txfastcgi._client.pool import PoolStatistics
+from txfastcgi._http.served import Served
+from txfastcgi._http.status import OperatorPage, hiddenEndpoints
 
 if TYPE_CHECKING:
-    from txfastcgi.phpfpm import PHPFPMService
+    from txfastcgi._server.phpfpm import PHPFPMService
 
 __all__ = [
     "BUCKETS",

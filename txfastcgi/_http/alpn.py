@@ -1,7 +1,7 @@
 """
 One TLS listener, two fronts: HTTP/2 to twisted.web's H2 stack, when the
 client chose it by ALPN, and everything else (C{http/1.1}, or no ALPN at all)
-to the dedicated HTTP/1.1 front, L{txfastcgi.http1}.
+to the dedicated HTTP/1.1 front, L{txfastcgi._http.http1}.
 
 Each connection starts as an L{HTTP1Connection}, so that its deadlines
 apply from the start, the TLS handshake included. The protocol negotiated
@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Site
 from zope.interface import implementer
 
-from txfastcgi.http1 import HTTP1Connection, HTTP1Factory
+from txfastcgi._http.http1 import HTTP1Connection, HTTP1Factory
 
 __all__ = ["ByALPN"]
 

@@ -25,9 +25,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from twisted.web.static import File
 
-from txfastcgi.framing import BodyFraming, Delimiter
-from txfastcgi.pool import ConnectionPool
-from txfastcgi.proxy import ConnectionSource, Phase, Proxy, RequestFacts
+from txfastcgi._client.pool import ConnectionPool
+from txfastcgi._http.core import ConnectionSource, Phase, Proxy, RequestFacts
+from txfastcgi._http.framing import BodyFraming, Delimiter
 
 __all__ = ["ConnectionSource", "FastCGIResource"]
 
@@ -42,7 +42,7 @@ class FastCGIResource(Resource):
         L{ConnectionSource} built by the caller.
     @param documentRoot: the directory with the scripts and static files;
         it and the other parameters mean what they mean to the core,
-        L{txfastcgi.proxy.Proxy}.
+        L{txfastcgi._http.core.Proxy}.
 
     @ivar proxy: the core this resource adapts to twisted.web, which another
         front (the dedicated HTTP/1.1 one) can share, so that one

@@ -26,8 +26,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from txfastcgi.client import BackendTimeout, FastCGIClientProtocol
-from txfastcgi.pool import BackendUnavailable, ConnectionPool, PoolStatistics, QueueTimeout
+from txfastcgi._client.pool import ConnectionPool, PoolStatistics
+from txfastcgi._client.protocol import FastCGIClientProtocol
+from txfastcgi.errors import BackendTimeout, BackendUnavailable, QueueTimeout
 
 __all__ = ["BackendStatistics", "Balancer"]
 
@@ -72,7 +73,7 @@ class _Backend:
 
 class Balancer:
     """
-    A L{txfastcgi.proxy.ConnectionSource} over several backends.
+    A L{txfastcgi._http.core.ConnectionSource} over several backends.
 
     @param pools: a pool for each backend, by the backend's endpoint
         description (shown in logs and statistics).

@@ -36,23 +36,24 @@ from twisted.python.components import proxyForInterface
 from twisted.python.failure import Failure
 from twisted.runner.procmon import ProcessMonitor
 
-from txfastcgi._child import moduleCommand
 from txfastcgi._emptied import Emptied
+from txfastcgi._server.child import moduleCommand
 
 __all__ = [
     "WORKER_EVENTS_DESCRIPTOR",
+    "WORKER_MODULE",
     "WORKER_OPTIONS_VARIABLE",
     "WorkerProcesses",
     "parseSocketArguments",
 ]
 
-# How the main process hands its parsed options to worker processes.
+# How the main process hands its configuration to worker processes.
 WORKER_OPTIONS_VARIABLE = "TXFASTCGI_WORKER_OPTIONS"
 
 # The file descriptor on which a worker writes its log events for the main process.
 WORKER_EVENTS_DESCRIPTOR = 3
 
-_WORKER_MODULE = "txfastcgi.worker"
+WORKER_MODULE = "txfastcgi._server.worker"
 
 # Seconds a worker gets after its own shutdown deadline before it is killed.
 _KILL_MARGIN = 5
@@ -85,7 +86,7 @@ class _Inheriting(proxyForInterface(IReactorTime)):  # type: ignore[misc]
         self, processProtocol: IProcessProtocol, executable: str, args: Sequence[str], **kwargs: Any
     ) -> IProcessTransport:
         childFDs: dict[int, int | str] = {0: "w", 1: 1, 2: 2, WORKER_EVENTS_DESCRIPTOR: "r"}
-        moduleArguments = list(args)[list(args).index(_WORKER_MODULE) + 1 :]
+        moduleArguments = list(args)[list(args).index(WORKER_MODULE) + 1 :]
         for descriptor, _ in parseSocketArguments(moduleArguments):
             childFDs[descriptor] = descriptor
         return IReactorProcess(self.original).spawnProcess(
@@ -138,7 +139,8 @@ class WorkerProcesses:
         exited: Callable[[int], object] | None = None,
     ) -> None:
         """
-        @param options: the parsed options, which the workers serve.
+        @param options: the configuration the workers serve, as JSON-ready
+            data (L{txfastcgi._server.configuration.Configuration.toJSON}).
         @param timeout: the workers' own C{--shutdown-timeout}.
         @param exited: called with the process id of each worker that
             exits, for whoever keeps something of it (its metrics).
@@ -158,7 +160,7 @@ class WorkerProcesses:
         self._monitor.killTime = self._killTime
         for number in range(1, self._count + 1):
             sockets = [self._socketFor(port) for port in ports]
-            command, environment = moduleCommand(_WORKER_MODULE, _socketArguments(sockets))
+            command, environment = moduleCommand(WORKER_MODULE, _socketArguments(sockets))
             # The options in the environment, not on the command line that
             # any user can read: --param values may hold secrets.
             environment[WORKER_OPTIONS_VARIABLE] = json.dumps(self._options)

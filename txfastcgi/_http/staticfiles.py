@@ -17,7 +17,7 @@ one), none of them importing twisted.web:
   - L{FileSender}: a byte range of an open file written to a Twisted
     transport, by C{os.sendfile} when the transport is a plain socket.
 
-A front decides which path names a static file (L{txfastcgi.routing}), then::
+A front decides which path names a static file (L{txfastcgi._http.routing}), then::
 
     cached = cache.get(path)
     if cached is not None:

@@ -10,7 +10,7 @@ oldest waiting request before anything opens another, unless a request may
 be waiting in php-fpm's backlog: then it closes the freed connection, so that
 its worker accepts the backlogged one, and keeps no more connections open
 than php-fpm has shown it serves. When to do which is the business of
-L{txfastcgi._poolpolicy.PoolPolicy}, which tells a slow script from a
+L{txfastcgi._client.policy.PoolPolicy}, which tells a slow script from a
 backlogged request; this module is the mechanism: it hands out, takes back,
 times out and closes.
 
@@ -44,19 +44,17 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from txfastcgi._poolpolicy import PoolPolicy, Seen, Suspicion
-from txfastcgi.client import BackendTimeout, FastCGIClientProtocol
-from txfastcgi.limits import Deadlines
+from txfastcgi._client.policy import PoolPolicy, Seen, Suspicion
+from txfastcgi._client.protocol import FastCGIClientProtocol
+from txfastcgi._limits import Deadlines
+from txfastcgi.errors import BackendTimeout, BackendUnavailable, PoolStateError, QueueTimeout
 
 __all__ = [
     "TRANSITIONS",
-    "BackendUnavailable",
     "ConnectionPool",
     "ConnectionState",
     "PoolEvent",
-    "PoolStateError",
     "PoolStatistics",
-    "QueueTimeout",
     "nextState",
 ]
 
@@ -65,18 +63,6 @@ __all__ = [
 # before T, when what it waits for is still in the future: it fires this
 # much later instead.
 _TIMER_SLACK = 1e-6
-
-
-class BackendUnavailable(Exception):
-    """No connection to the backend could be made (refused, or timed out)."""
-
-
-class QueueTimeout(Exception):
-    """A request waited longer than the queue timeout for a free connection."""
-
-
-class PoolStateError(Exception):
-    """A connection was moved in a way its state does not allow."""
 
 
 class ConnectionState(Enum):

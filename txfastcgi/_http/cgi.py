@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from txfastcgi._compat import SLOTS
-from txfastcgi.records import decodeNameValuePairs, encodeNameValuePairs
+from txfastcgi._fastcgi.records import decodeNameValuePairs, encodeNameValuePairs
+from txfastcgi.errors import MalformedResponse
 
 if TYPE_CHECKING:
     # Python 3.9's typing has no TypeAlias; annotations are never evaluated.
@@ -26,7 +27,6 @@ __all__ = [
     "CGIParams",
     "CGIRequest",
     "CGIResponseHead",
-    "MalformedResponse",
     "ResponseHeadParser",
     "headerParams",
     "parseResponseHead",
@@ -264,15 +264,6 @@ def _encodePort(port: int | None) -> bytes:
 
 MAX_HEADER_BLOCK = 65536
 """Largest CGI header block accepted, as nginx's default buffers allow."""
-
-
-class MalformedResponse(Exception):
-    """
-    The script's output does not start with a valid CGI header block.
-
-    The message says what is wrong, for the log: the HTTP client only ever
-    sees a 502.
-    """
 
 
 # Not frozen, as CGIRequest: one is made for every response.

@@ -1,6 +1,6 @@
 """
 The dedicated HTTP/1.1 front of the proxy: a Twisted protocol built for
-exactly one job, handing each request to a L{txfastcgi.proxy.Proxy} and
+exactly one job, handing each request to a L{txfastcgi._http.core.Proxy} and
 writing what it answers, without twisted.web's per-request machinery.
 
 Requests are parsed by C{httptools} (llhttp, Node's parser), which refuses
@@ -8,7 +8,7 @@ what could smuggle a request past a front end: Content-Length with
 Transfer-Encoding, two Content-Lengths, signs or lists in one, obs-fold,
 header names with spaces or control characters, malformed chunk sizes. On
 top of it, L{HTTP1Factory} enforces the same limits as
-L{txfastcgi.web.FastCGISite}, with the same answers:
+L{txfastcgi._http.web.FastCGISite}, with the same answers:
 
   - 413 to a request body over C{maxBodySize}: at once from its
     Content-Length, before a byte of it is read (and without a
@@ -47,7 +47,7 @@ empty, instead of waiting for the next reactor turn (plain TCP and unix
 sockets only: through TLS or any wrapping transport, Twisted writes).
 
 Static files the core finds are answered by L{StaticFiles}, on the pieces
-of L{txfastcgi.staticfiles}: small ones from memory, large ones by
+of L{txfastcgi._http.staticfiles}: small ones from memory, large ones by
 C{os.sendfile}, with the connection stepping aside as the transport's
 producer while the file goes. For a graceful shutdown,
 L{HTTP1Factory.keepNoConnections} and L{HTTP1Factory.closeConnections} close
@@ -94,24 +94,24 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txfastcgi._emptied import Emptied
-from txfastcgi.framing import BodyFraming, Delimiter, responseBodyFraming
-from txfastcgi.limits import (
-    DEFAULT_BODY_TIMEOUT,
-    DEFAULT_HEADER_TIMEOUT,
-    DEFAULT_MAX_BODY_SIZE,
-    DEFAULT_MAX_HEADER_SIZE,
-    LINGER_TIME,
-    DeadlineSweep,
-)
-from txfastcgi.proxy import RequestFacts
-from txfastcgi.served import Served, upstreamOf
-from txfastcgi.staticfiles import (
+from txfastcgi._http.core import RequestFacts
+from txfastcgi._http.framing import BodyFraming, Delimiter, responseBodyFraming
+from txfastcgi._http.served import Served, upstreamOf
+from txfastcgi._http.staticfiles import (
     ByteRange,
     FileSender,
     SmallFileCache,
     StaticResponse,
     decideResponse,
     openFile,
+)
+from txfastcgi._limits import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_MAX_BODY_SIZE,
+    DEFAULT_MAX_HEADER_SIZE,
+    LINGER_TIME,
+    DeadlineSweep,
 )
 
 __all__ = ["DEFAULT_IDLE_TIMEOUT", "HTTP1Connection", "HTTP1Factory", "Response", "StaticFiles"]
@@ -157,13 +157,13 @@ def _errorPage(code: int, detail: str) -> bytes:
 
 
 class _Exchange(Protocol):
-    """What the front needs of the core's L{txfastcgi.proxy.Exchange}."""
+    """What the front needs of the core's L{txfastcgi._http.core.Exchange}."""
 
     def clientGone(self) -> None: ...
 
 
 class _Proxy(Protocol):
-    """What the front needs of the core, L{txfastcgi.proxy.Proxy}."""
+    """What the front needs of the core, L{txfastcgi._http.core.Proxy}."""
 
     def handle(self, request: RequestFacts, writer: Response) -> _Exchange: ...
 
@@ -231,7 +231,7 @@ class HTTP1Factory(_HTTP1ServerFactory):
     """
     Serves HTTP/1.1 and HTTP/1.0 through C{proxy}; see the module docstring.
 
-    @param proxy: the core, which answers each request (L{txfastcgi.proxy.Proxy}).
+    @param proxy: the core, which answers each request (L{txfastcgi._http.core.Proxy}).
     @param serveStaticFile: answers a static file the core found.
     @param maxBodySize: the largest request body, in bytes, declared or chunked.
     @param maxHeaderSize: the largest request line and request head, in
@@ -989,11 +989,11 @@ class HTTP1Connection(TwistedProtocol):
 class Response:
     """
     The answer to one request, as the core writes it: the
-    L{txfastcgi.proxy.ResponseWriter} of the HTTP/1.1 front.
+    L{txfastcgi._http.core.ResponseWriter} of the HTTP/1.1 front.
 
     The head is held back until the first body bytes, or the end, so that a
     small response leaves in one write. The core notes its part on this
-    object with L{txfastcgi.served.noteUpstream}.
+    object with L{txfastcgi._http.served.noteUpstream}.
 
     @ivar request: what the core was given.
     @ivar keepAlive: whether the connection may go on after this response,

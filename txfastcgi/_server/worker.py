@@ -1,7 +1,7 @@
 """
 A worker process of C{twist fastcgi-proxy --workers N}.
 
-The main process passes its parsed options as JSON in the environment and
+The main process passes its configuration as JSON in the environment and
 the listening sockets as inherited file descriptors (C{FD:FAMILY}
 arguments); the worker serves the same site on them until SIGTERM, then
 shuts down like the main process, and writes its log events back to the
@@ -24,8 +24,9 @@ from twisted.logger import globalLogBeginner, jsonFileLogObserver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from txfastcgi.tap import makeWorkerService
-from txfastcgi.workers import (
+from txfastcgi._server.configuration import Configuration
+from txfastcgi._server.service import makeWorkerService
+from txfastcgi._server.workers import (
     WORKER_EVENTS_DESCRIPTOR,
     WORKER_OPTIONS_VARIABLE,
     parseSocketArguments,
@@ -69,8 +70,8 @@ def main(sockets: list[str]) -> None:
     inherited = parseSocketArguments(sockets)
     events = open(WORKER_EVENTS_DESCRIPTOR, "w", buffering=1, encoding="utf-8")
     globalLogBeginner.beginLoggingTo([jsonFileLogObserver(events)])
-    options = json.loads(os.environ.pop(WORKER_OPTIONS_VARIABLE))
-    service = makeWorkerService(options, inherited)
+    configuration = Configuration.fromJSON(json.loads(os.environ.pop(WORKER_OPTIONS_VARIABLE)))
+    service = makeWorkerService(configuration, inherited)
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     IReactorFDSet(reactor).addReader(_Parent(reactor))

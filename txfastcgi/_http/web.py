@@ -57,8 +57,9 @@ from twisted.web.http import _GenericHTTPChannelProtocol
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
-from txfastcgi.accesslog import AccessLog
-from txfastcgi.limits import (
+from txfastcgi._http.accesslog import AccessLog
+from txfastcgi._http.served import Served, upstreamOf
+from txfastcgi._limits import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT,
     DEFAULT_MAX_BODY_SIZE,
@@ -66,7 +67,6 @@ from txfastcgi.limits import (
     LINGER_TIME,
     DeadlineSweep,
 )
-from txfastcgi.served import Served, upstreamOf
 
 __all__ = ["FastCGISite"]
 

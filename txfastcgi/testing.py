@@ -1,6 +1,9 @@
 """
-An in-memory FastCGI responder for tests: the server side of php-fpm, played
-by the sans-IO codec in L{txfastcgi.records}, with no socket and no process.
+An in-memory php-fpm, to test code that embeds txfastcgi without a php-fpm
+to run: what C{treq.testing}'s C{StubTreq} is to treq.  The server side of
+FastCGI is played by the sans-IO codec in L{txfastcgi._fastcgi.records}, with
+no socket and no process; nothing moves until the test says so, so a test
+on a L{twisted.internet.testing.MemoryReactorClock} is deterministic.
 
 The pieces, smallest first:
 
@@ -22,17 +25,14 @@ The pieces, smallest first:
     one where it matters: it stops reading while paused, and it pauses a
     streaming producer while more than 64 KiB wait to be sent.
   - L{FakeBackendEndpoint}: an C{IStreamClientEndpoint} that makes a new
-    L{Link} and L{FakeBackend} for every connect, for L{ConnectionPool} and
-    for resource tests; connects can be refused or held.
+    L{Link} and L{FakeBackend} for every connect, for a
+    L{txfastcgi.ConnectionPool} or a L{txfastcgi.FastCGIResource}; connects can be refused or held.
+  - L{FakePHPFPM}: an endpoint that behaves as a php-fpm pool does under
+    load: a number of workers, a listen backlog, scripts that take time.
+  - L{ResponseRecorder}: what a client protocol delivers, kept for asserts.
 
-A typical test::
-
-    clock = MemoryReactorClock()
-    endpoint = FakeBackendEndpoint(clock, Reply(stdout=b"Status: 200\\r\\n\\r\\nhi"))
-    pool = ConnectionPool(clock, endpoint)
-    ...
-    endpoint.flush()
-    assert endpoint.backends[0].request.params[b"SCRIPT_NAME"] == b"/index.php"
+docs/embedding.rst ("Testing your embedding without php-fpm") shows a whole
+test of a resource mounted in a site of the user's own.
 """
 
 from __future__ import annotations
@@ -40,8 +40,6 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from io import BytesIO
-from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import (
@@ -55,7 +53,6 @@ from twisted.internet.interfaces import (
     IProtocol,
     IProtocolFactory,
     IPushProducer,
-    IReactorTime,
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Protocol
@@ -64,38 +61,33 @@ from twisted.python.failure import Failure
 from twisted.test.iosim import FakeAddress, FakeTransport
 from zope.interface import implementer
 
-from txfastcgi.client import FastCGIClientProtocol
-from txfastcgi.records import (
+from txfastcgi._fastcgi.records import (
     FCGI_KEEP_CONN,
     MAX_CONTENT_LENGTH,
     AbortRequest,
     BeginRequest,
     EndRequest,
     Params,
-    ProtocolError,
     ProtocolStatus,
     Record,
     RecordDecoder,
     Stderr,
     Stdin,
     Stdout,
-    UnexpectedRecord,
     decodeNameValuePairs,
 )
+from txfastcgi.errors import ProtocolError, UnexpectedRecord
 
 __all__ = [
     "ClientTransport",
-    "ConnectionSource",
     "FakeBackend",
     "FakeBackendEndpoint",
     "FakePHPFPM",
     "Link",
-    "PoolClient",
     "ReceivedRequest",
     "Reply",
     "Responder",
     "ResponseRecorder",
-    "answered",
     "stall",
 ]
 
@@ -364,7 +356,7 @@ class FakeBackend(Protocol):
 
 class ResponseRecorder:
     """
-    A L{txfastcgi.client.ResponseReceiver} that keeps everything it is given,
+    A L{txfastcgi._client.protocol.ResponseReceiver} that keeps everything it is given,
     in order, for tests that drive a L{FastCGIClientProtocol} directly.
 
     @ivar events: C{("stdout", data)}, C{("stderr", data)},
@@ -833,112 +825,3 @@ class _Frozen:
     """A script stopped by L{FakePHPFPM.freeze}, with the time it had left."""
 
     remaining: float
-
-
-class Acquisition:
-    """
-    One C{acquire()} of a pool or balancer, and what it has given so far:
-    a connection, a failure, or nothing yet.
-    """
-
-    def __init__(self, deferred: Deferred[FastCGIClientProtocol]) -> None:
-        self.deferred = deferred
-        self._results: list[FastCGIClientProtocol | Failure] = []
-        deferred.addBoth(self._results.append)
-
-    @property
-    def waiting(self) -> bool:
-        return not self._results
-
-    @property
-    def protocol(self) -> FastCGIClientProtocol:
-        [result] = self._results
-        assert isinstance(result, FastCGIClientProtocol), result
-        return result
-
-    @property
-    def failure(self) -> Failure:
-        [result] = self._results
-        assert isinstance(result, Failure), result
-        return result
-
-
-class ConnectionSource(TypingProtocol):
-    """A L{txfastcgi.pool.ConnectionPool} or L{txfastcgi.balancer.Balancer}."""
-
-    def acquire(
-        self, fresh: bool = False, since: float | None = None
-    ) -> Deferred[FastCGIClientProtocol]: ...
-
-    def release(self, protocol: FastCGIClientProtocol) -> None: ...
-
-
-class PoolClient:
-    """
-    One HTTP client, as a pool sees it: a request with C{params} through
-    C{source}, and again as soon as it is answered, until C{until} on
-    C{reactor}'s clock (a L{Clock} or the real reactor).
-
-    @ivar latencies: for each answer, the seconds from asking to the end of
-        the response.
-    @ivar failures: for each failure, the seconds from asking, and why.
-    @ivar done: fires once it has stopped asking and has its last answer.
-    """
-
-    def __init__(
-        self,
-        reactor: IReactorTime,
-        source: ConnectionSource,
-        params: list[tuple[bytes, bytes]],
-        until: float,
-    ) -> None:
-        self._reactor = reactor
-        self._source = source
-        self._params = params
-        self._until = until
-        self._askedAt = 0.0
-        self._protocol: FastCGIClientProtocol | None = None
-        self.latencies: list[float] = []
-        self.failures: list[tuple[float, Failure]] = []
-        self.waiting = False
-        self.done: Deferred[None] = Deferred()
-        reactor.callLater(0, self._ask)
-
-    def _ask(self) -> None:
-        if self._reactor.seconds() >= self._until:
-            self.done.callback(None)
-            return
-        self._askedAt = self._reactor.seconds()
-        self.waiting = True
-        self._source.acquire(since=self._askedAt).addCallbacks(self._send, self.requestFailed)
-
-    def _send(self, protocol: FastCGIClientProtocol) -> None:
-        self._protocol = protocol
-        protocol.sendRequest(self._params, BytesIO(), 0, self, keepConnection=True)
-
-    def _done(self) -> None:
-        self.waiting = False
-        if self._protocol is not None:
-            protocol, self._protocol = self._protocol, None
-            self._source.release(protocol)
-        # On the next turn, as a web server's next request would come.
-        self._reactor.callLater(0, self._ask)
-
-    def stdoutReceived(self, data: bytes) -> None:
-        pass
-
-    def stderrReceived(self, data: bytes) -> None:
-        pass
-
-    def requestEnded(self, appStatus: int, protocolStatus: int) -> None:
-        self.latencies.append(self._reactor.seconds() - self._askedAt)
-        self._done()
-
-    def requestFailed(self, reason: Failure) -> None:
-        self.failures.append((self._reactor.seconds() - self._askedAt, reason))
-        self._done()
-
-
-def answered(clients: list[PoolClient]) -> int:
-    """How many answers these clients got."""
-    return sum(len(client.latencies) for client in clients)

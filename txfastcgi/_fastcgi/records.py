@@ -18,6 +18,13 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, ClassVar, Union
 
 from txfastcgi._compat import SLOTS
+from txfastcgi.errors import (
+    MalformedRecord,
+    ProtocolError,
+    StateError,
+    UnexpectedRecord,
+    UnsupportedVersion,
+)
 
 if TYPE_CHECKING:
     # Python 3.9's typing has no TypeAlias; annotations are never evaluated.
@@ -76,25 +83,6 @@ class ProtocolStatus(IntEnum):
     CANT_MPX_CONN = 1
     OVERLOADED = 2
     UNKNOWN_ROLE = 3
-
-
-class ProtocolError(Exception):
-    """
-    The peer broke the FastCGI protocol; the connection cannot be trusted any
-    more and should be closed.
-    """
-
-
-class UnsupportedVersion(ProtocolError):
-    """A record header carries a version other than FastCGI 1."""
-
-
-class MalformedRecord(ProtocolError):
-    """A record's lengths contradict its type or its own content."""
-
-
-class UnexpectedRecord(ProtocolError):
-    """A well-formed record that this side must not receive at this point."""
 
 
 def _encodeRecord(recordType: int, requestId: int, content: bytes) -> bytes:
@@ -517,13 +505,6 @@ class RecordDecoder:
         elif offset < len(data):
             self._buffer += memoryview(data)[offset:]
         return records
-
-
-class StateError(RuntimeError):
-    """
-    A method was called in a state that does not allow it: a programming
-    error of the caller, unlike L{ProtocolError}, which the peer causes.
-    """
 
 
 class ConnectionState(Enum):

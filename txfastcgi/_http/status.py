@@ -26,9 +26,9 @@ queue timeout, or waited past the read timeout), and are answered with 502,
 503 or 504.
 
 With C{--workers N} the page is the sum over every process, whichever one
-answers: see L{txfastcgi.metrics.Metrics.statistics}.
+answers: see L{txfastcgi._server.metrics.Metrics.statistics}.
 
-The Prometheus page, L{txfastcgi.metrics.MetricsResource}, is an
+The Prometheus page, L{txfastcgi._server.metrics.MetricsResource}, is an
 L{OperatorPage} too: both answer the same readers.
 """
 
@@ -45,10 +45,10 @@ from twisted.web import http
 from twisted.web.resource import IResource, Resource, getChildForRequest
 from twisted.web.server import Request
 
-from txfastcgi.balancer import BackendStatistics
-from txfastcgi.forwarded import Networks
-from txfastcgi.framing import responseBodyFraming
-from txfastcgi.proxy import Exchange, Proxy, RequestFacts, ResponseWriter, reasonPhrase
+from txfastcgi._client.balancer import BackendStatistics
+from txfastcgi._http.core import Exchange, Proxy, RequestFacts, ResponseWriter, reasonPhrase
+from txfastcgi._http.forwarded import Networks
+from txfastcgi._http.framing import responseBodyFraming
 
 __all__ = [
     "OperatorPage",
@@ -115,7 +115,7 @@ class OperatorPage(Resource):
 
 
 class StatisticsSource(Protocol):
-    """What the status page shows: a L{txfastcgi.balancer.Balancer}, say."""
+    """What the status page shows: a L{txfastcgi._client.balancer.Balancer}, say."""
 
     def statistics(self) -> list[BackendStatistics]:
         """A snapshot of each backend."""

@@ -1,6 +1,6 @@
 """
-What both HTTP fronts (L{txfastcgi.web} over twisted.web, and
-L{txfastcgi.http1}) hold a client to, and the timers that enforce deadlines
+What both HTTP fronts (L{txfastcgi._http.web} over twisted.web, and
+L{txfastcgi._http.http1}) hold a client to, and the timers that enforce deadlines
 without a C{callLater} per request (about 11 µs each, set and cancelled):
 L{DeadlineSweep}, a look once a second, for the fronts' generous limits, and
 L{Deadlines}, exact to the microsecond, for the FastCGI side's.

@@ -28,7 +28,7 @@ from typing import IO
 from twisted.logger import Logger
 from twisted.web.http import datetimeToLogString
 
-from txfastcgi.served import Served
+from txfastcgi._http.served import Served
 
 __all__ = [
     "ACCESS_LOG_FORMATS",

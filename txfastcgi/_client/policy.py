@@ -1,7 +1,7 @@
 """
 When a pool of FastCGI connections to php-fpm may open one more, and when it
 must close one so that php-fpm can accept a request waiting in its listen
-backlog: the policy of L{txfastcgi.pool.ConnectionPool}, apart from its
+backlog: the policy of L{txfastcgi._client.pool.ConnectionPool}, apart from its
 mechanism, as a pure object fed plain facts, so that it can be specified on
 its own.
 

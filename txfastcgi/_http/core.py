@@ -2,7 +2,7 @@
 The core of the proxy, shared by every HTTP front: what PHP sees and what the
 client gets, for one site (a document root and its backends).
 
-A front (L{txfastcgi.resource.FastCGIResource} over twisted.web, or the
+A front (L{txfastcgi._http.resource.FastCGIResource} over twisted.web, or the
 dedicated HTTP/1.1 front) describes each request as L{RequestFacts} and hands
 it to L{Proxy.handle} with a L{ResponseWriter}; the core routes it (static
 file, script, redirect, error), builds the CGI params, gets a FastCGI
@@ -35,17 +35,24 @@ from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from txfastcgi._client.protocol import FastCGIClientProtocol
 from txfastcgi._compat import SLOTS
 from txfastcgi._emptied import Emptied
+from txfastcgi._fastcgi.records import ProtocolStatus
+from txfastcgi._http.cgi import CGIParams, CGIRequest, ResponseHeadParser
+from txfastcgi._http.forwarded import TrustedProxies
+from txfastcgi._http.framing import BodyFraming, Delimiter, responseBodyFraming
+from txfastcgi._http.routing import Redirect, Router, Script, StaticFile
+from txfastcgi._http.served import Upstream, noteUpstream
 from txfastcgi._version import __version__
-from txfastcgi.cgi import CGIParams, CGIRequest, MalformedResponse, ResponseHeadParser
-from txfastcgi.client import BackendClosed, BackendTimeout, FastCGIClientProtocol
-from txfastcgi.forwarded import TrustedProxies
-from txfastcgi.framing import BodyFraming, Delimiter, responseBodyFraming
-from txfastcgi.pool import BackendUnavailable, QueueTimeout
-from txfastcgi.records import ProtocolError, ProtocolStatus
-from txfastcgi.routing import Redirect, Router, Script, StaticFile
-from txfastcgi.served import Upstream, noteUpstream
+from txfastcgi.errors import (
+    BackendClosed,
+    BackendError,
+    BackendOverloaded,
+    BackendRefused,
+    MalformedResponse,
+    StateError,
+)
 
 __all__ = [
     "SERVER_SOFTWARE",
@@ -73,9 +80,6 @@ _IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 _REFUSED_METHODS = frozenset({b"CONNECT", b"TRACE"})
 _ALLOWED_METHODS = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 
-_NO_ANSWER_IN_TIME = "The PHP backend did not answer in time."
-_INVALID_RESPONSE = "The PHP backend sent an invalid response."
-_OVERLOADED = "The PHP backend is overloaded."
 
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -127,7 +131,7 @@ class RequestFacts:
     @ivar server: the local address and port, the same way.
     @ivar body: the whole request body, spooled, seekable.
     @ivar record: the front's own object for this request, on which the core
-        notes its part with L{txfastcgi.served.noteUpstream}.
+        notes its part with L{txfastcgi._http.served.noteUpstream}.
     @ivar prefix: the decoded URL path the site is mounted under (C{/blog}),
         C{""} at the root; SCRIPT_NAME starts with it.
     @ivar path: the decoded URL path below C{prefix}, if the front has it
@@ -219,7 +223,7 @@ class ExchangeEvent(Enum):
     END = "the exchange is answered, cut, or its client is gone"
 
 
-class ExchangeStateError(RuntimeError):
+class ExchangeStateError(StateError):
     """An event that is not allowed in the exchange's present phase: a bug."""
 
 
@@ -517,12 +521,8 @@ class Exchange:
             # Cancelled: the client went away.
             return
         error = reason.value
-        if isinstance(error, BackendUnavailable):
-            self._fail(502, "The PHP backend is unavailable.", str(error))
-        elif isinstance(error, QueueTimeout):
-            self._fail(503, _OVERLOADED, str(error), ((b"retry-after", b"5"),))
-        elif isinstance(error, BackendTimeout):
-            self._fail(504, _NO_ANSWER_IN_TIME, str(error))
+        if isinstance(error, BackendError):
+            self._failWith(error)
         else:
             self.unexpected(reason)
 
@@ -605,11 +605,8 @@ class Exchange:
                 self._retries += 1
                 self._acquire(fresh=True)
                 return
-            self._fail(502, "The PHP backend closed the connection.", str(error))
-        elif isinstance(error, BackendTimeout):
-            self._fail(504, _NO_ANSWER_IN_TIME, str(error))
-        elif isinstance(error, (ProtocolError, MalformedResponse)):
-            self._fail(502, _INVALID_RESPONSE, str(error))
+        if isinstance(error, BackendError):
+            self._failWith(error)
         else:
             self.unexpected(reason)
 
@@ -644,15 +641,13 @@ class Exchange:
         if protocolStatus != _REQUEST_COMPLETE:
             reason = _protocolStatusName(protocolStatus)
             if protocolStatus == ProtocolStatus.OVERLOADED:
-                self._fail(503, _OVERLOADED, reason)
+                self._failWith(BackendOverloaded(reason))
             else:
-                self._fail(502, "The PHP backend refused the request.", reason)
+                self._failWith(BackendRefused(reason))
             return
         if self._headParser is not None:
-            self._fail(
-                502,
-                _INVALID_RESPONSE,
-                "the script's output ended before its header block did",
+            self._failWith(
+                MalformedResponse("the script's output ended before its header block did")
             )
             return
         self._noteUpstream()
@@ -669,6 +664,10 @@ class Exchange:
             writer.abort()
             return
         writer.finish()
+
+    def _failWith(self, error: BackendError) -> None:
+        """Answer with the status and page that C{error} says; log its message."""
+        self._fail(error.status, error.explanation, str(error), error.headers)
 
     def _fail(
         self, code: int, shown: str, detail: str, headers: Sequence[tuple[bytes, bytes]] = ()

@@ -24,26 +24,22 @@ from twisted.python.failure import Failure
 from twisted.web.client import FileBodyProducer
 from zope.interface import implementer
 
-from txfastcgi.limits import Deadlines
-from txfastcgi.records import (
+from txfastcgi._fastcgi.records import (
     MAX_CONTENT_LENGTH,
     ClientConnection,
     ConnectionState,
     EndRequest,
-    ProtocolError,
-    StateError,
     Stderr,
     Stdout,
 )
+from txfastcgi._limits import Deadlines
+from txfastcgi.errors import BackendClosed, BackendTimeout, ProtocolError, StateError
 
 __all__ = [
-    "BackendClosed",
-    "BackendTimeout",
     "FastCGIClientProtocol",
     "ProtocolEvent",
     "ProtocolState",
     "ResponseReceiver",
-    "StateError",
 ]
 
 # A body up to this size is read into memory and sent in the same write as
@@ -62,27 +58,6 @@ _CONNECTION_DONE = Failure(ConnectionDone())
 
 # Requests are numbered in the order they are sent, over all connections.
 _requestNumbers = itertools.count(1)
-
-
-class BackendTimeout(Exception):
-    """The backend sent nothing for longer than the read timeout."""
-
-
-class BackendClosed(Exception):
-    """
-    The backend closed the connection before it ended the request.
-
-    C{beforeResponse} tells whether no response byte had arrived: then the
-    request was sent to a kept connection php-fpm had already decided to
-    close, or php-fpm went away before the script said anything, and an
-    idempotent request can be sent again (as nginx's default
-    C{fastcgi_next_upstream error} does).
-    """
-
-    def __init__(self, reason: Failure, beforeResponse: bool) -> None:
-        super().__init__(reason.getErrorMessage())
-        self.reason = reason
-        self.beforeResponse = beforeResponse
 
 
 class ResponseReceiver(TypingProtocol):
@@ -325,7 +300,7 @@ class FastCGIClientProtocol(Protocol):
         Send one request; the response goes to C{receiver}.
 
         @param params: name-value pairs, or their encoding by
-            L{txfastcgi.records.encodeNameValuePairs}.
+            L{txfastcgi._fastcgi.records.encodeNameValuePairs}.
 
         @param body: the request body, positioned at its start; streamed in
             STDIN records unless it is small, never read whole into memory.

@@ -1,0 +1,59 @@
+"""
+The typed configuration that the service is assembled from: what the
+options say, the connection limits they imply, and the same value again in
+a worker process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from txfastcgi._server.configuration import SPAWN, Configuration
+from txfastcgi.tap import Options
+
+
+def configured(*arguments: str) -> Configuration:
+    options = Options()
+    options.parseOptions(["--path", os.curdir, *arguments])
+    return Configuration.fromOptions(options)
+
+
+def test_the_options_become_typed_fields() -> None:
+    configuration = configured(
+        *("--php-fpm", "tcp:127.0.0.1:9000", "--listen", "tcp:8081", "--param", "A=b"),
+        *("--read-timeout", "2m", "--max-body-size", "1K", "--no-front-controller"),
+    )
+    assert configuration.backends == ["tcp:127.0.0.1:9000"]
+    assert configuration.listen == ["tcp:8081"]
+    assert configuration.params == {"A": "b"}
+    assert (configuration.readTimeout, configuration.maxBodySize) == (120.0, 1024)
+    assert configuration.frontController is None
+    assert configuration.documentRoot == os.path.abspath(os.curdir)
+
+
+def test_a_php_fpm_of_the_systems_gets_four_connections_unless_told() -> None:
+    assert configured("--php-fpm", "tcp:127.0.0.1:9000").connectionLimits == {
+        "tcp:127.0.0.1:9000": 4
+    }
+    told = configured("--php-fpm", "tcp:127.0.0.1:9000", "--max-connections", "9")
+    assert told.connectionLimits == {"tcp:127.0.0.1:9000": 9}
+
+
+def test_a_spawned_php_fpm_gets_as_many_connections_as_it_has_workers() -> None:
+    configuration = configured("--php-fpm", "spawn", "--spawn-children", "3")
+    assert configuration.backends == [SPAWN]
+    started = configuration.withSpawned("unix:/run/tx/php.sock")
+    assert started.backends == ["unix:/run/tx/php.sock"]
+    assert started.connectionLimits == {"unix:/run/tx/php.sock": 3}
+    assert configured("--php-fpm", "spawn", "--max-connections", "2").withSpawned(
+        "unix:/s"
+    ).connectionLimits == {"unix:/s": 2}
+
+
+def test_a_worker_gets_the_same_configuration_through_json() -> None:
+    configuration = configured(
+        "--php-fpm", "spawn", "--status-path", "/status", "--param", "A=b"
+    ).withSpawned("unix:/run/tx/php.sock")
+    data = json.loads(json.dumps(configuration.toJSON()))
+    assert Configuration.fromJSON(data) == configuration
