@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tests.conftest import PHPFPMPool
 from tests.processes import childrenRunning, startProxy
+from txfastcgi._server.workers import WORKER_MODULE
 
 
 def running(pid: int) -> bool:
@@ -32,7 +33,7 @@ def test_a_worker_shuts_down_when_the_main_process_is_killed(
         tmp_path / "twist.log",
     )
     deadline = time.monotonic() + 10
-    while not (workers := childrenRunning(proxy.process.pid, "txfastcgi.worker")):
+    while not (workers := childrenRunning(proxy.process.pid, WORKER_MODULE)):
         assert time.monotonic() < deadline, proxy.log()
         time.sleep(0.05)
     proxy.process.send_signal(signal.SIGKILL)
