@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.processes import Proxy, freePort, startServer, stopProxy
+from tests.test_operations_startup import waitForLog
 
 if TYPE_CHECKING:
     from tests.conftest import PHPFPMPool
@@ -27,7 +28,10 @@ def _startProxy(arguments: list[str], logPath: Path) -> Proxy:
     """
     port = freePort()
     command = ["-m", "twisted", "--log-format", "text", "fastcgi-proxy"]
-    return startServer([*command, "--listen", f"tcp:{port}", *arguments], port, logPath)
+    proxy = startServer([*command, "--listen", f"tcp:{port}", *arguments], port, logPath)
+    # The start-up lines follow the port's first connection: let them be written.
+    waitForLog(proxy, "Starting reactor")
+    return proxy
 
 
 def _get(proxy: Proxy, path: str) -> int:
