@@ -19,7 +19,7 @@ from twisted.internet.testing import MemoryReactorClock
 from tests.fronts import Client, FakeCore
 from tests.recordingbackend import Answer
 from tests.test_http1 import staticFileServer
-from txfastcgi._http.http1 import HTTP1Factory, Response, StaticFiles
+from txfastcgi._http.http1 import FRESH_CONNECTION_GRACE, HTTP1Factory, Response, StaticFiles
 from txfastcgi._http.served import Served
 from txfastcgi._http.staticfiles import SmallFileCache
 from txfastcgi._http.status import PagesBeforeProxy
@@ -260,16 +260,30 @@ def test_keeping_no_connections_closes_kept_idle_ones_and_leaves_new_ones_their_
     assert fresh.closed() and proxy.seen() == [(b"/a", b""), (b"/b", b"")]
 
 
-def test_closing_connections_closes_idle_ones_at_once() -> None:
-    factory, _, _ = makeFactory()
+def test_closing_connections_closes_idle_ones_at_once_and_new_ones_after_a_grace() -> None:
+    factory, _, clock = makeFactory()
     fresh, kept = Client(factory), Client(factory)
     kept.send(get(b"/a"))
     factory.keepNoConnections()
     _, fired = closing(factory)
-    assert fresh.closed() and kept.closed()
-    fresh.close()
-    assert not fired
+    assert kept.closed() and not fresh.closed()
     kept.close()
+    clock.advance(FRESH_CONNECTION_GRACE / 2)
+    assert not fresh.closed()
+    clock.advance(FRESH_CONNECTION_GRACE + 1)  # And the deadlines' next look.
+    assert fresh.closed()
+    fresh.close()
+    assert fired == [None]
+
+
+def test_closing_connections_answers_a_request_that_comes_within_the_grace() -> None:
+    factory, proxy, _ = makeFactory()
+    fresh = Client(factory)
+    _, fired = closing(factory)
+    fresh.send(get(b"/late"))
+    assert [answer.header("Connection") for answer in fresh.answers()] == [["close"]]
+    assert fresh.closed() and proxy.seen() == [(b"/late", b"")]
+    fresh.close()
     assert fired == [None]
 
 

@@ -114,10 +114,23 @@ from txfastcgi._limits import (
     DeadlineSweep,
 )
 
-__all__ = ["DEFAULT_IDLE_TIMEOUT", "HTTP1Connection", "HTTP1Factory", "Response", "StaticFiles"]
+__all__ = [
+    "DEFAULT_IDLE_TIMEOUT",
+    "FRESH_CONNECTION_GRACE",
+    "HTTP1Connection",
+    "HTTP1Factory",
+    "Response",
+    "StaticFiles",
+]
 
 DEFAULT_IDLE_TIMEOUT = 75.0
 """Seconds a kept connection may stay idle between requests by default: nginx's."""
+
+FRESH_CONNECTION_GRACE = 1.0
+"""
+Seconds a connection that has sent nothing yet still gets, at the end of a
+graceful shutdown, to send its request (see L{HTTP1Factory.closeConnections}).
+"""
 
 # Bodies up to this size are spooled in memory, larger ones to a file.
 _MEMORY_BODY_SIZE = 100_000
@@ -282,6 +295,8 @@ class HTTP1Factory(_HTTP1ServerFactory):
         self.deadlines = DeadlineSweep(reactor)
         self.connections: set[HTTP1Connection] = set()
         self.closing = False
+        # When connections that have sent nothing are closed: see closeConnections.
+        self.closeFreshBy: float | None = None
         self._allClosed = Emptied()
         self._dateSecond = -1
         self._dateLine = b""
@@ -298,24 +313,26 @@ class HTTP1Factory(_HTTP1ServerFactory):
         """
         self.closing = True
         for connection in list(self.connections):
-            connection.closeWhenIdle(fresh=False)
+            connection.closeWhenIdle()
 
     def closeConnections(self) -> Deferred[None]:
         """
         Close every connection once what was written to it is sent: as
         L{keepNoConnections} does, and those that have not sent a byte yet
-        at once too. For a graceful shutdown, once the listeners are closed
-        and the requests in progress finished.
+        too, once they have had L{FRESH_CONNECTION_GRACE} seconds more to
+        send one. For a graceful shutdown, once the listeners are closed and
+        the requests in progress finished.
 
         A connection accepted a moment ago is most likely about to send its
-        request: L{keepNoConnections}, which comes first, leaves it that
-        moment.
+        request, which may already be in the socket, unread: closing it at
+        once would fail that request, which no client may retry.
 
         @return: fires once every connection is closed.
         """
         self.closing = True
+        self.closeFreshBy = self.reactor.seconds() + FRESH_CONNECTION_GRACE
         for connection in list(self.connections):
-            connection.closeWhenIdle(fresh=True)
+            connection.closeWhenIdle()
         return self._allClosed.wait(not self.connections)
 
     def opened(self, connection: HTTP1Connection) -> None:
@@ -520,15 +537,18 @@ class HTTP1Connection(TwistedProtocol):
         assert transport is not None
         cast(IConsumer, transport).unregisterProducer()
 
-    def closeWhenIdle(self, fresh: bool) -> None:
+    def closeWhenIdle(self) -> None:
         """
-        Close now if kept idle between requests or, if C{fresh}, if no byte
-        of a request has come yet; else once the request is answered (see
-        L{responseDone}).
+        Close now if kept idle between requests; else once the request is
+        answered (see L{responseDone}), or, if none has come yet, at the
+        factory's C{closeFreshBy} (see L{checkDeadline}).
         """
-        phase = self._phase
-        if phase is _Phase.IDLE or (fresh and phase is _Phase.HEAD and not self._headBegun):
+        if self._phase is _Phase.IDLE:
             self.close()
+
+    def _nothingAsked(self) -> bool:
+        """Whether the connection is waiting for its first request and has no byte of it."""
+        return self._phase is _Phase.HEAD and not self._headBegun
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._phase is not _Phase.HANDED_OVER:
@@ -547,6 +567,10 @@ class HTTP1Connection(TwistedProtocol):
         body too slow, close a connection idle too long or done lingering.
         """
         phase = self._phase
+        closeFreshBy = self.factory.closeFreshBy
+        if closeFreshBy is not None and now >= closeFreshBy and self._nothingAsked():
+            self.close()
+            return
         limit = self.factory.timeouts.get(phase)
         if limit is None or now - self._since < limit:
             return

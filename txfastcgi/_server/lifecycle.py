@@ -27,8 +27,9 @@ Shutdown (SIGTERM, SIGINT, a fatal start-up step), in order:
                             close}); workers are told to shut down the same way
   2. finish requests        requests in progress (and the workers) finish
   3. close connections      client connections close once their responses
-                            are written; idle FastCGI connections close,
-                            which frees php-fpm's workers
+                            are written, and those that have asked nothing
+                            yet after a second more to do so; idle FastCGI
+                            connections close, which frees php-fpm's workers
   4. stop php-fpm           last, once nothing can need it
   5. stop writing metrics   (as start-up step 5), and, in the main process,
                             remove the metrics directory
