@@ -214,6 +214,15 @@ def test_head_keeps_the_declared_length_and_sends_no_body(root: str) -> None:
     assert writer.finished
 
 
+def test_a_204_never_carries_the_length_a_script_declares(root: str) -> None:
+    """RFC 9110 section 8.6: no Content-Length in a 1xx or 204 response, whatever PHP says."""
+    site = Site(root, Reply(stdout=b"Status: 204\r\nContent-Length: 0\r\n\r\n"))
+    writer, _, _ = site.request()
+    assert writer.framing == BodyFraming(Delimiter.NONE, 0)
+    assert writer.header(b"content-length") is None
+    assert writer.finished
+
+
 def test_an_http10_client_gets_a_body_delimited_by_the_close(root: str) -> None:
     writer, _, _ = Site(root).request(version=b"HTTP/1.0")
     assert writer.framing == BodyFraming(Delimiter.CLOSE, None)

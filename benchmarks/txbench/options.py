@@ -93,7 +93,7 @@ def parseArguments(argv: Sequence[str] | None) -> argparse.Namespace:
         default="",
         metavar="ARGS",
         help="extra arguments for every fastcgi-proxy target, split as a shell does"
-        ' (--txfastcgi-args "--front dedicated --max-connections 4")',
+        ' (--txfastcgi-args "--max-connections 4 --max-body-size 8M")',
     )
     parser.add_argument(
         "--pypy",

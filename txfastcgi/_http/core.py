@@ -543,8 +543,11 @@ class Exchange:
                 )
                 self._bodyRemaining = framing.length
                 headers: Sequence[tuple[bytes, bytes]] = head.headers
-                if head.contentLength is not None and framing.hasBody:
-                    # The front writes it from the framing.
+                if head.contentLength is not None and (
+                    framing.hasBody or head.code < 200 or head.code == 204
+                ):
+                    # The front writes it from the framing; a 1xx or 204
+                    # must have none (RFC 9110 section 8.6).
                     headers = [h for h in headers if h[0].lower() != b"content-length"]
                 self._move(_HEAD)
                 writer = self._writer
