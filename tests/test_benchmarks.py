@@ -237,6 +237,18 @@ def test_ratio_pass_and_miss_are_medians_of_same_round_ratios():
     assert (verdict.measured, verdict.status) == ("0.88x", "MISS")
 
 
+def test_a_round_in_which_the_peer_stalled_is_left_out_of_the_ratio():
+    # HAProxy answered 15 requests in one round of a real run: 1894x then.
+    runs = [
+        run("tiny-c32", "txfastcgi", 7085, 1),
+        run("tiny-c32", "nginx", 3.74, 1),
+        run("tiny-c32", "txfastcgi", 6622, 2),
+        run("tiny-c32", "nginx", 17389, 2),
+    ]
+    verdict = checks.ratioVerdict(NGINX_GOAL, Measurements(runs, CPYTHON))
+    assert (verdict.measured, verdict.status) == ("0.38x", "MISS")
+
+
 def test_a_missing_anchor_is_not_measured_never_a_pass():
     runs = [run("tiny-c32", "txfastcgi", 50000), run("tiny-c32", "caddy", 100)]
     verdict = checks.ratioVerdict(NGINX_GOAL, Measurements(runs, CPYTHON))

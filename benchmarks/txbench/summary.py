@@ -35,16 +35,29 @@ def _median(values: Sequence[float | None]) -> float | None:
     return statistics.median(present) if present else None
 
 
+# A run that served under this share of its target's median over the rounds
+# stalled (a front-end that stopped answering for the run): it is no figure
+# of that front-end's speed, and a ratio against it would be any number.
+_STALL_SHARE = 0.1
+
+
+def _sound(runs: dict[int, Run]) -> dict[int, Run]:
+    """The rounds of one target's runs that did not stall."""
+    median = statistics.median(r.rps for r in runs.values()) if runs else 0.0
+    return {n: r for n, r in runs.items() if r.rps >= _STALL_SHARE * median}
+
+
 def sameRoundRatio(
     runs: Sequence[Run], scenario: str, target: str, other: str, metric: str = "rps"
 ) -> float | None:
     """
     The median over rounds of C{target}'s metric over C{other}'s in the same
     round: the machine is shared and noisy, and a ratio taken within one
-    round cancels most of what the neighbours did to both.
+    round cancels most of what the neighbours did to both. A round in which
+    either stalled is left out.
     """
-    mine = {r.round: r for r in runs if r.scenario == scenario and r.target == target}
-    theirs = {r.round: r for r in runs if r.scenario == scenario and r.target == other}
+    mine = _sound({r.round: r for r in runs if r.scenario == scenario and r.target == target})
+    theirs = _sound({r.round: r for r in runs if r.scenario == scenario and r.target == other})
     ratios = []
     for round, run in mine.items():
         peer = theirs.get(round)
