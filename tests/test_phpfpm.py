@@ -319,6 +319,18 @@ def _pidOf(service: PHPFPMService) -> int | None:
         return None
 
 
+async def _firstPIDOf(service: PHPFPMService) -> int:
+    """
+    The pid of a listening php-fpm master, once its pid file is written: it
+    may be written after the socket accepts connections.
+    """
+    deadline = time.monotonic() + 10
+    while (pid := _pidOf(service)) is None:
+        assert time.monotonic() < deadline, "php-fpm wrote no pid file"
+        await deferLater(reactor, 0.05)
+    return pid
+
+
 class PHPFPMServiceTests(TestCase):
     """
     L{PHPFPMService} runs a real php-fpm under the reactor.
@@ -372,8 +384,7 @@ class PHPFPMServiceTests(TestCase):
         service = self.startedService()
         self.addCleanup(service.stopService)
         await service.whenListening()
-        firstPID = _pidOf(service)
-        assert firstPID is not None
+        firstPID = await _firstPIDOf(service)
 
         os.kill(firstPID, signal.SIGTERM)
         deadline = time.monotonic() + 10
@@ -391,8 +402,7 @@ class PHPFPMServiceTests(TestCase):
         service = self.startedService()
         self.addCleanup(service.stopService)
         await service.whenListening()
-        firstPID = _pidOf(service)
-        assert firstPID is not None
+        firstPID = await _firstPIDOf(service)
         workers = childrenRunning(firstPID, "php-fpm")
         self.assertTrue(workers, "php-fpm started no workers")
 
