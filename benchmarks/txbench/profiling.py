@@ -149,19 +149,23 @@ def profileTxfastcgi(args: argparse.Namespace, context: Context, out: Path) -> d
 
 
 CPROFILE_LAUNCHER = """
-# twist under cProfile, switched on by SIGUSR1 and written out on SIGUSR2, so
-# that the profile covers the load and nothing else (twist ends itself by
-# re-raising SIGTERM, which would skip cProfile's own output at exit).
+# twist under cProfile, switched on by the first SIGUSR2 and written out on the
+# second, so that the profile covers the load and nothing else. (SIGUSR1 is
+# taken: fastcgi-proxy reopens its log files on it. twist ends itself by
+# re-raising SIGTERM, which would skip cProfile's own output at exit.)
 import cProfile, runpy, signal, sys
 profile = cProfile.Profile()
 output = sys.argv.pop(1)
-def start(signum, frame):
-    profile.enable()
-def stop(signum, frame):
-    profile.disable()
-    profile.dump_stats(output)
-signal.signal(signal.SIGUSR1, start)
-signal.signal(signal.SIGUSR2, stop)
+running = False
+def toggle(signum, frame):
+    global running
+    if running:
+        profile.disable()
+        profile.dump_stats(output)
+    else:
+        profile.enable()
+    running = not running
+signal.signal(signal.SIGUSR2, toggle)
 sys.argv[0] = "twist"
 runpy.run_module("twisted", run_name="__main__", alter_sys=True)
 """
@@ -193,7 +197,7 @@ def _cProfile(
     target = Target("txfastcgi", "cProfile", process.pid, port)
     waitFor(lambda: check(scenario, target) is None, "txfastcgi to answer")
     runLoad(context.tools, context.work, scenario, target, 2, 0)
-    process.send_signal(signal.SIGUSR1)
+    process.send_signal(signal.SIGUSR2)
     run = runLoad(context.tools, context.work, scenario, target, seconds, 0)
     process.send_signal(signal.SIGUSR2)
     waitFor(stats.exists, "the cProfile output")
