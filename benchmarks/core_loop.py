@@ -7,9 +7,10 @@ C{runUntilCurrent} does after each batch of answers as a reactor turn
 would; no polling), against php-fpm's canned answer to C{hello.php}. With
 C{--front web}, through twisted.web as well: C{FastCGIResource} in a plain
 C{Site} (as C{embedded_site.py} serves it), fed the bytes wrk sends over
-in-memory transports::
+in-memory transports; with C{--front http1}, through the dedicated HTTP/1.1
+front the same way::
 
-    python benchmarks/core_loop.py [--front core|web] [--requests N] [--rounds R]
+    python benchmarks/core_loop.py [--front core|web|http1] [--requests N] [--rounds R]
                                    [--concurrency C] [--connections M] [--profile]
 
 It prints the CPU microseconds per request of each round and their median.
@@ -47,6 +48,7 @@ from txfastcgi._client.protocol import FastCGIClientProtocol
 from txfastcgi._fastcgi.records import EndRequest, Stdout
 from txfastcgi._http.core import Proxy, RequestFacts
 from txfastcgi._http.framing import BodyFraming
+from txfastcgi._http.http1 import HTTP1Connection, HTTP1Factory, Response, StaticFiles
 from txfastcgi._http.resource import FastCGIResource
 
 # What php-fpm 8.2 sends for hello.php: the header block and body in one
@@ -102,6 +104,9 @@ class _Writer:
         pass
 
     def writeBody(self, data: bytes) -> None:
+        pass
+
+    def flush(self) -> None:
         pass
 
     def finish(self) -> None:
@@ -233,8 +238,43 @@ class _WebLoop(_Loop):
         self._idle.popleft().dataReceived(_REQUEST)
 
 
+class _HTTP1Loop(_Loop):
+    """Requests as bytes on kept-alive HTTP/1.1 connections to the dedicated front."""
+
+    def __init__(self, reactor: ReactorBase, documentRoot: str, connections: int) -> None:
+        super().__init__(reactor, connections)
+        loop = self
+
+        class AnsweredConnection(HTTP1Connection):
+            def responseDone(self, response: Response, keepAlive: bool) -> None:
+                super().responseDone(response, keepAlive)
+                loop._idle.append(self)
+                loop.finished()
+
+        class Factory(HTTP1Factory):
+            def buildProtocol(self, addr: object) -> HTTP1Connection:
+                return AnsweredConnection(self)
+
+        proxy = Proxy(self.pool, documentRoot, reactor=reactor)
+        self._factory = Factory(proxy, serveStaticFile=StaticFiles(), reactor=reactor)
+        self._idle: deque[HTTP1Connection] = deque()
+
+    def request(self) -> None:
+        if not self._idle:
+            peer = IPv4Address("TCP", "127.0.0.1", 40000 + len(self.sent))
+            connection = self._factory.buildProtocol(peer)
+            connection.makeConnection(
+                _DiscardingTransport(IPv4Address("TCP", "127.0.0.1", 8080), peer)
+            )
+            self._idle.append(connection)
+        self._idle.popleft().dataReceived(_REQUEST)
+
+
+_FRONTS = {"core": _CoreLoop, "web": _WebLoop, "http1": _HTTP1Loop}
+
+
 def _round(reactor: ReactorBase, documentRoot: str, arguments: argparse.Namespace) -> float:
-    front = _WebLoop if arguments.front == "web" else _CoreLoop
+    front = _FRONTS[arguments.front]
     loop = front(reactor, documentRoot, arguments.connections)
     loop.run(arguments.concurrency, arguments.concurrency)  # warm up
     start = time.process_time()
@@ -245,7 +285,7 @@ def _round(reactor: ReactorBase, documentRoot: str, arguments: argparse.Namespac
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--front", choices=("core", "web"), default="core")
+    parser.add_argument("--front", choices=sorted(_FRONTS), default="core")
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=32)

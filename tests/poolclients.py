@@ -111,6 +111,9 @@ class PoolClient:
     def stderrReceived(self, data: bytes) -> None:
         pass
 
+    def readDone(self) -> None:
+        pass
+
     def requestEnded(self, appStatus: int, protocolStatus: int) -> None:
         self.latencies.append(self._reactor.seconds() - self._askedAt)
         self._done()

@@ -124,3 +124,27 @@ def test_a_static_file_is_answered_by_the_static_sender() -> None:
     (answer,) = client.answers()
     assert answer.body == b"/srv/www/fast"
     client.close()
+
+
+def test_a_response_whose_end_comes_with_its_start_leaves_in_one_write() -> None:
+    """
+    A small page is one write, one packet, and no last chunk of its own:
+    each write more costs a system call and a packet on either side.
+    """
+    client, core = connect()
+    writes: list[bytes] = []
+    write = client.transport.write
+
+    def counted(data: bytes) -> None:
+        writes.append(data)
+        write(data)
+
+    client.transport.write = counted  # type: ignore[method-assign]
+    client.send(GET)
+    writer = core.exchanges[0].writer
+    writer.writeHead(200, b"OK", [], BodyFraming(Delimiter.CHUNKED, None))
+    writer.writeBody(b"hello\n")
+    writer.finish()
+    assert len(writes) == 1
+    assert writes[0].endswith(b"Content-Length: 6\r\n\r\nhello\n")
+    client.close()

@@ -126,7 +126,12 @@ def test_the_client_decides_whether_the_connection_may_be_kept(
 def test_an_http_1_0_body_without_a_length_ends_with_the_connection(front: str) -> None:
     client, core = waiting(front)
     client.send(b"GET / HTTP/1.0\r\n\r\n")
-    core.exchanges[0].answer(b"until the end", contentLength=False)
+    writer = core.exchanges[0].writer
+    writer.writeHead(200, b"OK", [], responseBodyFraming(b"GET", 200, None, b"HTTP/1.0"))
+    writer.writeBody(b"until ")
+    writer.flush()
+    writer.writeBody(b"the end")
+    writer.finish()
     assert client.received().endswith(b"\r\n\r\nuntil the end")
     (answer,) = client.answers()
     assert answer.header("Content-Length") == []
@@ -140,7 +145,9 @@ def test_http_1_0_clients_never_get_chunks(front: str) -> None:
     client.send(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
     writer = core.exchanges[0].writer
     writer.writeHead(200, b"OK", [], BodyFraming(Delimiter.CHUNKED, None))
-    writer.writeBody(b"plain")
+    writer.writeBody(b"pl")
+    writer.flush()
+    writer.writeBody(b"ain")
     writer.finish()
     assert client.received().endswith(b"\r\n\r\nplain")
     assert b"chunked" not in client.received().lower()
@@ -156,6 +163,7 @@ def test_a_chunked_response_is_framed_by_the_front(front: str) -> None:
         200, b"OK", [(b"Content-Type", b"text/plain")], BodyFraming(Delimiter.CHUNKED, None)
     )
     writer.writeBody(b"first ")
+    writer.flush()
     writer.writeBody(b"")
     writer.writeBody(b"second")
     writer.finish()
@@ -164,6 +172,65 @@ def test_a_chunked_response_is_framed_by_the_front(front: str) -> None:
     assert (answer.body, answer.header("Transfer-Encoding")) == (b"first second", ["chunked"])
     core.exchanges[1].answer()
     assert client.statuses() == [200, 200]
+    client.close()
+
+
+# A response whose end comes with its start
+
+
+@pytest.mark.parametrize(
+    ("request_", "connection"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", []),
+        (b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", ["keep-alive"]),
+    ],
+    ids=["1.1", "1.0 keep-alive"],
+)
+def test_a_body_whole_before_the_core_lets_go_is_sent_with_its_length(
+    front: str, request_: bytes, connection: list[str]
+) -> None:
+    """
+    A script's output that ends in the same read from php-fpm as it began,
+    as a small page's does, goes out with a Content-Length rather than
+    chunked or until the close, as Caddy sends it: no client waits for a
+    last chunk, and an HTTP/1.0 client that asks keeps its connection
+    (on http1; twisted.web keeps none).
+    """
+    client, core = waiting(front)
+    client.send(request_)
+    exchange = core.exchanges[0]
+    writer = exchange.writer
+    framing = responseBodyFraming(b"GET", 200, None, exchange.request.version)
+    writer.writeHead(200, b"OK", [], framing)
+    writer.writeBody(b"hello, ")
+    writer.writeBody(b"world\n")
+    writer.finish()
+    (answer,) = client.answers()
+    assert (answer.body, answer.header("Content-Length")) == (b"hello, world\n", ["13"])
+    assert answer.header("Transfer-Encoding") == []
+    if front == "http1" or not connection:
+        assert [value.lower() for value in answer.header("Connection")] == connection
+        assert not client.closed()
+    client.close()
+
+
+def test_what_the_core_flushes_reaches_the_client_before_the_end(front: str) -> None:
+    """
+    At the end of each read from php-fpm the core flushes: what a script
+    flushed (progress output, server-sent events) is sent then, not held
+    until the script ends.
+    """
+    client, core = waiting(front)
+    client.send(GET)
+    writer = core.exchanges[0].writer
+    writer.writeHead(200, b"OK", [], BodyFraming(Delimiter.CHUNKED, None))
+    writer.writeBody(b"data: 1\n\n")
+    writer.flush()
+    head, _, body = client.received().partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head.lower()
+    assert body == b"9\r\ndata: 1\n\n\r\n"
+    writer.finish()
+    assert client.received().endswith(b"\r\n0\r\n\r\n")
     client.close()
 
 

@@ -46,7 +46,7 @@ def test_a_mounted_application_gets_its_params_and_its_answer_reaches_the_client
     endpoint.flush()
     answer = client.value()
     assert answer.startswith(b"HTTP/1.1 201 Created\r\n")
-    assert b"X-App: yes" in answer and answer.endswith(b"5\r\nhello\r\n0\r\n\r\n")
+    assert b"X-App: yes" in answer and answer.endswith(b"Content-Length: 5\r\n\r\nhello")
     params = endpoint.backends[0].request.params
     assert params[b"SCRIPT_NAME"] == b"/app/index.php"
     assert params[b"REQUEST_URI"] == b"/app/index.php?a=1"

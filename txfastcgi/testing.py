@@ -373,6 +373,9 @@ class ResponseRecorder:
     def stderrReceived(self, data: bytes) -> None:
         self.events.append(("stderr", data))
 
+    def readDone(self) -> None:
+        """Nothing to record: where reads end is the transport's business."""
+
     def requestEnded(self, appStatus: int, protocolStatus: int) -> None:
         self.events.append(("ended", appStatus, protocolStatus))
 

@@ -69,6 +69,13 @@ class ResponseReceiver(TypingProtocol):
     def stderrReceived(self, data: bytes) -> None:
         """Some of what the script wrote to its error stream."""
 
+    def readDone(self) -> None:
+        """
+        What one read from the backend held is delivered, and the request
+        goes on: a time to send on what was held back to be sent together.
+        Not called after the read that ends the request.
+        """
+
     def requestEnded(self, appStatus: int, protocolStatus: int) -> None:
         """The backend ended the request; nothing more will be delivered."""
 
@@ -413,6 +420,9 @@ class FastCGIClientProtocol(Protocol):
             if self._receiver is not receiver:
                 # The receiver gave up in a callback (its client went away).
                 return
+        receiver.readDone()
+        if self._receiver is not receiver:
+            return
         if self._awaiting and self._readTimeout is not None:
             # A byte came: the backend has the read timeout again for the
             # next.  Restarted once the events are delivered, so that a

@@ -178,7 +178,19 @@ class ResponseWriter(TypingProtocol):
         """
 
     def writeBody(self, data: bytes) -> None:
-        """Some of the body; never more than C{framing} allows."""
+        """
+        Some of the body; never more than C{framing} allows. The front may
+        hold it back, with the head, until L{flush} or L{finish}: a response
+        whose end comes with its start then leaves in one write, with its
+        length.
+        """
+
+    def flush(self) -> None:
+        """
+        Send what is held back: the core calls this once it has written
+        what one read from php-fpm brought, so that output a script flushed
+        reaches the client now.
+        """
 
     def finish(self) -> None:
         """The response is complete; a kept-alive connection goes on."""
@@ -561,6 +573,10 @@ class Exchange:
             self.requestFailed(Failure())
         except Exception:
             self.unexpected(Failure())
+
+    def readDone(self) -> None:
+        if self._phase is _STREAMING:
+            self._writer.flush()
 
     def stderrReceived(self, data: bytes) -> None:
         for line in data.decode("utf-8", "backslashreplace").splitlines():

@@ -157,6 +157,10 @@ _HTML = (b"Content-Type", b"text/html; charset=utf-8")
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 
+# The most body bytes held back with the head (see Response): one FastCGI
+# record's worth; a larger body goes out as it comes.
+_HOLD_LIMIT = 65536
+
 
 def _errorPage(code: int, detail: str) -> bytes:
     """The body of an error answer of the front's own."""
@@ -1015,9 +1019,12 @@ class Response:
     The answer to one request, as the core writes it: the
     L{txfastcgi._http.core.ResponseWriter} of the HTTP/1.1 front.
 
-    The head is held back until the first body bytes, or the end, so that a
-    small response leaves in one write. The core notes its part on this
-    object with L{txfastcgi._http.served.noteUpstream}.
+    The head and the first body bytes are held back until L{flush} (the
+    end of a read from php-fpm), L{finish}, or L{_HOLD_LIMIT} bytes of body:
+    a response whose end comes with its start then leaves in one write,
+    with its Content-Length, where it would have been chunked (or, to an
+    HTTP/1.0 client, delimited by the close). The core notes its part on
+    this object with L{txfastcgi._http.served.noteUpstream}.
 
     @ivar request: what the core was given.
     @ivar keepAlive: whether the connection may go on after this response,
@@ -1032,7 +1039,13 @@ class Response:
         self._connection = connection
         self._arrived = arrived
         self._done = False
+        # The head held back: whole, or (from writeHead) without its
+        # framing and connection lines, which wait for the length.
         self._head = b""
+        self._headWhole = False
+        self._holding = False
+        self._held: list[bytes] = []
+        self._heldSize = 0
         self._code = 0
         self._delimiter = Delimiter.NONE
         self._length: int | None = 0
@@ -1047,9 +1060,8 @@ class Response:
     ) -> None:
         if self._done:
             return
-        oldClient = self.request.version == b"HTTP/1.0"
         delimiter = framing.delimiter
-        if delimiter is Delimiter.CHUNKED and oldClient:
+        if delimiter is Delimiter.CHUNKED and self.request.version == b"HTTP/1.0":
             delimiter = Delimiter.CLOSE  # HTTP/1.0 knows no chunks.
         self._code, self._delimiter, self._length = code, delimiter, framing.length
         parts = [b"HTTP/1.1 %d %s\r\n" % (code, reason)]
@@ -1064,17 +1076,27 @@ class Response:
             parts.append(connection.factory.dateLine(connection.factory.reactor.seconds()))
         if not server:
             parts.append(_SERVER_LINE)
-        if delimiter is Delimiter.CONTENT_LENGTH:
-            assert framing.length is not None
-            parts.append(b"Content-Length: %d\r\n" % framing.length)
-        elif delimiter is Delimiter.CHUNKED:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
-        elif delimiter is Delimiter.CLOSE:
-            self.keepAlive = False
-        parts.append(self._connectionLine(oldClient))
         self._head = b"".join(parts)
+        self._headWhole = False
+        self._holding = True
 
-    def _connectionLine(self, oldClient: bool) -> bytes:
+    def _headToSend(self) -> bytes:
+        """The head held back, with its framing and connection lines."""
+        if self._headWhole:
+            return self._head
+        delimiter = self._delimiter
+        if delimiter is Delimiter.CONTENT_LENGTH:
+            assert self._length is not None
+            framingLine = b"Content-Length: %d\r\n" % self._length
+        elif delimiter is Delimiter.CHUNKED:
+            framingLine = b"Transfer-Encoding: chunked\r\n"
+        else:
+            framingLine = b""
+            if delimiter is Delimiter.CLOSE:
+                self.keepAlive = False
+        return self._head + framingLine + self._connectionLine()
+
+    def _connectionLine(self) -> bytes:
         """
         The end of the head: what it says of the connection, and the blank
         line. A server shutting down keeps no connection.
@@ -1083,7 +1105,7 @@ class Response:
             self.keepAlive = False
         if not self.keepAlive:
             return b"Connection: close\r\n\r\n"
-        if oldClient:
+        if self.request.version == b"HTTP/1.0":
             return b"Connection: keep-alive\r\n\r\n"
         return b"\r\n"
 
@@ -1108,9 +1130,11 @@ class Response:
                 answer.headerBlock,
                 factory.dateLine(factory.reactor.seconds()),
                 _SERVER_LINE,
-                self._connectionLine(self.request.version == b"HTTP/1.0"),
+                self._connectionLine(),
             )
         )
+        self._headWhole = True
+        self._holding = True
 
     def sendFile(self, file: BinaryIO, byteRange: ByteRange) -> None:
         """
@@ -1122,9 +1146,8 @@ class Response:
         if self._done:
             file.close()
             return
-        head, self._head = self._head, b""
+        self.flush()
         connection = self._connection
-        connection.send(head)
         sender = connection.fileSender(file, byteRange)
 
         def sent(_: None) -> None:
@@ -1147,26 +1170,48 @@ class Response:
         if self._done or not data:
             return
         delimiter = self._delimiter
-        if delimiter is Delimiter.CHUNKED:
-            out = b"%s%x\r\n%s\r\n" % (self._head, len(data), data)
-        elif delimiter is Delimiter.NONE:
+        if delimiter is Delimiter.NONE:
             return
-        else:
-            length = self._length
-            if length is not None and self._sent + len(data) > length:
-                data = data[: length - self._sent]  # Never into the next response.
-            out = self._head + data if self._head else data
-        self._head = b""
+        length = self._length
+        if length is not None and self._sent + len(data) > length:
+            data = data[: length - self._sent]  # Never into the next response.
+            if not data:
+                return
         self._sent += len(data)
-        self._connection.send(out)
+        if self._holding:
+            self._held.append(data)
+            self._heldSize += len(data)
+            if self._heldSize >= _HOLD_LIMIT:
+                self.flush()
+        elif delimiter is Delimiter.CHUNKED:
+            self._connection.send(b"%x\r\n%s\r\n" % (len(data), data))
+        else:
+            self._connection.send(data)
+
+    def flush(self) -> None:
+        if self._done or not self._holding:
+            return
+        self._holding = False
+        held, self._held = self._held, []
+        body = held[0] if len(held) == 1 else b"".join(held)
+        head = self._headToSend()
+        if body and self._delimiter is Delimiter.CHUNKED:
+            self._connection.send(b"%s%x\r\n%s\r\n" % (head, len(body), body))
+        else:
+            self._connection.send(head + body)
 
     def finish(self) -> None:
         if self._done:
             return
+        if self._holding:
+            if self._delimiter is Delimiter.CHUNKED or self._delimiter is Delimiter.CLOSE:
+                # The whole body is here: its length is known after all.
+                self._delimiter = Delimiter.CONTENT_LENGTH
+                self._length = self._sent
+            self.flush()
+        elif self._delimiter is Delimiter.CHUNKED:
+            self._connection.send(_LAST_CHUNK)
         self._done = True
-        out = self._head + _LAST_CHUNK if self._delimiter is Delimiter.CHUNKED else self._head
-        if out:
-            self._connection.send(out)
         if self._delimiter is Delimiter.CONTENT_LENGTH and self._sent != self._length:
             self.keepAlive = False  # The client waits for what never came.
         request = self.request
@@ -1184,6 +1229,8 @@ class Response:
 
     def abort(self) -> None:
         if not self._done:
+            # What was held goes first, as it would have without the hold.
+            self.flush()
             self._done = True
             self._connection.abortResponse(self)
 

@@ -132,16 +132,20 @@ class _RequestWriter:
     The core's L{ResponseWriter} over a twisted.web request, which frames
     the body itself: with the Content-Length it is given, chunked for
     HTTP/1.1 without one, to the close for HTTP/1.0, and for HEAD, 204 and
-    304 with no body at all.
+    304 with no body at all. As the HTTP/1.1 front does, it holds the first
+    body bytes back until L{flush} or L{finish}, so that a body whole by then
+    is sent with its Content-Length.
 
     @ivar rendered: what twisted.web's File rendered, for a static file.
     """
 
-    __slots__ = ("_request", "rendered")
+    __slots__ = ("_held", "_holding", "_request", "rendered")
 
     def __init__(self, request: Request) -> None:
         self._request = request
         self.rendered: bytes | int | None = None
+        self._holding = False
+        self._held: list[bytes] = []
 
     def writeHead(
         self,
@@ -156,11 +160,26 @@ class _RequestWriter:
         length = framing.length
         if length is not None and framing.delimiter is Delimiter.CONTENT_LENGTH:
             request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % length])
+        # Only a body whose length is unknown gains by being held.
+        self._holding = length is None
 
     def writeBody(self, data: bytes) -> None:
-        self._request.write(data)
+        if self._holding:
+            self._held.append(data)
+        else:
+            self._request.write(data)
+
+    def flush(self) -> None:
+        if self._holding:
+            self._holding = False
+            held, self._held = self._held, []
+            self._request.write(b"".join(held))
 
     def finish(self) -> None:
+        if self._holding:
+            body = b"".join(self._held)
+            self._request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(body)])
+            self.flush()
         self._request.finish()
 
     def abort(self) -> None:
