@@ -7,16 +7,21 @@ timeouts there, instead of a C{callLater} per request.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from io import BytesIO
 
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 
+from tests.poolclients import answered
 from tests.test_pool import Acquired
+from tests.test_pool_backlog import FAST, FAST_SECONDS, Client, run
+from tests.test_pool_backlog import makePool as backlogPool
 from txfastcgi._client.pool import ConnectionPool
 from txfastcgi._limits import Deadlines
 from txfastcgi.errors import BackendTimeout, QueueTimeout
-from txfastcgi.testing import FakeBackendEndpoint, ResponseRecorder, stall
+from txfastcgi.testing import FakeBackendEndpoint, FakePHPFPM, ResponseRecorder, stall
 
 # Deadlines
 
@@ -140,3 +145,29 @@ def test_an_idle_connections_timer_is_the_pools_one() -> None:
     endpoint.flush()
     assert pool.statistics().open == 0
     assert clock.getDelayedCalls() == []
+
+
+def test_a_steady_load_sets_no_timer_per_request() -> None:
+    """
+    Eight clients on a pool of up to sixteen connections to four workers,
+    each asking again as soon as it is answered: a thousand requests, and
+    the pool's wake-up timer (for graces and probes) is set a handful of
+    times, not twice for every request as it was while its time was compared
+    with one that has a slack added.
+    """
+    clock = MemoryReactorClock()
+    phpFPM = FakePHPFPM(clock, workers=4, scriptTimes={FAST: FAST_SECONDS})
+    pool = backlogPool(phpFPM, clock, maxConnections=16)
+    wakeUps = []
+    callLater = clock.callLater
+
+    def countingCallLater(delay: float, f: Callable[..., object], *a: object) -> IDelayedCall:
+        if f == pool._update:
+            wakeUps.append(clock.seconds())
+        return callLater(delay, f, *a)
+
+    clock.callLater = countingCallLater  # type: ignore[method-assign,assignment]
+    clients = [Client(clock, pool, FAST, until=3.0) for _ in range(8)]
+    run(clock, [phpFPM], until=4.0)
+    assert answered(clients) > 1000
+    assert len(wakeUps) < 20

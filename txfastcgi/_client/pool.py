@@ -254,6 +254,9 @@ class ConnectionPool:
         self._updating = False
         self._updateAgain = False
         self._wakeCall: IDelayedCall | None = None
+        # The time _wakeCall was set for: its getTime() is that plus a slack
+        # and a rounding error, so it cannot tell whether the time changed.
+        self._wakeAt: float | None = None
         self.waits = 0
         self.waitSeconds = 0.0
 
@@ -522,14 +525,18 @@ class ConnectionPool:
             wakeAt = self.policy.wakeAt(
                 now, self._seen(), blocked=blocked, holding=self._holder() is not None
             )
-        else:
-            # No request waits for a first answer: no grace can end.
+        elif blocked and self.policy.exhausted:
+            # No request waits for a first answer: no grace can end, but a
+            # probe may be due.
             wakeAt = self.policy.wakeAt(now, (), blocked=blocked, holding=False)
+        else:
+            wakeAt = None
         call = self._wakeCall
         if call is not None and call.active():
-            if wakeAt is not None and call.getTime() == wakeAt:
+            if wakeAt == self._wakeAt:
                 return
             call.cancel()
+        self._wakeAt = wakeAt
         self._wakeCall = (
             None
             if wakeAt is None
