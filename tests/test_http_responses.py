@@ -19,7 +19,7 @@ from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
-from tests.fronts import Client, FakeCore, InMemoryFront, knownDefect
+from tests.fronts import Client, FakeCore, InMemoryFront
 from tests.test_http_parsing import chunk
 from tests.test_http_timeouts import GET, POST_HEAD
 from txfastcgi._http.framing import BodyFraming, Delimiter, responseBodyFraming
@@ -325,18 +325,12 @@ def test_large_bodies_are_spooled_to_a_file_and_chunked_ones_get_a_length(front:
 # Backpressure and going away
 
 
-def test_the_transports_pauses_reach_the_producer_of_the_response(
-    front: str, request: pytest.FixtureRequest
-) -> None:
-    """Also the producer of a response registered while the transport is paused."""
-    knownDefect(
-        request,
-        front,
-        {
-            "twisted.web": "twisted.web's HTTPChannel leaves a producer registered while the"
-            " transport is paused producing until the transport pauses again"
-        },
-    )
+def test_the_transports_pauses_reach_the_producer_of_the_response(front: str) -> None:
+    """
+    Also the producer of a response registered while the transport is paused
+    (twisted.web alone leaves it producing until the transport pauses
+    again).
+    """
     client, core = waiting(front)
     transportProducer = client.transport.producer
     assert transportProducer is not None

@@ -209,6 +209,19 @@ class _LimitedChannel(http.HTTPChannel):
         if not self._handlingRequest and (self._since is None or not self.line_mode):
             self._since = self.site.reactor.seconds()
         super().dataReceived(data)
+        transport = self.transport
+        if self._busyReceiving or not self.line_mode or self._refused or transport is None:
+            return  # The head is parsed on, or is no longer being received.
+        # What the parser left waits for a CRLF to end its first line: a
+        # line feed without a CR before it means that one never comes.
+        buffer = self._buffer
+        newline = buffer.find(b"\n")
+        bareLineFeed = newline != -1 and buffer[newline - 1 : newline] != b"\r"
+        if bareLineFeed and not transport.disconnecting:  # type: ignore[attr-defined]
+            # As llhttp (the http1 front) does. RFC 9112 section 2.2 lets a
+            # server take a bare LF, but a proxy that reads lines otherwise
+            # than what is behind or in front of it invites smuggling.
+            self.refuse(400, "A line of the request head ends without a CR.")
 
     def checkDeadline(self, now: float) -> None:
         """
@@ -270,6 +283,12 @@ class _LimitedChannel(http.HTTPChannel):
             self._path = target
 
     def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
+        if header == b"Transfer-Encoding" and self._version != b"HTTP/1.1":
+            # RFC 9112 section 6.1: the framing is faulty, since an HTTP/1.0
+            # server in front may have read the body by its Content-Length,
+            # or as no body at all.
+            self.refuse(400, "An HTTP/1.0 request has no Transfer-Encoding.")
+            return False
         chosen: bool = super()._maybeChooseTransferDecoder(header, data)
         decoder = self._transferDecoder
         if type(decoder) is http._ChunkedTransferDecoder:
@@ -304,6 +323,14 @@ class _LimitedChannel(http.HTTPChannel):
         if not self._refused:
             self._since = None
             super().allContentReceived()
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        super().registerProducer(producer, streaming)
+        # twisted.web tells a producer of the transport's pauses only as
+        # they happen: one registered during a pause would go on producing
+        # into a full buffer until the next.
+        if streaming and self._waitingForTransport:
+            producer.pauseProducing()
 
     def _send100Continue(self) -> None:
         # Never invite a body that has just been refused.
