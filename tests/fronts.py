@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, Union, cast
 
-import pytest
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -77,7 +76,6 @@ __all__ = [
     "InMemoryFront",
     "ProxyTestCase",
     "RunningFronts",
-    "knownDefect",
     "onEveryFront",
     "serve",
     "startFront",
@@ -129,17 +127,6 @@ def serve(
         idleTimeout=idleTimeout,
         **shared,
     )
-
-
-def knownDefect(request: pytest.FixtureRequest, front: str, defects: Mapping[str, str]) -> None:
-    """
-    Mark the running test as failing, for the reason C{defects} gives, on
-    each front it names: an expected failure, strict, so that the fix is
-    noticed.
-    """
-    reason = defects.get(front)
-    if reason is not None:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=f"{front}: {reason}"))
 
 
 # In memory
