@@ -32,7 +32,7 @@ from functools import lru_cache
 from typing import cast
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.web.http import datetimeToLogString
 
 from txfastcgi._http.served import Served
@@ -230,7 +230,7 @@ class AccessLog:
         elif destination == "-":
             _writeAll(1, line + "\n")
         else:
-            _accessEvents.info(ACCESS_EVENT_FORMAT, line=line, status=served.status)
+            _emitAccessEvent(line, served.status)
 
 
 #: The namespace and format of access events in the event log.
@@ -239,6 +239,27 @@ ACCESS_EVENT_FORMAT = "{line}"
 
 # Module level: a Logger as a class attribute takes the class's name.
 _accessEvents = Logger(namespace=ACCESS_NAMESPACE)
+
+
+def _emitAccessEvent(line: str, status: int) -> None:
+    """
+    C{_accessEvents.info(ACCESS_EVENT_FORMAT, line=line, status=status)}: the
+    same event, to the same observer, without the check of its level that
+    C{Logger.emit} makes for every event (it sorts the levels each time).
+    """
+    _accessEvents.observer(
+        {
+            "line": line,
+            "status": status,
+            "log_logger": _accessEvents,
+            "log_level": LogLevel.info,
+            "log_namespace": ACCESS_NAMESPACE,
+            "log_source": None,
+            "log_format": ACCESS_EVENT_FORMAT,
+            "log_time": time.time(),
+        }
+    )
+
 
 _NEEDS_ESCAPING = re.compile(rb'[^\x20-\x7e]|["\\]')
 

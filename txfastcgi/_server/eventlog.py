@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cache, lru_cache
+from threading import get_ident
 from typing import IO, Any, cast
 
 from twisted.internet.interfaces import IReactorCore, IReactorTime
@@ -36,18 +37,18 @@ from twisted.logger import (
     Logger,
     LogLevel,
     eventAsJSON,
+    eventFromJSON,
     formatTime,
     jsonFileLogObserver,
     textFileLogObserver,
 )
-from twisted.logger._json import objectSaveHook
+from twisted.logger._json import objectLoadHook, objectSaveHook
 from twisted.python.compat import ioType
-from twisted.python.threadable import isInIOThread
 from zope.interface import implementer
 
 from txfastcgi._http.accesslog import ACCESS_EVENT_FORMAT, ACCESS_NAMESPACE, LineBuffer
 
-__all__ = ["EventLogFiles"]
+__all__ = ["EventLogFiles", "eventFromJSONLine"]
 
 FormatEvent = Callable[[LogEvent], "str | None"]
 
@@ -79,6 +80,8 @@ class EventLogFile:
         self._formatEvent = formatEvent
         self._formatAccess = formatAccess
         self._buffer = LineBuffer(write, reactor)
+        # Made as logging begins, in the thread that runs the reactor.
+        self._thread = get_ident()
 
     def __call__(self, event: LogEvent) -> None:
         if event.get("log_namespace") == ACCESS_NAMESPACE:
@@ -87,7 +90,7 @@ class EventLogFile:
                 self._buffer.add(text)
                 return
         text = self._formatEvent(event)
-        if isInIOThread():
+        if get_ident() == self._thread:
             # The reactor's thread alone touches the buffer and its timer.
             self._buffer.flush()
         if text:
@@ -217,12 +220,35 @@ _SAVED_LEVELS = {level: objectSaveHook(level) for level in LogLevel.iterconstant
 _encodeEvent = json.JSONEncoder(default=_saved, skipkeys=True).encode
 
 
+def eventFromJSONLine(text: str) -> LogEvent:
+    """
+    C{eventFromJSON(text)}, as a worker's events come to the main process,
+    without its Python hook called on every JSON object: an event whose only
+    object with a class is its log level (an access event, most others) is
+    decoded by C{json} alone, and its level made once.
+    """
+    if text.count('"__class_uuid__"') == 1:
+        event: LogEvent = _decodeJSON(text)
+        level = event.get("log_level") if isinstance(event, dict) else None
+        if isinstance(level, dict) and level.keys() == {"name", "__class_uuid__"}:
+            event["log_level"] = _loadedLevel(level["__class_uuid__"], level["name"])
+            return event
+    return eventFromJSON(text)
+
+
+_decodeJSON = json.JSONDecoder().decode
+
+
+@cache
+def _loadedLevel(uuid: str, name: str) -> object:
+    return objectLoadHook({"name": name, "__class_uuid__": uuid})
+
+
 def _writesAsTwisted(formatAccess: FormatEvent, formatEvent: FormatEvent) -> bool:
     """
     Whether C{formatAccess} writes a sample access event as C{formatEvent}
     (twisted.logger's own) does, fresh from our Logger and as from a worker.
     """
-    from twisted.logger import eventFromJSON
 
     emitted: list[LogEvent] = []
     line = '127.0.0.1 - - [x] "GET / HTTP/1.1" 200 5 "-" "\u00fc"'
@@ -232,7 +258,7 @@ def _writesAsTwisted(formatAccess: FormatEvent, formatEvent: FormatEvent) -> boo
     )
     (event,) = emitted
     event["log_time"] = 1767225599.5
-    fromWorker = {**eventFromJSON(eventAsJSON(dict(event))), "worker": 7}
+    fromWorker = {**eventFromJSONLine(eventAsJSON(dict(event))), "worker": 7}
     return all(
         formatAccess(dict(sample)) == formatEvent(dict(sample)) for sample in (event, fromWorker)
     )
