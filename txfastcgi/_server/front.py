@@ -106,7 +106,7 @@ class Front:
         allowed = configuration.statusAllow
         status: StatisticsSource = self.balancer
         self.metrics: Metrics | None = None
-        self.accessLog = AccessLog(configuration.accessLog, configuration.accessLogFormat)
+        self.accessLog = AccessLog(configuration.accessLog, configuration.accessLogFormat, reactor)
         observers: list[Callable[[Served], object]] = [self.accessLog]
         directory = configuration.metricsDirectory
         if configuration.metricsPath is not None or directory is not None:

@@ -21,14 +21,16 @@ from twisted.application.service import IService
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
+    IReactorCore,
     IReactorSocket,
     IReactorTime,
 )
-from twisted.logger import textFileLogObserver
+from twisted.logger import jsonFileLogObserver, textFileLogObserver
 from twisted.python import usage
 
 from txfastcgi._server.announce import announceServing
 from txfastcgi._server.configuration import SPAWN, Configuration
+from txfastcgi._server.eventlog import EventLogFiles
 from txfastcgi._server.front import Front
 from txfastcgi._server.lifecycle import Lifecycle, Step, onLogRotation
 from txfastcgi._server.listeners import Listeners, adopt, isTLS
@@ -52,7 +54,7 @@ def makeService(options: Options) -> IService:
     # Imported here: it imports procmon, which installs the global reactor.
     from txfastcgi._server.workers import WorkerProcesses
 
-    _preferTextEvents(options)
+    eventLog = _eventLogFiles(options, cast(IReactorCore, reactor))
 
     configuration = Configuration.fromOptions(options)
     phpFPM = None
@@ -91,33 +93,47 @@ def makeService(options: Options) -> IService:
         phpFPM,
         workers,
         announce=True,
-        reopenEventLog=_twistLogFileReopener(options),
+        reopenEventLog=_twistLogFileReopener(options, eventLog),
     )
 
 
-def _preferTextEvents(options: Options, argv: Sequence[str] = sys.argv) -> None:
+def _eventLogFiles(
+    options: Options, reactor: IReactorCore, argv: Sequence[str] = sys.argv
+) -> EventLogFiles | None:
     """
-    Under C{twist}, log events as text lines, not JSON, when standard output
-    is no terminal (the journal, a file), unless C{--log-format} says
-    otherwise: twist's own default would put JSON events and text access
-    lines in one stream. twist reads its choice after this runs, and keeps
-    no note of whether it was asked for, so the command line tells.
+    Under C{twist}, the observer of its log file: in text lines, not JSON,
+    when standard output is no terminal (the journal, a file), unless
+    C{--log-format} says otherwise (twist's own default would put JSON
+    events and text access lines in one stream); in either format, one
+    that writes access events cheaply (L{EventLogFiles}). twist reads its
+    choice after this runs, and keeps no note of whether it was asked for,
+    so the command line tells.
     """
     from twisted.application.twist._options import TwistOptions
 
     parent = getattr(options, "parent", None)
-    if isinstance(parent, TwistOptions) and not any(
-        argument.startswith("--log-format") for argument in argv
-    ):
-        parent["fileLogObserverFactory"] = textFileLogObserver
+    if not isinstance(parent, TwistOptions):
+        return None
+    chosen = parent.get("fileLogObserverFactory")
+    if not any(argument.startswith("--log-format") for argument in argv):
+        chosen = textFileLogObserver
+    formats: dict[object, str] = {textFileLogObserver: "text", jsonFileLogObserver: "json"}
+    format = formats.get(chosen)
+    if format is None:
+        return None
+    parent["fileLogObserverFactory"] = files = EventLogFiles(format, reactor)
+    return files
 
 
-def _twistLogFileReopener(options: Options) -> Callable[[], None] | None:
+def _twistLogFileReopener(
+    options: Options, eventLog: EventLogFiles | None = None
+) -> Callable[[], None] | None:
     """
     Under C{twist --log-file F}: how to open F again under its name, once
     logrotate has renamed it. twist's log observer keeps the file object it
     was given, so the new file takes the old one's descriptor, and the
-    observer writes to it from then on.
+    observer writes to it from then on, once it has written what it
+    gathered (C{eventLog}) to the old one.
     """
     parent = getattr(options, "parent", None)
     logFile = parent.get("logFile") if isinstance(parent, usage.Options) else None
@@ -128,6 +144,8 @@ def _twistLogFileReopener(options: Options) -> Callable[[], None] | None:
         return None
 
     def reopen() -> None:
+        if eventLog is not None:
+            eventLog.flush()
         logFile.flush()
         fresh = os.open(name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         os.dup2(fresh, logFile.fileno())

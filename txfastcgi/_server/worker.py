@@ -20,11 +20,12 @@ import sys
 from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IReactorCore, IReactorFDSet, IReadDescriptor
 from twisted.internet.main import CONNECTION_DONE
-from twisted.logger import globalLogBeginner, jsonFileLogObserver
+from twisted.logger import globalLogBeginner
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txfastcgi._server.configuration import Configuration
+from txfastcgi._server.eventlog import EventLogFiles
 from txfastcgi._server.service import makeWorkerService
 from txfastcgi._server.workers import (
     WORKER_EVENTS_DESCRIPTOR,
@@ -69,7 +70,7 @@ def main(sockets: list[str]) -> None:
 
     inherited = parseSocketArguments(sockets)
     events = open(WORKER_EVENTS_DESCRIPTOR, "w", buffering=1, encoding="utf-8")
-    globalLogBeginner.beginLoggingTo([jsonFileLogObserver(events)])
+    globalLogBeginner.beginLoggingTo([EventLogFiles("json", reactor)(events)])
     configuration = Configuration.fromJSON(json.loads(os.environ.pop(WORKER_OPTIONS_VARIABLE)))
     service = makeWorkerService(configuration, inherited)
     service.startService()

@@ -31,13 +31,14 @@ from twisted.internet.interfaces import (
     IReactorProcess,
     IReactorTime,
 )
-from twisted.logger import eventFromJSON, globalLogPublisher
+from twisted.logger import globalLogPublisher
 from twisted.python.components import proxyForInterface
 from twisted.python.failure import Failure
 from twisted.runner.procmon import ProcessMonitor
 
 from txfastcgi._emptied import Emptied
 from txfastcgi._server.child import moduleCommand
+from txfastcgi._server.eventlog import eventFromJSONLine
 
 __all__ = [
     "WORKER_EVENTS_DESCRIPTOR",
@@ -117,7 +118,7 @@ class _WorkerEvents(proxyForInterface(IProcessProtocol)):  # type: ignore[misc]
 
     def _publish(self, line: bytes) -> None:
         try:
-            event = eventFromJSON(line.decode("utf-8").lstrip("\x1e"))
+            event = eventFromJSONLine(line.decode("utf-8").lstrip("\x1e"))
         except ValueError:
             return
         event["worker"] = getattr(self.original.transport, "pid", None)
