@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from twisted.internet.defer import Deferred
@@ -19,7 +20,9 @@ from twisted.internet.testing import MemoryReactorClock
 from tests.fronts import Client, FakeCore
 from tests.recordingbackend import Answer
 from tests.test_http1 import staticFileServer
+from txfastcgi._http.core import Proxy
 from txfastcgi._http.http1 import FRESH_CONNECTION_GRACE, HTTP1Factory, Response, StaticFiles
+from txfastcgi._http.routing import Router
 from txfastcgi._http.served import Served
 from txfastcgi._http.staticfiles import SmallFileCache
 from txfastcgi._http.status import PagesBeforeProxy
@@ -116,6 +119,42 @@ def test_a_changed_file_is_served_changed_from_the_next_request(root: Path) -> N
     (root / "style.css").write_bytes(b"p {}\n")
     client.send(get(b"/style.css"))
     assert [answer.body for answer in client.answers()] == [SMALL, b"p {}\n"]
+
+
+def test_the_router_and_the_cache_share_one_stat_and_a_changed_file_is_served_fresh(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proxy = Proxy(cast(Any, None), str(root), reactor=MemoryReactorClock())
+    # Clocks 10 s ahead, so that files just written are remembered and kept.
+    proxy.router = Router(str(root), "index.php", "/index.php", clock=lambda: time.time() + 10)
+    files = StaticFiles(SmallFileCache(clock=lambda: time.time() + 10))
+    client = Client(makeFactory(proxy, serveStaticFile=files)[0])
+    style = str(root / "style.css")
+    looks: list[str] = []
+
+    def counted(look: Callable[..., os.stat_result]) -> Callable[..., os.stat_result]:
+        def counting(path: str, *args: Any, **options: Any) -> os.stat_result:
+            looks.append(path)
+            return look(path, *args, **options)
+
+        return counting
+
+    monkeypatch.setattr(os, "stat", counted(os.stat))
+    monkeypatch.setattr(os, "lstat", counted(os.lstat))
+    perRequest = []
+    for change in [None, None, "rewrite", "rename"]:
+        if change == "rewrite":
+            (root / "style.css").write_bytes(b"p {}\n")
+        elif change == "rename":
+            (root / "style.css").rename(root / "moved.css")
+        before = looks.count(style)
+        client.send(get(b"/style.css"))
+        perRequest.append(looks.count(style) - before)
+    answers = client.answers()
+    assert [answer.body for answer in answers[:3]] == [SMALL, SMALL, b"p {}\n"]
+    assert answers[3].status == 404  # Gone, and there is no front controller here.
+    # One look a request; after a change, the remembered one, then the walk.
+    assert perRequest == [1, 1, 2, 2]
 
 
 def test_a_conditional_get_with_the_files_validators_gets_304_without_a_body(root: Path) -> None:

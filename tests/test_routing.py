@@ -7,11 +7,12 @@ running a file that is not an existing ``*.php`` inside the document root.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
 
-from txfastcgi._http.routing import Redirect, Refused, Router, Script, StaticFile
+from txfastcgi._http.routing import FoundFile, Redirect, Refused, Router, Script, StaticFile
 
 
 @pytest.fixture
@@ -127,3 +128,115 @@ def test_only_an_ascii_php_suffix_makes_a_script(root: Path) -> None:
 
 def test_hidden_files_are_refused(root: Path) -> None:
     assert router(root).route(b"/.env") == Refused(403, "Hidden files are not served.")
+
+
+def remembering(root: Path, remembered: int = 4096) -> Router:
+    """A router whose clock is a minute ahead: files just written are old enough to remember."""
+    return Router(
+        str(root), "index.php", "/index.php", remembered=remembered, clock=lambda: time.time() + 60
+    )
+
+
+def countLstats(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths the router walks through from now on, one C{lstat} each."""
+    walked: list[str] = []
+    lstat = os.lstat
+
+    def counting(path: str) -> os.stat_result:
+        walked.append(path)
+        return lstat(path)
+
+    monkeypatch.setattr("txfastcgi._http.routing.os.lstat", counting)
+    return walked
+
+
+def test_a_static_file_comes_with_the_stat_taken_of_it(root: Path) -> None:
+    route = router(root).route(b"/style.css")
+    assert isinstance(route, StaticFile) and isinstance(route.filename, FoundFile)
+    assert route.filename.info.st_size == len("body{}")
+    assert route.filename.info.st_ino == os.stat(root / "style.css").st_ino
+
+
+def test_a_path_found_before_is_found_again_without_a_walk(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    found = remembering(root)
+    lstats = countLstats(monkeypatch)
+    (root / "dir" / "deep").mkdir()
+    (root / "dir" / "deep" / "page.css").write_text("x")
+    first = found.route(b"/dir/deep/page.css")
+    walked = len(lstats)
+    again = found.route(b"/dir/deep/page.css")
+    assert again == first == StaticFile(str(root / "dir" / "deep" / "page.css"))
+    assert isinstance(again, StaticFile) and isinstance(again.filename, FoundFile)
+    assert (walked, len(lstats)) == (3, 3)
+    assert found.route(b"/a.php/more") == found.route(b"/a.php/more")
+    assert len(lstats) == 4
+
+
+def test_a_file_just_changed_is_walked_to_again(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its filesystem's clock may be too coarse to tell it from the next version.
+    found = router(root)
+    lstats = countLstats(monkeypatch)
+    found.route(b"/style.css")
+    found.route(b"/style.css")
+    assert len(lstats) == 2
+
+
+def test_a_remembered_file_replaced_by_a_directory_is_walked_to_again(root: Path) -> None:
+    found = remembering(root)
+    assert found.route(b"/style.css") == StaticFile(str(root / "style.css"))
+    (root / "style.css").unlink()
+    (root / "style.css").mkdir()
+    assert found.route(b"/style.css") == Redirect()
+
+
+def test_a_remembered_file_gone_goes_to_the_front_controller(root: Path) -> None:
+    found = remembering(root)
+    found.route(b"/style.css")
+    (root / "style.css").unlink()
+    assert found.route(b"/style.css") == script(root, "index.php", "/index.php")
+
+
+def test_a_remembered_directory_made_a_link_out_of_the_root_leads_nowhere(
+    root: Path, tmp_path: Path
+) -> None:
+    found = remembering(root)
+    (root / "assets").mkdir()
+    (root / "assets" / "app.js").write_text("inside")
+    assert found.route(b"/assets/app.js") == StaticFile(str(root / "assets" / "app.js"))
+    (root / "assets").rename(tmp_path / "elsewhere")
+    (root / "assets").symlink_to(tmp_path / "elsewhere")
+    # The same file through the link: still the file that was inside.
+    assert found.route(b"/assets/app.js") == StaticFile(str(root / "assets" / "app.js"))
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "secret" / "app.js").write_text("outside")
+    (root / "assets").unlink()
+    (root / "assets").symlink_to(tmp_path / "secret")
+    assert found.route(b"/assets/app.js") == script(root, "index.php", "/index.php")
+
+
+def test_a_file_rewritten_in_place_is_walked_to_again(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    found = remembering(root)
+    lstats = countLstats(monkeypatch)
+    found.route(b"/style.css")
+    (root / "style.css").write_text("body{color:red}")
+    route = found.route(b"/style.css")
+    assert isinstance(route, StaticFile) and isinstance(route.filename, FoundFile)
+    assert route.filename.info.st_size == len("body{color:red}")
+    assert len(lstats) == 2
+
+
+def test_the_paths_remembered_are_bounded_the_first_going_first(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    found = remembering(root, remembered=2)
+    lstats = countLstats(monkeypatch)
+    for path in [b"/style.css", b"/a.php", b"/X.PHP", b"/dir/index.php", b"/style.css"]:
+        found.route(path)
+    # X.PHP is refused, not remembered; dir/index.php pushes style.css out.
+    assert len(lstats) == 1 + 1 + 1 + 2 + 1

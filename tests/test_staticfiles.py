@@ -132,6 +132,11 @@ def test_decision(
     response = decideResponse(method, FACTS, **headers)
     assert (response.status, response.byteRange) == (status, byteRange)
     assert response.headerBlock == b"".join(b"%s: %s\r\n" % h for h in response.headers)
+    assert response.head == b"HTTP/1.1 %d %s\r\n%s" % (
+        status,
+        response.reason,
+        response.headerBlock,
+    )
 
 
 def headers(response: StaticResponse) -> dict[bytes, bytes]:

@@ -110,6 +110,15 @@ def test_large_files_are_left_to_the_sender(cache: SmallFileCache, tmp_path: Pat
     assert len(cache) == 1
 
 
+def test_wordpress_s_style_sheet_is_kept_by_default(tmp_path: Path) -> None:
+    # block-library/style.min.css, 95 KB: from memory it costs far less
+    # than by sendfile (see SmallFileCache).
+    path = write(tmp_path / "style.min.css", b"x" * 97_000)
+    cache = SmallFileCache(clock=aMinuteLater)
+    assert body(cache, path) == b"x" * 97_000
+    assert len(cache) == 1
+
+
 def test_a_directory_is_not_cached(cache: SmallFileCache, tmp_path: Path) -> None:
     assert cache.get(str(tmp_path)) is None
 

@@ -96,6 +96,7 @@ from zope.interface import implementer
 from txfastcgi._emptied import Emptied
 from txfastcgi._http.core import RequestFacts
 from txfastcgi._http.framing import BodyFraming, Delimiter, responseBodyFraming
+from txfastcgi._http.routing import FoundFile
 from txfastcgi._http.served import Served, upstreamOf
 from txfastcgi._http.staticfiles import (
     ByteRange,
@@ -397,8 +398,9 @@ class StaticFiles:
             if keyword is not None:
                 earlier = conditions.get(keyword)
                 conditions[keyword] = value if earlier is None else earlier + b", " + value
+        info = filename.info if isinstance(filename, FoundFile) else None
         try:
-            cached = self.cache.get(filename)
+            cached = self.cache.get(filename, info)
             if cached is None:
                 file, facts = openFile(filename)
         except (FileNotFoundError, NotADirectoryError):
@@ -1126,8 +1128,7 @@ class Response:
         factory = self._connection.factory
         self._head = b"".join(
             (
-                b"HTTP/1.1 %d %s\r\n" % (answer.status, answer.reason),
-                answer.headerBlock,
+                answer.head,
                 factory.dateLine(factory.reactor.seconds()),
                 _SERVER_LINE,
                 self._connectionLine(),
