@@ -185,7 +185,7 @@ class AccessLog:
         for it or for standard output: the process is about to serve.
         """
         destination = self._destination
-        if destination in (None, os.devnull) or self._buffer is not None:
+        if destination is None or destination == os.devnull or self._buffer is not None:
             return
         if destination == "-":
             # File descriptor 1, not sys.stdout: twist redirects that into
