@@ -251,6 +251,11 @@ class _LimitedChannel(http.HTTPChannel):
         if self._receivedHeaderSize + len(line) > self.site.maxHeaderSize:
             self._refuseHead()
             return
+        if b"\n" in line:
+            # A bare line feed inside a CRLF-ended line (Twisted before 26
+            # takes it into a header value): see dataReceived.
+            self.refuse(400, "A line of the request head ends without a CR.")
+            return
         if self._receivedHeaderSize == 0 and line:
             self._requestLineReceived(line)
             return
