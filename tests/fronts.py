@@ -76,6 +76,7 @@ __all__ = [
     "InMemoryFront",
     "ProxyTestCase",
     "RunningFronts",
+    "SiteOptions",
     "onEveryFront",
     "serve",
     "startFront",
@@ -360,7 +361,7 @@ from txfastcgi import FastCGIResource
 from tests.fronts import serve
 
 phpFPM = endpoints.clientFromString(reactor, {endpoint!r})
-resource = FastCGIResource(phpFPM, {root!r})
+resource = FastCGIResource(phpFPM, {root!r}, **{site!r})
 factory = serve({front!r}, resource, **{limits!r})
 listen = endpoints.serverFromString(reactor, "tcp:{port}:interface=127.0.0.1")
 application = service.Application("txfastcgi on " + {front!r})
@@ -368,21 +369,47 @@ internet.StreamServerEndpointService(listen, factory).setServiceParent(applicati
 """
 
 
-def startFront(front: str, phpFPM: str, documentRoot: str, logPath: Path, **limits: float) -> Proxy:
+@dataclass(frozen=True)
+class SiteOptions:
+    """
+    How a site is served beyond its document root, said both ways: as the
+    command's options, and as L{FastCGIResource}'s keyword arguments.
+    """
+
+    arguments: Sequence[str] = ()
+    resource: Mapping[str, Any] = field(default_factory=dict)
+
+
+def startFront(
+    front: str,
+    phpFPM: str,
+    documentRoot: str,
+    logPath: Path,
+    site: SiteOptions = SiteOptions(),
+    **limits: float,
+) -> Proxy:
     """
     Serve C{documentRoot} through C{front} in front of the php-fpm at the
     endpoint C{phpFPM}, in a child process, on a free port of the loopback.
 
     The front the command serves, L{COMMAND_FRONT}, is run by the real
-    C{twist fastcgi-proxy} unless C{limits} (which it has no options for)
-    are given; otherwise C{twistd} runs a tac built by L{serve}.
+    C{twist fastcgi-proxy} with C{site.arguments} unless C{limits} (which
+    it has no options for) are given; otherwise C{twistd} runs a tac built
+    by L{serve}, with C{site.resource}.
     """
     if front == COMMAND_FRONT and not limits:
-        return startProxy(["--php-fpm", phpFPM, "--path", documentRoot], logPath)
+        return startProxy(["--php-fpm", phpFPM, "--path", documentRoot, *site.arguments], logPath)
     port = freePort()
     tacPath = logPath.with_suffix(".tac")
     tacPath.write_text(
-        _TAC.format(endpoint=phpFPM, root=documentRoot, front=front, limits=limits, port=port)
+        _TAC.format(
+            endpoint=phpFPM,
+            root=documentRoot,
+            site=dict(site.resource),
+            front=front,
+            limits=limits,
+            port=port,
+        )
     )
     return startServer([*TWISTD, "-ny", str(tacPath)], port, logPath)
 
@@ -395,17 +422,20 @@ class RunningFronts:
     front once.
     """
 
-    def __init__(self, phpFPM: str, documentRoot: str, directory: Path) -> None:
+    def __init__(
+        self, phpFPM: str, documentRoot: str, directory: Path, site: SiteOptions = SiteOptions()
+    ) -> None:
         self._phpFPM = phpFPM
         self._documentRoot = documentRoot
         self._directory = directory
+        self._site = site
         self._running: dict[str, Proxy] = {}
 
     def __getitem__(self, front: str) -> Proxy:
         running = self._running.get(front)
         if running is None:
             logPath = self._directory / f"{front}.log"
-            running = startFront(front, self._phpFPM, self._documentRoot, logPath)
+            running = startFront(front, self._phpFPM, self._documentRoot, logPath, self._site)
             self._running[front] = running
         return running
 

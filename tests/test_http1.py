@@ -11,7 +11,7 @@ C{test_http_timeouts.py}, C{test_http_responses.py} and the security tests.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.error import ConnectionLost
@@ -19,14 +19,16 @@ from twisted.internet.error import ConnectionLost
 from tests.fronts import Client, FakeCore, InMemoryFront
 from tests.test_http_timeouts import GET
 from txfastcgi._http.framing import BodyFraming, Delimiter
-from txfastcgi._http.http1 import HTTP1Factory, Response
+from txfastcgi._http.http1 import HTTP1Factory, Response, ServeStaticFile
 from txfastcgi._http.served import Served
 
 
-def staticFileServer(served: list[tuple[Any, str]]) -> Callable[[Any, str, Response], None]:
+def staticFileServer(served: list[tuple[Any, str]]) -> ServeStaticFile:
     """A static sender that answers every file with its name."""
 
-    def serve(request: Any, filename: str, writer: Response) -> None:
+    def serve(
+        request: Any, filename: str, writer: Response, headers: Sequence[tuple[bytes, bytes]]
+    ) -> None:
         served.append((request, filename))
         body = filename.encode()
         writer.writeHead(200, b"OK", [], BodyFraming(Delimiter.CONTENT_LENGTH, len(body)))

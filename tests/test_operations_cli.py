@@ -50,6 +50,9 @@ def run(*arguments: str) -> subprocess.CompletedProcess[str]:
             ["--php-fpm", "tcp:127.0.0.1"],
             "--php-fpm 'tcp:127.0.0.1' is not a valid endpoint: port is missing",
         ),
+        (["--sendfile-root", "/no/such/dir"], "--sendfile-root '/no/such/dir' is not a directory"),
+        (["--accel-prefix", "protected=/tmp"], "--accel-prefix wants /URI=DIR"),
+        (["--accel-prefix", "/protected=/tmp"], "--accel-prefix needs a --sendfile-root"),
         (
             ["--listen", "systemd:domain=INET:index=0"],
             "is not a valid endpoint: this process was given no such socket"

@@ -80,7 +80,7 @@ class RecordingWriter:
         self.calls.append("unregisterProducer")
         self.producer = None
 
-    def serveFile(self, filename: str) -> None:
+    def serveFile(self, filename: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
         self.calls.append("serveFile")
         self.served = filename
 

@@ -42,6 +42,7 @@ from txfastcgi._fastcgi.records import ProtocolStatus
 from txfastcgi._http.cgi import CGIParams, CGIRequest, ResponseHeadParser
 from txfastcgi._http.forwarded import TrustedProxies
 from txfastcgi._http.framing import BodyFraming, Delimiter, responseBodyFraming
+from txfastcgi._http.handoff import Handoff, HandoffResult, Handoffs
 from txfastcgi._http.routing import Redirect, Router, Script, StaticFile
 from txfastcgi._http.served import Upstream, noteUpstream
 from txfastcgi._version import __version__
@@ -159,7 +160,7 @@ class ResponseWriter(TypingProtocol):
     L{writeHead} once, then L{writeBody} any number of times, then exactly
     one of L{finish} or L{abort}; or L{abort} at any time (before
     L{writeHead} too: then the front closes the connection without a
-    response); or L{serveFile} alone.
+    response); or L{serveFile} alone (before L{writeHead}).
     """
 
     def writeHead(
@@ -204,10 +205,13 @@ class ResponseWriter(TypingProtocol):
     def unregisterProducer(self) -> None:
         """The producer registered last produces no more."""
 
-    def serveFile(self, filename: str) -> None:
+    def serveFile(self, filename: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
         """
-        Serve this static file, found by the router, the front's own way;
-        the exchange is then over.
+        Serve this static file, found by the router or handed off by a
+        script, the front's own way; the exchange is then over.
+
+        @param headers: header fields to send with it: a Content-Type among
+            them replaces the file's own, the others are added.
         """
 
 
@@ -220,6 +224,7 @@ class Phase(Enum):
     ACQUIRING = "waiting for a FastCGI connection"
     SENT = "sent, waiting for the script's header block"
     STREAMING = "streaming the script's body"
+    HANDED_OFF = "the script handed the response to a file; reading its output to the end"
     DONE = "done"
 
 
@@ -232,6 +237,7 @@ class ExchangeEvent(Enum):
     CONNECTED = "a connection was acquired and the request sent on it"
     RETRY = "the kept connection closed before a response; asking for a new one"
     HEAD = "the script's header block arrived"
+    HANDOFF = "the script's header block arrived, and hands the response to a file"
     END = "the exchange is answered, cut, or its client is gone"
 
 
@@ -248,8 +254,14 @@ _V = ExchangeEvent
 TRANSITIONS: dict[Phase, dict[ExchangeEvent, Phase]] = {
     _P.ROUTING: {_V.SCRIPT: _P.ACQUIRING, _V.END: _P.DONE},
     _P.ACQUIRING: {_V.CONNECTED: _P.SENT, _V.END: _P.DONE},
-    _P.SENT: {_V.RETRY: _P.ACQUIRING, _V.HEAD: _P.STREAMING, _V.END: _P.DONE},
+    _P.SENT: {
+        _V.RETRY: _P.ACQUIRING,
+        _V.HEAD: _P.STREAMING,
+        _V.HANDOFF: _P.HANDED_OFF,
+        _V.END: _P.DONE,
+    },
     _P.STREAMING: {_V.END: _P.DONE},
+    _P.HANDED_OFF: {_V.END: _P.DONE},
     _P.DONE: {},
 }
 
@@ -258,11 +270,13 @@ TRANSITIONS: dict[Phase, dict[ExchangeEvent, Phase]] = {
 _ROUTING = _P.ROUTING
 _SENT = _P.SENT
 _STREAMING = _P.STREAMING
+_HANDED_OFF = _P.HANDED_OFF
 _DONE = _P.DONE
 _SCRIPT = _V.SCRIPT
 _CONNECTED = _V.CONNECTED
 _RETRY = _V.RETRY
 _HEAD = _V.HEAD
+_HANDOFF = _V.HANDOFF
 _END = _V.END
 _REQUEST_COMPLETE = ProtocolStatus.REQUEST_COMPLETE
 _CONTENT_LENGTH = Delimiter.CONTENT_LENGTH
@@ -285,6 +299,11 @@ class Proxy:
     @param trustedProxies: addresses or networks of proxies whose
         C{Forwarded} or C{X-Forwarded-For} and C{X-Forwarded-Proto} headers
         give REMOTE_ADDR and HTTPS; nobody else's are believed.
+    @param sendfileRoots: directories under which a script may hand its
+        response to a file with X-Sendfile or X-Accel-Redirect; none (the
+        default) leaves those headers to the client.
+    @param accelPrefixes: URI prefixes of X-Accel-Redirect and the
+        directories they name; other URIs are under C{documentRoot}.
     """
 
     log = Logger()
@@ -299,6 +318,8 @@ class Proxy:
         *,
         https: bool = False,
         trustedProxies: Iterable[str] = (),
+        sendfileRoots: Sequence[str] = (),
+        accelPrefixes: Mapping[str, str] = {},
         reactor: IReactorTime,
     ) -> None:
         self.connections = connections
@@ -312,6 +333,9 @@ class Proxy:
         )
         self.https = https
         self.trustedProxies = TrustedProxies(trustedProxies)
+        self.handoffs = (
+            Handoffs(sendfileRoots, self.documentRoot, accelPrefixes) if sendfileRoots else None
+        )
         self._inFlight = 0
         self._idle = Emptied()
 
@@ -420,6 +444,7 @@ class Exchange:
         self._protocol: FastCGIClientProtocol | None = None
         self._acquiring: Deferred[FastCGIClientProtocol] | None = None
         self._headParser: ResponseHeadParser | None = None
+        self._handoff: HandoffResult | None = None
         # Body bytes still due by the framing; None while only the end tells.
         self._bodyRemaining: int | None = None
         # Encoded: a retry sends the same bytes again.
@@ -549,6 +574,14 @@ class Exchange:
                     return
                 self._headParser = None
                 head, data = parsed
+                handoffs = self._proxy.handoffs
+                if handoffs is not None:
+                    self._handoff = handoffs.find(head.headers)
+                    if self._handoff is not None:
+                        # The rest of the output is read and dropped, to
+                        # the end of the request: its connection is kept.
+                        self._move(_HANDOFF)
+                        return
                 request = self._request
                 framing = self._framing = responseBodyFraming(
                     request.method, head.code, head.contentLength, request.version
@@ -568,6 +601,8 @@ class Exchange:
                 )
                 assert self._protocol is not None
                 writer.registerProducer(self._protocol)
+            elif self._phase is _HANDED_OFF:
+                return
             self._writeBody(data)
         except MalformedResponse:
             self.requestFailed(Failure())
@@ -670,6 +705,12 @@ class Exchange:
             )
             return
         self._noteUpstream()
+        handoff = self._handoff
+        if handoff is not None:
+            # Still handed off, so that a failure to serve it is answered.
+            self._handOff(handoff)
+            self._end()
+            return
         self._end()
         writer = self._writer
         writer.unregisterProducer()
@@ -683,6 +724,23 @@ class Exchange:
             writer.abort()
             return
         writer.finish()
+
+    def _handOff(self, handoff: HandoffResult) -> None:
+        """Serve the file the script handed the response to, or say why not."""
+        if isinstance(handoff, Handoff):
+            self._writer.serveFile(handoff.filename, handoff.headers)
+            return
+        self.log.error(
+            "{code} for {method} {uri}: {detail}",
+            code=handoff.code,
+            method=self._request.method.decode("ascii", "replace"),
+            uri=self._uri(),
+            detail=handoff.detail,
+        )
+        if handoff.code == 404:
+            self._answer(404, "No such file.")
+        else:
+            self._answer(500, "Internal error.")
 
     def _failWith(self, error: BackendError) -> None:
         """Answer with the status and page that C{error} says; log its message."""

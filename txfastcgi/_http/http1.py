@@ -105,6 +105,7 @@ from txfastcgi._http.staticfiles import (
     StaticResponse,
     decideResponse,
     openFile,
+    withHeaders,
 )
 from txfastcgi._limits import (
     DEFAULT_BODY_TIMEOUT,
@@ -186,7 +187,7 @@ class _Proxy(Protocol):
     def handle(self, request: RequestFacts, writer: Response) -> _Exchange: ...
 
 
-ServeStaticFile = Callable[[RequestFacts, str, "Response"], None]
+ServeStaticFile = Callable[[RequestFacts, str, "Response", Sequence[tuple[bytes, bytes]]], None]
 """
 How a static file the core found is answered: given the request, the file's
 name and the response to answer it through (as L{Response.serveFile} was
@@ -391,7 +392,13 @@ class StaticFiles:
     def __init__(self, cache: SmallFileCache | None = None) -> None:
         self.cache = SmallFileCache() if cache is None else cache
 
-    def __call__(self, request: RequestFacts, filename: str, response: Response) -> None:
+    def __call__(
+        self,
+        request: RequestFacts,
+        filename: str,
+        response: Response,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+    ) -> None:
         conditions: dict[str, bytes] = {}
         for name, value in request.headers:
             keyword = _CONDITIONS.get(name.lower())
@@ -411,12 +418,16 @@ class StaticFiles:
             return
         if cached is not None:
             answer = decideResponse(request.method, cached.facts, **conditions)
+            if headers:
+                answer = withHeaders(answer, headers)
             response.writeStaticHead(answer)
             if answer.byteRange is not None:
                 response.writeBody(bytes(cached.content(answer.byteRange)))
             response.finish()
             return
         answer = decideResponse(request.method, facts, **conditions)
+        if headers:
+            answer = withHeaders(answer, headers)
         response.writeStaticHead(answer)
         if answer.byteRange is None or not answer.byteRange.length:
             file.close()
@@ -1243,8 +1254,8 @@ class Response:
         if not self._done:
             self._connection.setProducer(None)
 
-    def serveFile(self, filename: str) -> None:
-        self._connection.factory.serveStaticFile(self.request, filename, self)
+    def serveFile(self, filename: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+        self._connection.factory.serveStaticFile(self.request, filename, self, headers)
 
     def clientGone(self) -> None:
         """The connection is lost before the end: write nothing more, tell the core."""

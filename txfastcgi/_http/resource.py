@@ -61,6 +61,8 @@ class FastCGIResource(Resource):
         *,
         https: bool = False,
         trustedProxies: Iterable[str] = (),
+        sendfileRoots: Sequence[str] = (),
+        accelPrefixes: Mapping[str, str] = {},
         reactor: IReactorTime | None = None,
     ) -> None:
         super().__init__()
@@ -81,6 +83,8 @@ class FastCGIResource(Resource):
             params,
             https=https,
             trustedProxies=trustedProxies,
+            sendfileRoots=sendfileRoots,
+            accelPrefixes=accelPrefixes,
             reactor=reactor,
         )
         self.documentRoot = self.proxy.documentRoot
@@ -112,6 +116,7 @@ class FastCGIResource(Resource):
             path=b"/" + b"/".join(postpath) if postpath else b"",
         )
         exchange = self.proxy.handle(facts, writer)
+        writer.rendering = False
         if writer.rendered is not None:
             # twisted.web's File, whose result twisted.web finishes itself.
             return writer.rendered
@@ -136,14 +141,19 @@ class _RequestWriter:
     body bytes back until L{flush} or L{finish}, so that a body whole by then
     is sent with its Content-Length.
 
-    @ivar rendered: what twisted.web's File rendered, for a static file.
+    @ivar rendered: what twisted.web's File rendered, for a static file
+        served while the resource renders.
+    @ivar rendering: whether the resource is still rendering, so that what
+        File renders is returned from C{render}; a file a script handed off
+        comes later, and its rendering is written here.
     """
 
-    __slots__ = ("_held", "_holding", "_request", "rendered")
+    __slots__ = ("_held", "_holding", "_request", "rendered", "rendering")
 
     def __init__(self, request: Request) -> None:
         self._request = request
         self.rendered: bytes | int | None = None
+        self.rendering = True
         self._holding = False
         self._held: list[bytes] = []
 
@@ -191,8 +201,15 @@ class _RequestWriter:
     def unregisterProducer(self) -> None:
         self._request.unregisterProducer()
 
-    def serveFile(self, filename: str) -> None:
-        self.rendered = _serveFile(self._request, filename)
+    def serveFile(self, filename: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+        request = self._request
+        rendered = _serveFile(request, filename, headers)
+        if self.rendering:
+            self.rendered = rendered
+        elif rendered is not NOT_DONE_YET:
+            assert isinstance(rendered, bytes)
+            request.write(rendered)
+            request.finish()
 
 
 def _copyHeaders(headers: Sequence[tuple[bytes, bytes]], request: Request) -> None:
@@ -215,15 +232,28 @@ def _copyHeaders(headers: Sequence[tuple[bytes, bytes]], request: Request) -> No
         request.defaultContentType = None
 
 
-def _serveFile(request: Request, filename: str) -> bytes | int:
+def _serveFile(
+    request: Request, filename: str, headers: Sequence[tuple[bytes, bytes]]
+) -> bytes | int:
     """
     Serve a static file with twisted.web's File: content type, Range,
-    HEAD and Last-Modified, plus a strong ETag for If-None-Match.
+    HEAD and Last-Modified, plus a strong ETag for If-None-Match; with
+    C{headers}, whose Content-Type replaces the file's own.
     """
+    file = File(filename)
+    extra = []
+    for name, value in headers:
+        if name.lower() == b"content-type" and value.isascii():
+            # What File would otherwise guess from the name, encoding too.
+            file.type, file.encoding = value.decode("ascii"), None
+        else:
+            extra.append((name, value))
+    if extra:
+        _copyHeaders(extra, request)
     info = os.stat(filename)
     if request.setETag(b'"%x-%x"' % (info.st_mtime_ns, info.st_size)) is http.CACHED:
         return b""
-    result: bytes | int = File(filename).render(request)
+    result: bytes | int = file.render(request)
     return result
 
 

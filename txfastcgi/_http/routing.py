@@ -24,7 +24,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Union
 
-__all__ = ["FoundFile", "Redirect", "Refused", "Route", "Router", "Script", "StaticFile"]
+__all__ = [
+    "FoundFile",
+    "Redirect",
+    "Refused",
+    "Route",
+    "Router",
+    "Script",
+    "StaticFile",
+    "isSourceFile",
+]
 
 
 class FoundFile(str):
@@ -116,6 +125,12 @@ _SOURCE_FILE = re.compile(
     r"\.(?:(?:php\d*|phtml|phar|phps)(?:[.~].*)?|inc|module|install|theme|profile|engine)\Z",
     re.IGNORECASE,
 )
+
+
+def isSourceFile(name: str) -> bool:
+    """Whether the file C{name} (a name or a path) holds PHP source: never sent as it is."""
+    return _SOURCE_FILE.search(name) is not None
+
 
 # A decoded path with a control character is an attack or a mistake, never a
 # file name a site means to serve (CVE-2019-11043 puts "\n" in PATH_INFO).
@@ -232,7 +247,7 @@ class Router:
                 if rest or trailingSlash:
                     pathInfo = "/" + "/".join(rest) + ("/" if rest and trailingSlash else "")
                 return Script(candidate, "/" + "/".join(parts[: position + 1]), pathInfo), info
-            if _SOURCE_FILE.search(name):
+            if isSourceFile(name):
                 return Refused(403, "Script source is not served.")
             if rest or trailingSlash:
                 break

@@ -48,7 +48,7 @@ import re
 import stat
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from functools import cached_property
@@ -76,6 +76,7 @@ __all__ = [
     "openFile",
     "parseHTTPDate",
     "satisfiableRanges",
+    "withHeaders",
 ]
 
 
@@ -128,6 +129,22 @@ def _response(
 def _withoutBody(response: StaticResponse) -> StaticResponse:
     """The same answer to a HEAD: the GET's headers, no body."""
     return replace(response, byteRange=None)
+
+
+def withHeaders(response: StaticResponse, headers: Sequence[tuple[bytes, bytes]]) -> StaticResponse:
+    """
+    The same answer with C{headers} too, for a file a script handed off: a
+    Content-Type among them replaces the file's own where the answer has
+    one (a 304 has none), the others are added.
+    """
+    contentType = [header for header in headers if header[0].lower() == b"content-type"]
+    others = tuple(header for header in headers if header[0].lower() != b"content-type")
+    own = response.headers
+    if contentType and any(name == b"Content-Type" for name, _ in own):
+        own = tuple(
+            contentType[-1] if name == b"Content-Type" else (name, value) for name, value in own
+        )
+    return _response(response.status, response.reason, own + others, response.byteRange)
 
 
 _EMPTY = ((b"Content-Length", b"0"),)

@@ -48,6 +48,8 @@ class Configuration:
     params: Mapping[str, str]
     https: bool
     trustedProxies: Sequence[str]
+    sendfileRoots: Sequence[str]
+    accelPrefixes: Mapping[str, str]
     backends: Sequence[str]
     maxConnections: int | None
     spawnChildren: int
@@ -81,6 +83,8 @@ class Configuration:
             params=dict(options["param"]),
             https=bool(options["https"]),
             trustedProxies=list(options["trusted-proxy"]),
+            sendfileRoots=list(options["sendfile-root"]),
+            accelPrefixes=dict(options["accel-prefix"]),
             backends=list(options["php-fpm"]),
             maxConnections=options["max-connections"],
             spawnChildren=options["spawn-children"],

@@ -99,6 +99,8 @@ class Front:
             params=params,
             https=configuration.https,
             trustedProxies=configuration.trustedProxies,
+            sendfileRoots=configuration.sendfileRoots,
+            accelPrefixes=configuration.accelPrefixes,
             reactor=reactor,
         )
         self.proxy = resource.proxy

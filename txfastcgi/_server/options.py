@@ -146,6 +146,8 @@ class Options(usage.Options):
         self["listen"] = []
         self["param"] = {}
         self["trusted-proxy"] = []
+        self["sendfile-root"] = []
+        self["accel-prefix"] = {}
         self["status-allow"] = []
 
     def opt_php_fpm(self, description: str) -> None:
@@ -169,6 +171,24 @@ class Options(usage.Options):
         X-Forwarded-For/-Proto headers set REMOTE_ADDR and HTTPS, repeatable.
         """
         self["trusted-proxy"].append(_network("--trusted-proxy", network))
+
+    def opt_sendfile_root(self, directory: str) -> None:
+        """
+        Directory from which PHP may hand a response to a file with X-Sendfile:
+        /abs/path or X-Accel-Redirect: /uri, repeatable. [default: none, off]
+        """
+        self["sendfile-root"].append(_directory("--sendfile-root", directory))
+
+    def opt_accel_prefix(self, mapping: str) -> None:
+        """
+        URI=DIR: an X-Accel-Redirect URI under URI names a file under DIR
+        (nginx's internal location with an alias), repeatable; other URIs are
+        under the document root.
+        """
+        uri, equals, directory = mapping.partition("=")
+        if not equals or not uri.startswith("/"):
+            raise usage.UsageError(f"--accel-prefix wants /URI=DIR, not {mapping!r}")
+        self["accel-prefix"][uri] = _directory("--accel-prefix", directory)
 
     def opt_status_allow(self, network: str) -> None:
         """
@@ -194,9 +214,7 @@ class Options(usage.Options):
         self["path-defaulted"] = self["path"] is None
         if self["path-defaulted"]:
             self["path"] = os.curdir
-        if not os.path.isdir(self["path"]):
-            raise usage.UsageError(f"--path {self['path']!r} is not a directory")
-        self["path"] = os.path.abspath(self["path"])
+        self["path"] = _directory("--path", self["path"])
         if not self["php-fpm"]:
             self["php-fpm"] = ["unix:/run/php/php-fpm.sock"]
         duplicates = {d for d in self["php-fpm"] if self["php-fpm"].count(d) > 1}
@@ -220,6 +238,8 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{page} {self[page]!r} must start with /")
         if self["metrics-path"] is not None and self["metrics-path"] == self["status-path"]:
             raise usage.UsageError("--metrics-path and --status-path must be different paths")
+        if self["accel-prefix"] and not self["sendfile-root"]:
+            raise usage.UsageError("--accel-prefix needs a --sendfile-root for its files")
         if self["no-front-controller"]:
             self["front-controller"] = None
         if self["access-log-format"] not in ACCESS_LOG_FORMATS:
@@ -242,6 +262,13 @@ def versionLine() -> str:
         f"txfastcgi {__version__} (Twisted {twisted.__version__},"
         f" Python {platform.python_version()})"
     )
+
+
+def _directory(option: str, directory: str) -> str:
+    """C{directory} made absolute, if it is one, for C{option}."""
+    if not os.path.isdir(directory):
+        raise usage.UsageError(f"{option} {directory!r} is not a directory")
+    return os.path.abspath(directory)
 
 
 def _network(option: str, network: str) -> str:
