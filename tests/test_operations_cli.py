@@ -52,7 +52,14 @@ def run(*arguments: str) -> subprocess.CompletedProcess[str]:
         ),
         (["--sendfile-root", "/no/such/dir"], "--sendfile-root '/no/such/dir' is not a directory"),
         (["--accel-prefix", "protected=/tmp"], "--accel-prefix wants /URI=DIR"),
-        (["--accel-prefix", "/protected=/tmp"], "--accel-prefix needs a --sendfile-root"),
+        (
+            ["--accel-prefix", "/protected=/tmp"],
+            "--accel-prefix /protected=/tmp: the directory is under no --sendfile-root",
+        ),
+        (
+            ["--sendfile-root", "/usr", "--accel-prefix", "/protected=/tmp"],
+            "--accel-prefix /protected=/tmp: the directory is under no --sendfile-root",
+        ),
         (
             ["--listen", "systemd:domain=INET:index=0"],
             "is not a valid endpoint: this process was given no such socket"

@@ -238,8 +238,13 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{page} {self[page]!r} must start with /")
         if self["metrics-path"] is not None and self["metrics-path"] == self["status-path"]:
             raise usage.UsageError("--metrics-path and --status-path must be different paths")
-        if self["accel-prefix"] and not self["sendfile-root"]:
-            raise usage.UsageError("--accel-prefix needs a --sendfile-root for its files")
+        roots = [os.path.realpath(root) for root in self["sendfile-root"]]
+        for uri, directory in self["accel-prefix"].items():
+            real = os.path.realpath(directory)
+            if not any(real == root or real.startswith(root + os.sep) for root in roots):
+                raise usage.UsageError(
+                    f"--accel-prefix {uri}={directory}: the directory is under no --sendfile-root"
+                )
         if self["no-front-controller"]:
             self["front-controller"] = None
         if self["access-log-format"] not in ACCESS_LOG_FORMATS:
