@@ -582,25 +582,15 @@ class Exchange:
                         # the end of the request: its connection is kept.
                         self._move(_HANDOFF)
                         return
-                request = self._request
-                framing = self._framing = responseBodyFraming(
-                    request.method, head.code, head.contentLength, request.version
-                )
-                self._bodyRemaining = framing.length
-                headers: Sequence[tuple[bytes, bytes]] = head.headers
-                if head.contentLength is not None and (
-                    framing.hasBody or head.code < 200 or head.code == 204
-                ):
-                    # The front writes it from the framing; a 1xx or 204
-                    # must have none (RFC 9110 section 8.6).
-                    headers = [h for h in headers if h[0].lower() != b"content-length"]
                 self._move(_HEAD)
-                writer = self._writer
-                writer.writeHead(
-                    head.code, head.reason or reasonPhrase(head.code), headers, framing
+                self._startResponse(
+                    head.code,
+                    head.reason or reasonPhrase(head.code),
+                    head.headers,
+                    head.contentLength,
                 )
                 assert self._protocol is not None
-                writer.registerProducer(self._protocol)
+                self._writer.registerProducer(self._protocol)
             elif self._phase is _HANDED_OFF:
                 return
             self._writeBody(data)
@@ -665,6 +655,29 @@ class Exchange:
             self.unexpected(reason)
 
     # Writing the response
+
+    def _startResponse(
+        self,
+        code: int,
+        reason: bytes,
+        headers: Sequence[tuple[bytes, bytes]],
+        contentLength: int | None,
+    ) -> None:
+        """
+        Write the head of a script's response, which declared
+        C{contentLength}; its body, through L{_writeBody}, is then held to
+        what the framing allows.
+        """
+        request = self._request
+        framing = self._framing = responseBodyFraming(
+            request.method, code, contentLength, request.version
+        )
+        self._bodyRemaining = framing.length
+        if contentLength is not None and (framing.hasBody or code < 200 or code == 204):
+            # The front writes it from the framing; a 1xx or 204 must have
+            # none (RFC 9110 section 8.6).
+            headers = [h for h in headers if h[0].lower() != b"content-length"]
+        self._writer.writeHead(code, reason, headers, framing)
 
     def _writeBody(self, data: bytes) -> None:
         remaining = self._bodyRemaining
