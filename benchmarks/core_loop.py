@@ -121,7 +121,7 @@ class _Writer:
     def unregisterProducer(self) -> None:
         pass
 
-    def serveFile(self, filename: str) -> None:
+    def serveFile(self, filename: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
         raise AssertionError("the loop only runs a script")
 
 
