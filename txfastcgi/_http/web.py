@@ -68,6 +68,13 @@ from txfastcgi._limits import (
     DeadlineSweep,
 )
 
+_ChannelProtocol: type[_GenericHTTPChannelProtocol]
+try:
+    from txfastcgi._http.h2 import SwitchingToLeanH2 as _ChannelProtocol
+except ImportError:
+    # Without the http2 extra (h2, priority): HTTP/1.1 only, as twisted.web.
+    _ChannelProtocol = _GenericHTTPChannelProtocol
+
 __all__ = ["FastCGISite"]
 
 # Never in a request target: the control characters.
@@ -173,8 +180,8 @@ class FastCGISite(Site):
 
     def protocol(self) -> _GenericHTTPChannelProtocol:
         # As Twisted's own factory does, so that HTTP/2 negotiated over TLS
-        # still replaces the HTTP/1.1 channel.
-        return _GenericHTTPChannelProtocol(_LimitedChannel())
+        # replaces the HTTP/1.1 channel, here with the lean HTTP/2 one.
+        return _ChannelProtocol(_LimitedChannel())
 
 
 class _LimitedChannel(http.HTTPChannel):
