@@ -64,6 +64,7 @@ OTHER_PROGRAMS = {
     "cd",
     "chown",
     "composer",
+    "find",
     "journalctl",
     "ln",
     "mariadb",

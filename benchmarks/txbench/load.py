@@ -94,6 +94,8 @@ def loadCommand(
     argv = [tools["wrk"], "-t1", f"-c{scenario.connections}", f"-d{duration:g}s", "--latency"]
     if scenario.post:
         argv += ["-s", str(work / "post.lua")]
+    if scenario.acceptEncoding is not None:
+        argv += ["-H", f"Accept-Encoding: {scenario.acceptEncoding}"]
     return [*argv, target.url(scenario.path)]
 
 

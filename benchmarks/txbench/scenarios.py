@@ -14,6 +14,15 @@ POST_SIZE = MIB
 # is no WordPress here, so a CSS-like file of that size stands in for it.
 CSS_SIZE = 97_000
 SMALL_FILE = b"static file\n"
+# A blog-like HTML page of PHP's, for the cost of compressing it.
+PAGE_PARAGRAPHS = 120
+PAGE_WORDS = (
+    "of the post: the quick brown fox jumps over the lazy dog,"
+    " and the server compresses what PHP writes."
+)
+PAGE_SIZE = sum(len(f"<p>Paragraph {n} {PAGE_WORDS}</p>\n") for n in range(PAGE_PARAGRAPHS))
+COMPRESSING = "gzip, deflate, br, zstd"
+"""The Accept-Encoding a browser (Chromium) sends."""
 LARGE_FILE_SIZE = MIB
 
 
@@ -31,6 +40,8 @@ class Scenario:
     quick: bool = False
     # A file served by the front-end itself, not by PHP.
     static: bool = False
+    # The Accept-Encoding the load sends, if any (the check before it sends none).
+    acceptEncoding: str | None = None
 
     @property
     def tiny(self) -> bool:
@@ -79,6 +90,21 @@ SCENARIOS = (
         static=True,
     ),
     Scenario(
+        "page-c32",
+        "/page.php",
+        32,
+        f"{PAGE_SIZE} B PHP HTML page, no Accept-Encoding, 32 connections",
+        PAGE_SIZE,
+    ),
+    Scenario(
+        "page-compressed-c32",
+        "/page.php",
+        32,
+        f"the same page to clients that send Accept-Encoding: {COMPRESSING}, 32 connections",
+        PAGE_SIZE,
+        acceptEncoding=COMPRESSING,
+    ),
+    Scenario(
         "h2-tiny-c32",
         "/hello.php",
         32,
@@ -95,6 +121,9 @@ PHP_FILES = {
     "post.php": "<?php header('Content-Type: text/plain'); $in = fopen('php://input', 'rb'); "
     '$n = 0; while (!feof($in)) { $n += strlen(fread($in, 65536)); } echo $n, "\\n";\n',
     "index.php": '<?php echo "index ", $_SERVER["REQUEST_URI"], "\\n";\n',
+    "page.php": "<?php header('Content-Type: text/html; charset=utf-8');"
+    f" for ($n = 0; $n < {PAGE_PARAGRAPHS}; $n++) {{"
+    f" echo '<p>Paragraph ', $n, ' {PAGE_WORDS}</p>', \"\\n\"; }}\n",
 }
 
 POST_LUA = f"""-- 1 MiB POST body for wrk, built once: wrk then reuses the request bytes.

@@ -40,11 +40,20 @@ from txfastcgi._compat import SLOTS
 from txfastcgi._emptied import Emptied
 from txfastcgi._fastcgi.records import ProtocolStatus
 from txfastcgi._http.cgi import CGIParams, CGIRequest, ResponseHeadParser
+from txfastcgi._http.compression import (
+    MINIMUM_SIZE,
+    CompressingWriter,
+    chooseEncoding,
+    isCompressible,
+    precompressed,
+    varyOnEncoding,
+)
 from txfastcgi._http.forwarded import TrustedProxies
 from txfastcgi._http.framing import BodyFraming, Delimiter, responseBodyFraming
 from txfastcgi._http.handoff import Handoff, HandoffResult, Handoffs
 from txfastcgi._http.routing import Redirect, Router, Script, StaticFile
 from txfastcgi._http.served import Upstream, noteUpstream
+from txfastcgi._http.staticfiles import contentTypeFor
 from txfastcgi._version import __version__
 from txfastcgi.errors import (
     BackendClosed,
@@ -304,6 +313,8 @@ class Proxy:
         default) leaves those headers to the client.
     @param accelPrefixes: URI prefixes of X-Accel-Redirect and the
         directories they name; other URIs are under C{documentRoot}.
+    @param compress: compress responses and send precompressed static
+        files, as the client accepts (L{txfastcgi._http.compression}).
     """
 
     log = Logger()
@@ -320,6 +331,7 @@ class Proxy:
         trustedProxies: Iterable[str] = (),
         sendfileRoots: Sequence[str] = (),
         accelPrefixes: Mapping[str, str] = {},
+        compress: bool = True,
         reactor: IReactorTime,
     ) -> None:
         self.connections = connections
@@ -336,6 +348,7 @@ class Proxy:
         self.handoffs = (
             Handoffs(sendfileRoots, self.documentRoot, accelPrefixes) if sendfileRoots else None
         )
+        self.compress = compress
         self._inFlight = 0
         self._idle = Emptied()
 
@@ -485,7 +498,7 @@ class Exchange:
             self._startScript(route)
             return
         if isinstance(route, StaticFile):
-            self._writer.serveFile(route.filename)
+            self._serveStatic(route.filename)
         elif isinstance(route, Redirect):
             self._redirectToDirectory()
         else:
@@ -510,6 +523,27 @@ class Exchange:
         self.log.failure("unexpected error proxying {uri}", reason, uri=self._uri())
         self._dropConnection()
         self._fail(500, "Internal error.", "unexpected error")
+
+    def _serveStatic(self, filename: str) -> None:
+        """Serve a static file, or its precompressed copy if the client takes that."""
+        if self._proxy.compress:
+            accepted = self._acceptEncoding()
+            found = precompressed(filename, accepted) if accepted else None
+            if found is not None:
+                variant, coding = found
+                headers = (
+                    (b"Content-Type", contentTypeFor(filename)),
+                    (b"Content-Encoding", coding),
+                    (b"Vary", b"Accept-Encoding"),
+                )
+                self._writer.serveFile(variant, headers)
+                return
+        self._writer.serveFile(filename)
+
+    def _acceptEncoding(self) -> list[bytes]:
+        return [
+            value for name, value in self._request.headers if name.lower() == b"accept-encoding"
+        ]
 
     # Proxying to the script
 
@@ -677,7 +711,48 @@ class Exchange:
             # The front writes it from the framing; a 1xx or 204 must have
             # none (RFC 9110 section 8.6).
             headers = [h for h in headers if h[0].lower() != b"content-length"]
+        if self._proxy.compress:
+            headers = self._compressing(code, headers, contentLength, framing)
         self._writer.writeHead(code, reason, headers, framing)
+
+    def _compressing(
+        self,
+        code: int,
+        headers: Sequence[tuple[bytes, bytes]],
+        contentLength: int | None,
+        framing: BodyFraming,
+    ) -> Sequence[tuple[bytes, bytes]]:
+        """
+        The headers of a response that may be compressed, with Vary; the
+        writer compresses it if this one should be and the client takes a
+        coding (see L{txfastcgi._http.compression}).
+        """
+        contentType = None
+        for name, value in headers:
+            lower = name.lower()
+            if lower == b"content-type":
+                contentType = value
+            elif lower == b"content-encoding" or (
+                lower == b"cache-control" and b"no-transform" in value.lower()
+            ):
+                return headers
+        if not isCompressible(contentType):
+            return headers
+        varied = list(headers)
+        varyOnEncoding(varied)
+        if not framing.hasBody or code == 206:
+            return varied
+        if contentLength is not None and contentLength < MINIMUM_SIZE:
+            return varied
+        coding = chooseEncoding(self._acceptEncoding())
+        if coding is not None:
+            request = self._request
+            self._writer = CompressingWriter(
+                self._writer,
+                coding,
+                responseBodyFraming(request.method, code, None, request.version),
+            )
+        return varied
 
     def _writeBody(self, data: bytes) -> None:
         remaining = self._bodyRemaining

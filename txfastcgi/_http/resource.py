@@ -63,6 +63,7 @@ class FastCGIResource(Resource):
         trustedProxies: Iterable[str] = (),
         sendfileRoots: Sequence[str] = (),
         accelPrefixes: Mapping[str, str] = {},
+        compress: bool = True,
         reactor: IReactorTime | None = None,
     ) -> None:
         super().__init__()
@@ -85,6 +86,7 @@ class FastCGIResource(Resource):
             trustedProxies=trustedProxies,
             sendfileRoots=sendfileRoots,
             accelPrefixes=accelPrefixes,
+            compress=compress,
             reactor=reactor,
         )
         self.documentRoot = self.proxy.documentRoot

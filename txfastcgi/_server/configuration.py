@@ -50,6 +50,7 @@ class Configuration:
     trustedProxies: Sequence[str]
     sendfileRoots: Sequence[str]
     accelPrefixes: Mapping[str, str]
+    compress: bool
     backends: Sequence[str]
     maxConnections: int | None
     spawnChildren: int
@@ -85,6 +86,7 @@ class Configuration:
             trustedProxies=list(options["trusted-proxy"]),
             sendfileRoots=list(options["sendfile-root"]),
             accelPrefixes=dict(options["accel-prefix"]),
+            compress=not options["no-compress"],
             backends=list(options["php-fpm"]),
             maxConnections=options["max-connections"],
             spawnChildren=options["spawn-children"],

@@ -101,6 +101,7 @@ class Front:
             trustedProxies=configuration.trustedProxies,
             sendfileRoots=configuration.sendfileRoots,
             accelPrefixes=configuration.accelPrefixes,
+            compress=configuration.compress,
             reactor=reactor,
         )
         self.proxy = resource.proxy

@@ -82,6 +82,11 @@ class Options(usage.Options):
     optFlags = [
         ["https", None, "Send HTTPS=on even on plain listeners (behind a TLS terminator)."],
         ["no-front-controller", None, "Answer paths that name no file with 404."],
+        [
+            "no-compress",
+            None,
+            "Send responses as they are: no zstd, br or gzip, no precompressed static files.",
+        ],
     ]
 
     optParameters = [
