@@ -98,6 +98,9 @@ class _Writer:
     def __init__(self, loop: _Loop) -> None:
         self._loop = loop
 
+    def writeInformational(self, code: int, headers: Sequence[tuple[bytes, bytes]]) -> None:
+        raise AssertionError("the loop learns no hints")
+
     def writeHead(
         self, code: int, reason: bytes, headers: Sequence[tuple[bytes, bytes]], framing: BodyFraming
     ) -> None:

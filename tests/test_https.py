@@ -30,15 +30,22 @@ def makeCertificate(directory: Path) -> tuple[Path, Path]:
     return keyPath, certificatePath
 
 
-@pytest.fixture(scope="module")
-def tlsProxy(php_fpm: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
-    directory = tmp_path_factory.mktemp("tls")
+def startTLSProxy(php_fpm: Any, directory: Path, *options: str) -> Proxy:
+    """
+    C{twist fastcgi-proxy} on a TLS listener with a throwaway certificate for
+    localhost, serving the test site, with C{options} (default: no access log).
+    """
     key, certificate = makeCertificate(directory)
     port = freePort()
     arguments = ["-m", "twisted", "fastcgi-proxy", "--php-fpm", php_fpm.endpointDescription]
-    arguments += ["--path", php_fpm.documentRoot, "--access-log", os.devnull]
+    arguments += ["--path", php_fpm.documentRoot, *(options or ["--access-log", os.devnull])]
     arguments += ["--listen", f"ssl:{port}:privateKey={key}:certKey={certificate}"]
-    proxy = startServer(arguments, port, directory / "twist.log")
+    return startServer(arguments, port, directory / "twist.log")
+
+
+@pytest.fixture(scope="module")
+def tlsProxy(php_fpm: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
+    proxy = startTLSProxy(php_fpm, tmp_path_factory.mktemp("tls"))
     yield proxy
     stopProxy(proxy)
 

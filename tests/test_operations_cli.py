@@ -50,6 +50,11 @@ def run(*arguments: str) -> subprocess.CompletedProcess[str]:
             ["--php-fpm", "tcp:127.0.0.1"],
             "--php-fpm 'tcp:127.0.0.1' is not a valid endpoint: port is missing",
         ),
+        (["--early-hint", "/=style.css"], "--early-hint wants /PATH=<URL>; rel=..."),
+        (
+            ["--early-hint", "/=</a.css>; rel=preload", "--no-early-hints"],
+            "--early-hint and --no-early-hints contradict each other",
+        ),
         (["--sendfile-root", "/no/such/dir"], "--sendfile-root '/no/such/dir' is not a directory"),
         (["--accel-prefix", "protected=/tmp"], "--accel-prefix wants /URI=DIR"),
         (

@@ -49,6 +49,9 @@ class RecordingWriter:
         self.producer: IPushProducer | None = None
         self.served: str | None = None
 
+    def writeInformational(self, code: int, headers: Sequence[tuple[bytes, bytes]]) -> None:
+        self.calls.append("writeInformational")
+
     def writeHead(
         self,
         code: int,

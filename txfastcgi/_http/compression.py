@@ -261,6 +261,9 @@ class CompressingWriter:
         self._heldSize = 0
         self._head: tuple[int, bytes, list[tuple[bytes, bytes]]] = (0, b"", [])
 
+    def writeInformational(self, code: int, headers: Sequence[tuple[bytes, bytes]]) -> None:
+        self._writer.writeInformational(code, headers)
+
     def writeHead(
         self,
         code: int,

@@ -51,6 +51,7 @@ from txfastcgi._http.compression import (
 from txfastcgi._http.forwarded import TrustedProxies
 from txfastcgi._http.framing import BodyFraming, Delimiter, responseBodyFraming
 from txfastcgi._http.handoff import Handoff, HandoffResult, Handoffs
+from txfastcgi._http.hints import EarlyHints
 from txfastcgi._http.routing import Redirect, Router, Script, StaticFile
 from txfastcgi._http.served import Upstream, noteUpstream
 from txfastcgi._http.staticfiles import contentTypeFor
@@ -166,11 +167,18 @@ class RequestFacts:
 class ResponseWriter(TypingProtocol):
     """
     What a front gives the core for one response. The core calls, in order:
+    L{writeInformational} any number of times, then
     L{writeHead} once, then L{writeBody} any number of times, then exactly
     one of L{finish} or L{abort}; or L{abort} at any time (before
     L{writeHead} too: then the front closes the connection without a
     response); or L{serveFile} alone (before L{writeHead}).
     """
+
+    def writeInformational(self, code: int, headers: Sequence[tuple[bytes, bytes]]) -> None:
+        """
+        Send a 1xx response (103 Early Hints) now, ahead of the response;
+        the core sends one only to an HTTP/1.1 or HTTP/2 client.
+        """
 
     def writeHead(
         self,
@@ -315,6 +323,8 @@ class Proxy:
         directories they name; other URIs are under C{documentRoot}.
     @param compress: compress responses and send precompressed static
         files, as the client accepts (L{txfastcgi._http.compression}).
+    @param earlyHints: the hints learned and configured for each path, sent
+        as a 103 before a request reaches PHP; L{None} for none.
     """
 
     log = Logger()
@@ -332,6 +342,7 @@ class Proxy:
         sendfileRoots: Sequence[str] = (),
         accelPrefixes: Mapping[str, str] = {},
         compress: bool = True,
+        earlyHints: EarlyHints | None = None,
         reactor: IReactorTime,
     ) -> None:
         self.connections = connections
@@ -349,6 +360,7 @@ class Proxy:
             Handoffs(sendfileRoots, self.documentRoot, accelPrefixes) if sendfileRoots else None
         )
         self.compress = compress
+        self.earlyHints = earlyHints
         self._inFlight = 0
         self._idle = Emptied()
 
@@ -553,6 +565,9 @@ class Exchange:
         self._headParser = ResponseHeadParser()
         # Its read timeout counts from here, time in the pool's queue included.
         self._arrived = proxy.clock.seconds()
+        hints = proxy.earlyHints
+        if hints is not None:
+            self._sendHints(hints)
         self._move(_SCRIPT)
         proxy.began()
         self._acquire(fresh=False)
@@ -597,6 +612,33 @@ class Exchange:
         else:
             self.unexpected(reason)
 
+    # 103 Early Hints
+
+    def _hintPath(self) -> bytes:
+        return self._request.target.partition(b"?")[0]
+
+    def _sendHints(self, hints: EarlyHints) -> None:
+        """Send what the earlier responses for this path hinted, while PHP works."""
+        request = self._request
+        if request.version == b"HTTP/1.0":
+            return  # It would take a 1xx for the response.
+        links = hints.hintsFor(self._hintPath(), self._arrived)
+        if links:
+            self._writer.writeInformational(103, [(b"Link", link) for link in links])
+
+    def _learnHints(
+        self, hints: EarlyHints, code: int, headers: Sequence[tuple[bytes, bytes]]
+    ) -> None:
+        """Remember the hints of a successful GET's response, or that it has none."""
+        request = self._request
+        if request.method != b"GET" or not 200 <= code < 300:
+            return
+        links = [value for name, value in headers if name.lower() == b"link"]
+        host = None
+        if links:
+            host = next((v for n, v in request.headers if n.lower() == b"host"), None)
+        hints.learn(self._hintPath(), links, host, self._arrived)
+
     # ResponseReceiver
 
     def stdoutReceived(self, data: bytes) -> None:
@@ -608,6 +650,9 @@ class Exchange:
                     return
                 self._headParser = None
                 head, data = parsed
+                hints = self._proxy.earlyHints
+                if hints is not None:
+                    self._learnHints(hints, head.code, head.headers)
                 handoffs = self._proxy.handoffs
                 if handoffs is not None:
                     self._handoff = handoffs.find(head.headers)

@@ -154,6 +154,8 @@ _REASONS = {
     505: b"HTTP Version Not Supported",
 }
 
+_INFORMATIONAL = {103: b"Early Hints"}
+
 _SERVER_LINE = b"Server: txfastcgi\r\n"
 _HTML = (b"Content-Type", b"text/html; charset=utf-8")
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -1063,6 +1065,15 @@ class Response:
         self._delimiter = Delimiter.NONE
         self._length: int | None = 0
         self._sent = 0
+
+    def writeInformational(self, code: int, headers: Sequence[tuple[bytes, bytes]]) -> None:
+        """Send a 1xx now, if the response has not started (it is the core's rule too)."""
+        if self._done or self._holding or self._head:
+            return
+        lines = [b"HTTP/1.1 %d %s\r\n" % (code, _INFORMATIONAL.get(code, b"Informational"))]
+        lines += [b"%s: %s\r\n" % header for header in headers]
+        lines.append(b"\r\n")
+        self._connection.send(b"".join(lines))
 
     def writeHead(
         self,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from typing import cast
+from typing import Any, cast
 from weakref import WeakKeyDictionary
 
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -28,6 +28,7 @@ from twisted.web.static import File
 from txfastcgi._client.pool import ConnectionPool
 from txfastcgi._http.core import ConnectionSource, Phase, Proxy, RequestFacts
 from txfastcgi._http.framing import BodyFraming, Delimiter
+from txfastcgi._http.hints import EarlyHints
 
 __all__ = ["ConnectionSource", "FastCGIResource"]
 
@@ -64,6 +65,8 @@ class FastCGIResource(Resource):
         sendfileRoots: Sequence[str] = (),
         accelPrefixes: Mapping[str, str] = {},
         compress: bool = True,
+        earlyHints: bool = True,
+        earlyHintLinks: Mapping[str, Sequence[str]] = {},
         reactor: IReactorTime | None = None,
     ) -> None:
         super().__init__()
@@ -87,6 +90,16 @@ class FastCGIResource(Resource):
             sendfileRoots=sendfileRoots,
             accelPrefixes=accelPrefixes,
             compress=compress,
+            earlyHints=(
+                EarlyHints(
+                    {
+                        path.encode(): [link.encode() for link in links]
+                        for path, links in earlyHintLinks.items()
+                    }
+                )
+                if earlyHints
+                else None
+            ),
             reactor=reactor,
         )
         self.documentRoot = self.proxy.documentRoot
@@ -158,6 +171,29 @@ class _RequestWriter:
         self.rendering = True
         self._holding = False
         self._held: list[bytes] = []
+
+    def writeInformational(self, code: int, headers: Sequence[tuple[bytes, bytes]]) -> None:
+        """
+        twisted.web has no 1xx of its own but 100 Continue: over HTTP/1.1
+        the lines go to the transport ahead of the response, over HTTP/2 a
+        HEADERS frame goes on the stream ahead of the response's.
+        """
+        request = self._request
+        if request.startedWriting or request.finished:
+            return
+        channel: Any = request.channel
+        if channel is None:
+            return
+        connection = getattr(channel, "_conn", None)
+        if connection is not None:  # An H2Stream.
+            frame = [(b":status", b"%d" % code), *((n.lower(), v) for n, v in headers)]
+            connection.conn.send_headers(channel.streamID, frame)
+            connection.transport.write(connection.conn.data_to_send())
+            return
+        reason = b"Early Hints" if code == 103 else b"Informational"
+        lines = [b"HTTP/1.1 %d %s\r\n" % (code, reason)]
+        lines += [b"%s: %s\r\n" % header for header in headers]
+        channel.transport.write(b"".join([*lines, b"\r\n"]))
 
     def writeHead(
         self,

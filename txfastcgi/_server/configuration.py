@@ -51,6 +51,8 @@ class Configuration:
     sendfileRoots: Sequence[str]
     accelPrefixes: Mapping[str, str]
     compress: bool
+    earlyHints: bool
+    earlyHintLinks: Mapping[str, Sequence[str]]
     backends: Sequence[str]
     maxConnections: int | None
     spawnChildren: int
@@ -87,6 +89,8 @@ class Configuration:
             sendfileRoots=list(options["sendfile-root"]),
             accelPrefixes=dict(options["accel-prefix"]),
             compress=not options["no-compress"],
+            earlyHints=not options["no-early-hints"],
+            earlyHintLinks={path: list(links) for path, links in options["early-hint"].items()},
             backends=list(options["php-fpm"]),
             maxConnections=options["max-connections"],
             spawnChildren=options["spawn-children"],

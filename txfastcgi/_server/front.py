@@ -102,6 +102,8 @@ class Front:
             sendfileRoots=configuration.sendfileRoots,
             accelPrefixes=configuration.accelPrefixes,
             compress=configuration.compress,
+            earlyHints=configuration.earlyHints,
+            earlyHintLinks=configuration.earlyHintLinks,
             reactor=reactor,
         )
         self.proxy = resource.proxy

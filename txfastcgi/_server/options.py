@@ -83,6 +83,12 @@ class Options(usage.Options):
         ["https", None, "Send HTTPS=on even on plain listeners (behind a TLS terminator)."],
         ["no-front-controller", None, "Answer paths that name no file with 404."],
         [
+            "early-hints",
+            None,
+            "Send 103 Early Hints learned from earlier responses' Link headers (the default).",
+        ],
+        ["no-early-hints", None, "Send no 103 Early Hints."],
+        [
             "no-compress",
             None,
             "Send responses as they are: no zstd, br or gzip, no precompressed static files.",
@@ -153,6 +159,7 @@ class Options(usage.Options):
         self["trusted-proxy"] = []
         self["sendfile-root"] = []
         self["accel-prefix"] = {}
+        self["early-hint"] = {}
         self["status-allow"] = []
 
     def opt_php_fpm(self, description: str) -> None:
@@ -194,6 +201,18 @@ class Options(usage.Options):
         if not equals or not uri.startswith("/"):
             raise usage.UsageError(f"--accel-prefix wants /URI=DIR, not {mapping!r}")
         self["accel-prefix"][uri] = _directory("--accel-prefix", directory)
+
+    def opt_early_hint(self, hint: str) -> None:
+        """
+        PATH=LINK: send this Link field (</style.css>; rel=preload; as=style) in a
+        103 for every request for PATH, from the first on; repeatable.
+        """
+        path, equals, link = hint.partition("=")
+        if not equals or not path.startswith("/") or not link.strip().startswith("<"):
+            raise usage.UsageError(f"--early-hint wants /PATH=<URL>; rel=..., not {hint!r}")
+        if any(ord(character) < 0x20 or ord(character) > 0x7E for character in link):
+            raise usage.UsageError(f"--early-hint {hint!r}: the link must be printable ASCII")
+        self["early-hint"].setdefault(path, []).append(link.strip())
 
     def opt_status_allow(self, network: str) -> None:
         """
@@ -250,6 +269,8 @@ class Options(usage.Options):
                 raise usage.UsageError(
                     f"--accel-prefix {uri}={directory}: the directory is under no --sendfile-root"
                 )
+        if self["early-hint"] and self["no-early-hints"]:
+            raise usage.UsageError("--early-hint and --no-early-hints contradict each other")
         if self["no-front-controller"]:
             self["front-controller"] = None
         if self["access-log-format"] not in ACCESS_LOG_FORMATS:
