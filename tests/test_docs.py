@@ -64,6 +64,7 @@ OTHER_PROGRAMS = {
     "cd",
     "chown",
     "composer",
+    "curl",
     "find",
     "journalctl",
     "ln",

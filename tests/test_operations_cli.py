@@ -50,6 +50,8 @@ def run(*arguments: str) -> subprocess.CompletedProcess[str]:
             ["--php-fpm", "tcp:127.0.0.1"],
             "--php-fpm 'tcp:127.0.0.1' is not a valid endpoint: port is missing",
         ),
+        (["--cache-size", "lots"], "--cache-size: 'lots' is not a size"),
+        (["--cache-status"], "--cache-status and --cache-bypass-cookie need a --cache-size"),
         (["--early-hint", "/=style.css"], "--early-hint wants /PATH=<URL>; rel=..."),
         (
             ["--early-hint", "/=</a.css>; rel=preload", "--no-early-hints"],

@@ -19,7 +19,10 @@ Deferred in the chain costs more than the work it would carry.
 
 from __future__ import annotations
 
+import dataclasses
 import html
+import io
+import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +42,7 @@ from txfastcgi._client.protocol import FastCGIClientProtocol
 from txfastcgi._compat import SLOTS
 from txfastcgi._emptied import Emptied
 from txfastcgi._fastcgi.records import ProtocolStatus
+from txfastcgi._http.cache import Key, Recording, ResponseCache, Stored
 from txfastcgi._http.cgi import CGIParams, CGIRequest, ResponseHeadParser
 from txfastcgi._http.compression import (
     MINIMUM_SIZE,
@@ -48,7 +52,7 @@ from txfastcgi._http.compression import (
     precompressed,
     varyOnEncoding,
 )
-from txfastcgi._http.forwarded import TrustedProxies
+from txfastcgi._http.forwarded import Networks, TrustedProxies
 from txfastcgi._http.framing import BodyFraming, Delimiter, responseBodyFraming
 from txfastcgi._http.handoff import Handoff, HandoffResult, Handoffs
 from txfastcgi._http.hints import EarlyHints
@@ -325,6 +329,11 @@ class Proxy:
         files, as the client accepts (L{txfastcgi._http.compression}).
     @param earlyHints: the hints learned and configured for each path, sent
         as a 103 before a request reaches PHP; L{None} for none.
+    @param cache: the store of PHP's cacheable responses (L{None}: off).
+    @param cacheStatus: add C{X-Cache: HIT|MISS|STALE|BYPASS} to responses
+        the cache had a say in.
+    @param cachePurgers: addresses or networks besides loopback that may
+        drop a URL from the cache with a C{PURGE} request.
     """
 
     log = Logger()
@@ -343,6 +352,9 @@ class Proxy:
         accelPrefixes: Mapping[str, str] = {},
         compress: bool = True,
         earlyHints: EarlyHints | None = None,
+        cache: ResponseCache | None = None,
+        cacheStatus: bool = False,
+        cachePurgers: Iterable[str] = (),
         reactor: IReactorTime,
     ) -> None:
         self.connections = connections
@@ -361,12 +373,20 @@ class Proxy:
         )
         self.compress = compress
         self.earlyHints = earlyHints
+        self.cache = cache
+        self.cacheStatus = cacheStatus
+        self.cachePurgers = Networks(cachePurgers)
         self._inFlight = 0
         self._idle = Emptied()
 
-    def handle(self, request: RequestFacts, writer: ResponseWriter) -> Exchange:
-        """Start answering C{request} through C{writer}; returns at once."""
-        exchange = Exchange(self, request, writer)
+    def handle(
+        self, request: RequestFacts, writer: ResponseWriter, refreshing: bool = False
+    ) -> Exchange:
+        """
+        Start answering C{request} through C{writer}; returns at once. With
+        C{refreshing}, for the cache alone: the script runs whatever is stored.
+        """
+        exchange = Exchange(self, request, writer, refreshing)
         try:
             exchange.start()
         except Exception:
@@ -461,7 +481,13 @@ class Exchange:
     # Set once the script's header block has arrived; the body comes after it.
     _framing: BodyFraming
 
-    def __init__(self, proxy: Proxy, request: RequestFacts, writer: ResponseWriter) -> None:
+    def __init__(
+        self,
+        proxy: Proxy,
+        request: RequestFacts,
+        writer: ResponseWriter,
+        refreshing: bool = False,
+    ) -> None:
         self._proxy = proxy
         self._request = request
         self._writer = writer
@@ -478,6 +504,14 @@ class Exchange:
         # For its access log line and metrics: who ran it, how often again.
         self._backend: str | None = None
         self._retries = 0
+        # The cache's part: the key this exchange fills, what it records,
+        # what X-Cache says, whether it waited for another's fill already.
+        self._refreshing = refreshing
+        self._filling: Key | None = None
+        self._recording: Recording | None = None
+        self._cacheStatus: bytes | None = None
+        self._waited = False
+        self._gone = False
 
     @property
     def phase(self) -> Phase:
@@ -493,6 +527,10 @@ class Exchange:
     def start(self) -> None:
         """Route the request and answer it, or start proxying it."""
         request = self._request
+        if request.method == b"PURGE" and self._proxy.cache is not None:
+            self._purge(self._proxy.cache)
+            self._move(_END)
+            return
         if request.method in _REFUSED_METHODS:
             self._answer(405, "This server is not a proxy.", ((b"allow", _ALLOWED_METHODS),))
             self._move(_END)
@@ -519,6 +557,7 @@ class Exchange:
 
     def clientGone(self) -> None:
         """The client's connection is lost: stop the script by closing its connection."""
+        self._gone = True
         if self._phase is _DONE or self._phase is _ROUTING:
             # Nothing runs for it; what was written is the front's to drop.
             return
@@ -565,6 +604,9 @@ class Exchange:
         self._headParser = ResponseHeadParser()
         # Its read timeout counts from here, time in the pool's queue included.
         self._arrived = proxy.clock.seconds()
+        cache = proxy.cache
+        if cache is not None and self._answeredByCache(cache, script):
+            return
         hints = proxy.earlyHints
         if hints is not None:
             self._sendHints(hints)
@@ -611,6 +653,114 @@ class Exchange:
             self._failWith(error)
         else:
             self.unexpected(reason)
+
+    # The response cache
+
+    def _cacheKey(self) -> Key:
+        request = self._request
+        host = next((v for n, v in request.headers if n.lower() == b"host"), b"")
+        scheme = b"https" if self._proxy.https or request.secure else b"http"
+        return (scheme, host.lower(), request.target)
+
+    def _answeredByCache(self, cache: ResponseCache, script: Script) -> bool:
+        """
+        Answer from the cache, or wait for another request's fill of this
+        key, if the cache says so; C{False} when the script is to run (and
+        then whether this exchange fills the key is noted).
+        """
+        request = self._request
+        counts = cache.counts
+        if self._refreshing:
+            key = self._cacheKey()
+            if not cache.fill(key, _nothing):
+                self._move(_END)  # Another request refreshes it already.
+                return True
+            self._filling = key
+            return False
+        if cache.bypasses(request.method, request.headers):
+            counts.bypasses += 1
+            self._cacheStatus = b"BYPASS"
+            return False
+        key = self._cacheKey()
+        now = self._arrived
+        if not cache.wantsFresh(request.headers):
+            stored = cache.lookup(key, request.headers)
+            if stored is not None and now < stored.freshUntil + stored.staleWhileRevalidate:
+                if now < stored.freshUntil:
+                    counts.hits += 1
+                    self._writeStored(stored, b"HIT")
+                else:
+                    counts.stale += 1
+                    self._writeStored(stored, b"STALE")
+                    self._refresh()
+                self._move(_END)
+                return True
+        if request.method == b"GET" and not self._waited:
+            if not cache.fill(key, lambda: self._waitedForFill(script)):
+                return True
+            self._filling = key
+        counts.misses += 1
+        self._cacheStatus = b"MISS"
+        return False
+
+    def _refresh(self) -> None:
+        """
+        Run the script again for the cache alone, as a GET of its own: the
+        client's request may be a HEAD, and its body is closed once answered.
+        """
+        request = dataclasses.replace(
+            self._request, method=b"GET", body=io.BytesIO(), bodyLength=0, record=None
+        )
+        self._proxy.handle(request, _NoClient(), refreshing=True)
+
+    def _waitedForFill(self, script: Script) -> None:
+        """Another request filled this key, or gave up: ask the cache again."""
+        self._waited = True
+        if not self._gone:
+            try:
+                self._startScript(script)
+            except Exception:
+                self.unexpected(Failure())
+
+    def _writeStored(self, stored: Stored, status: bytes) -> None:
+        """Answer with a stored response, as the script's own would be written."""
+        headers = [*stored.headers, (b"Age", b"%d" % stored.age(self._proxy.clock.seconds()))]
+        if self._proxy.cacheStatus:
+            headers.append((b"X-Cache", status))
+        self._startResponse(stored.code, stored.reason, headers, len(stored.body))
+        self._writeBody(stored.body)
+        self._writer.finish()
+
+    def _staleOnError(self, error: BackendError) -> bool:
+        """Answer a 502, 503 or 504 with a stale copy, within its stale-if-error."""
+        cache = self._proxy.cache
+        if cache is None or self._phase is _STREAMING or error.status not in (502, 503, 504):
+            return False
+        request = self._request
+        if request.method not in (b"GET", b"HEAD") or self._cacheStatus == b"BYPASS":
+            return False
+        stored = cache.lookup(self._cacheKey(), request.headers)
+        now = self._proxy.clock.seconds()
+        if stored is None or now >= stored.freshUntil + stored.staleIfError:
+            return False
+        self.log.warn("serving a stale copy of {uri}: {error}", uri=self._uri(), error=str(error))
+        cache.counts.stale += 1
+        self._noteUpstream()
+        self._end()
+        self._writeStored(stored, b"STALE")
+        return True
+
+    def _purge(self, cache: ResponseCache) -> None:
+        """A PURGE request: drop the URL from the cache, if the client may."""
+        client = self._request.client[0]
+        local = not client or ipaddress.ip_address(client).is_loopback
+        if not local and client not in self._proxy.cachePurgers:
+            self._answer(403, "Only allowed addresses may purge the cache.")
+            return
+        if cache.purge(self._cacheKey()):
+            self._answer(200, "Purged.")
+        else:
+            self._answer(404, "Not in the cache.")
 
     # 103 Early Hints
 
@@ -662,12 +812,18 @@ class Exchange:
                         self._move(_HANDOFF)
                         return
                 self._move(_HEAD)
-                self._startResponse(
-                    head.code,
-                    head.reason or reasonPhrase(head.code),
-                    head.headers,
-                    head.contentLength,
-                )
+                reason = head.reason or reasonPhrase(head.code)
+                headers: Sequence[tuple[bytes, bytes]] = head.headers
+                if self._filling is not None:
+                    cache = self._proxy.cache
+                    assert cache is not None
+                    request = self._request
+                    self._recording = cache.record(
+                        self._filling, request.headers, head.code, reason, headers, self._arrived
+                    )
+                if self._cacheStatus is not None and self._proxy.cacheStatus:
+                    headers = [*headers, (b"X-Cache", self._cacheStatus)]
+                self._startResponse(head.code, reason, headers, head.contentLength)
                 assert self._protocol is not None
                 self._writer.registerProducer(self._protocol)
             elif self._phase is _HANDED_OFF:
@@ -814,6 +970,12 @@ class Exchange:
             self._bodyRemaining = remaining - len(data)
         if data:
             self._writer.writeBody(data)
+            recording = self._recording
+            if recording is not None:
+                cache = self._proxy.cache
+                assert cache is not None
+                if not cache.add(recording, data):
+                    self._recording = None  # Too large to keep: it streams on.
 
     def _noteUpstream(self) -> None:
         """Note what the script did on the request, before it is finished and logged."""
@@ -844,6 +1006,12 @@ class Exchange:
             self._handOff(handoff)
             self._end()
             return
+        recording = self._recording
+        if recording is not None and not self._bodyRemaining:
+            cache = self._proxy.cache
+            assert cache is not None
+            # Before the end, which wakes the requests waiting for it.
+            cache.store(recording)
         self._end()
         writer = self._writer
         writer.unregisterProducer()
@@ -877,6 +1045,8 @@ class Exchange:
 
     def _failWith(self, error: BackendError) -> None:
         """Answer with the status and page that C{error} says; log its message."""
+        if self._staleOnError(error):
+            return
         self._fail(error.status, error.explanation, str(error), error.headers)
 
     def _fail(
@@ -921,6 +1091,11 @@ class Exchange:
         """The end of an exchange with a script."""
         self._move(_END)
         self._proxy.ended()
+        filling, self._filling = self._filling, None
+        if filling is not None:
+            cache = self._proxy.cache
+            assert cache is not None
+            cache.filled(filling)
 
     # The core's own pages
 
@@ -963,6 +1138,50 @@ class Exchange:
 
     def _uri(self) -> str:
         return self._request.target.decode("ascii", "replace")
+
+
+def _nothing() -> None:
+    """Nobody waits for a refresh."""
+
+
+class _NoClient:
+    """
+    The writer of an exchange that refreshes a stale cache entry in the
+    background: the cache records the response; nobody reads it.
+    """
+
+    def writeInformational(self, code: int, headers: Sequence[tuple[bytes, bytes]]) -> None:
+        pass
+
+    def writeHead(
+        self,
+        code: int,
+        reason: bytes,
+        headers: Sequence[tuple[bytes, bytes]],
+        framing: BodyFraming,
+    ) -> None:
+        pass
+
+    def writeBody(self, data: bytes) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def registerProducer(self, producer: IPushProducer) -> None:
+        pass
+
+    def unregisterProducer(self) -> None:
+        pass
+
+    def serveFile(self, filename: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+        pass
 
 
 def _serverName(host: bytes | None, serverAddr: str) -> bytes:

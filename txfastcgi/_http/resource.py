@@ -26,6 +26,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from twisted.web.static import File
 
 from txfastcgi._client.pool import ConnectionPool
+from txfastcgi._http.cache import DEFAULT_BYPASS_COOKIES, ResponseCache
 from txfastcgi._http.core import ConnectionSource, Phase, Proxy, RequestFacts
 from txfastcgi._http.framing import BodyFraming, Delimiter
 from txfastcgi._http.hints import EarlyHints
@@ -67,6 +68,10 @@ class FastCGIResource(Resource):
         compress: bool = True,
         earlyHints: bool = True,
         earlyHintLinks: Mapping[str, Sequence[str]] = {},
+        cacheSize: int = 0,
+        cacheStatus: bool = False,
+        cacheBypassCookies: Sequence[str] = DEFAULT_BYPASS_COOKIES,
+        cachePurgers: Iterable[str] = (),
         reactor: IReactorTime | None = None,
     ) -> None:
         super().__init__()
@@ -100,6 +105,9 @@ class FastCGIResource(Resource):
                 if earlyHints
                 else None
             ),
+            cache=ResponseCache(cacheSize, bypassCookies=cacheBypassCookies) if cacheSize else None,
+            cacheStatus=cacheStatus,
+            cachePurgers=cachePurgers,
             reactor=reactor,
         )
         self.documentRoot = self.proxy.documentRoot

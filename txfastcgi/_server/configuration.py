@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from txfastcgi._http.cache import DEFAULT_BYPASS_COOKIES
+
 __all__ = ["EXTERNAL_CONNECTIONS", "SPAWN", "Configuration"]
 
 SPAWN = "spawn"
@@ -53,6 +55,9 @@ class Configuration:
     compress: bool
     earlyHints: bool
     earlyHintLinks: Mapping[str, Sequence[str]]
+    cacheSize: int
+    cacheStatus: bool
+    cacheBypassCookies: Sequence[str]
     backends: Sequence[str]
     maxConnections: int | None
     spawnChildren: int
@@ -91,6 +96,9 @@ class Configuration:
             compress=not options["no-compress"],
             earlyHints=not options["no-early-hints"],
             earlyHintLinks={path: list(links) for path, links in options["early-hint"].items()},
+            cacheSize=options["cache-size"],
+            cacheStatus=bool(options["cache-status"]),
+            cacheBypassCookies=list(options["cache-bypass-cookie"] or DEFAULT_BYPASS_COOKIES),
             backends=list(options["php-fpm"]),
             maxConnections=options["max-connections"],
             spawnChildren=options["spawn-children"],

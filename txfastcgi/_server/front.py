@@ -104,6 +104,10 @@ class Front:
             compress=configuration.compress,
             earlyHints=configuration.earlyHints,
             earlyHintLinks=configuration.earlyHintLinks,
+            cacheSize=configuration.cacheSize,
+            cacheStatus=configuration.cacheStatus,
+            cacheBypassCookies=configuration.cacheBypassCookies,
+            cachePurgers=configuration.statusAllow,
             reactor=reactor,
         )
         self.proxy = resource.proxy

@@ -89,6 +89,11 @@ class Options(usage.Options):
         ],
         ["no-early-hints", None, "Send no 103 Early Hints."],
         [
+            "cache-status",
+            None,
+            "Add X-Cache: HIT, MISS, STALE or BYPASS to the responses the cache had a say in.",
+        ],
+        [
             "no-compress",
             None,
             "Send responses as they are: no zstd, br or gzip, no precompressed static files.",
@@ -127,6 +132,14 @@ class Options(usage.Options):
         _seconds("queue-timeout", 30.0, "Time to wait for a connection (then 503)."),
         _count("workers", 1, "Processes sharing the listening sockets."),
         _parameter(
+            "cache-size",
+            0,
+            "Keep PHP's cacheable responses (RFC 9111) in memory, up to this many bytes"
+            " (K, M, G: powers of 1024); 0 for no cache.",
+            parseSize,
+            0,
+        ),
+        _parameter(
             "max-body-size",
             DEFAULT_MAX_BODY_SIZE,
             "Largest request body, in bytes or with K, M, G (powers of 1024);"
@@ -160,6 +173,7 @@ class Options(usage.Options):
         self["sendfile-root"] = []
         self["accel-prefix"] = {}
         self["early-hint"] = {}
+        self["cache-bypass-cookie"] = []
         self["status-allow"] = []
 
     def opt_php_fpm(self, description: str) -> None:
@@ -213,6 +227,14 @@ class Options(usage.Options):
         if any(ord(character) < 0x20 or ord(character) > 0x7E for character in link):
             raise usage.UsageError(f"--early-hint {hint!r}: the link must be printable ASCII")
         self["early-hint"].setdefault(path, []).append(link.strip())
+
+    def opt_cache_bypass_cookie(self, pattern: str) -> None:
+        """
+        Requests with a cookie of this name (a pattern: wordpress_logged_in_*) go to
+        PHP, past the cache; repeatable, replacing the default list.
+        [default: wordpress_logged_in_*, comment_author_*, wp-postpass_*]
+        """
+        self["cache-bypass-cookie"].append(pattern)
 
     def opt_status_allow(self, network: str) -> None:
         """
@@ -269,6 +291,9 @@ class Options(usage.Options):
                 raise usage.UsageError(
                     f"--accel-prefix {uri}={directory}: the directory is under no --sendfile-root"
                 )
+        self["cache-size"] = int(self["cache-size"])
+        if (self["cache-status"] or self["cache-bypass-cookie"]) and not self["cache-size"]:
+            raise usage.UsageError("--cache-status and --cache-bypass-cookie need a --cache-size")
         if self["early-hint"] and self["no-early-hints"]:
             raise usage.UsageError("--early-hint and --no-early-hints contradict each other")
         if self["no-front-controller"]:
