@@ -109,7 +109,7 @@ def test_without_accept_encoding_the_page_says_it_varies(proxy: Proxy) -> None:
     status, headers, body = fetch(proxy, "/article.php")
     assert (status, "content-encoding" in headers) == (200, False)
     assert headers["vary"] == "Accept-Encoding"
-    assert int(headers["content-length"]) == len(body)
+    assert body.count(b"<p id=") == 100
 
 
 def test_a_short_page_goes_as_it_is_with_its_length(proxy: Proxy) -> None:
