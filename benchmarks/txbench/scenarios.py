@@ -105,6 +105,14 @@ SCENARIOS = (
         acceptEncoding=COMPRESSING,
     ),
     Scenario(
+        "cacheable-c32",
+        "/cacheable.php",
+        32,
+        "14 B PHP response that allows caching (Cache-Control: public, max-age=60),"
+        " 32 connections: run with --proxy-arg=--cache-size=64M for the cache",
+        len(HELLO),
+    ),
+    Scenario(
         "h2-tiny-c32",
         "/hello.php",
         32,
@@ -121,6 +129,8 @@ PHP_FILES = {
     "post.php": "<?php header('Content-Type: text/plain'); $in = fopen('php://input', 'rb'); "
     '$n = 0; while (!feof($in)) { $n += strlen(fread($in, 65536)); } echo $n, "\\n";\n',
     "index.php": '<?php echo "index ", $_SERVER["REQUEST_URI"], "\\n";\n',
+    "cacheable.php": "<?php header('Cache-Control: public, max-age=60');"
+    ' echo "Hello, world!\\n";\n',
     "page.php": "<?php header('Content-Type: text/html; charset=utf-8');"
     f" for ($n = 0; $n < {PAGE_PARAGRAPHS}; $n++) {{"
     f" echo '<p>Paragraph ', $n, ' {PAGE_WORDS}</p>', \"\\n\"; }}\n",
