@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -110,6 +111,24 @@ def test_a_scrape_counts_the_requests_by_class_and_backend(
     assert sample(before, "txfastcgi_pool_connections", backend=backend, state="idle") >= 1
     assert sample(after, "txfastcgi_pool_max_connections", backend=backend) == 4
     assert sample(after, "txfastcgi_processes") == 1
+
+
+def test_the_response_cache_is_counted(tmp_path: Path, php_fpm: Any) -> None:
+    """A miss, two hits and a bypass of the cache, and the bytes it holds."""
+    arguments = ["--php-fpm", php_fpm.endpointDescription, "--path", php_fpm.documentRoot]
+    proxy = start([*arguments, "--cache-size", "1M"], tmp_path / "log")
+    try:
+        for _ in range(3):
+            assert rawRequest(proxy, "GET", "/cached.php?metrics").status == 200
+        rawRequest(proxy, "GET", "/cached.php?metrics", Authorization="Basic YTpi").read()
+        samples = scrape(proxy)
+    finally:
+        stopProxy(proxy)
+    requests = "txfastcgi_cache_requests_total"
+    assert sample(samples, requests, result="miss") == 1
+    assert sample(samples, requests, result="hit") == 2
+    assert sample(samples, requests, result="bypass") == 1
+    assert sample(samples, "txfastcgi_cache_bytes") > 0
 
 
 def test_a_bad_metrics_path_is_one_line_and_exit_status_2() -> None:

@@ -123,7 +123,7 @@ class Front:
 
             if directory is not None:
                 shareAcrossProcesses(directory)
-            self.metrics = Metrics(self.balancer, reactor, phpFPM, directory)
+            self.metrics = Metrics(self.balancer, reactor, phpFPM, directory, self.proxy.cache)
             if directory is not None:
                 status = self.metrics
             if configuration.metricsPath is not None:

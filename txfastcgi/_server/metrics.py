@@ -39,6 +39,7 @@ from twisted.internet.task import LoopingCall
 
 from txfastcgi._client.balancer import BackendStatistics, Balancer
 from txfastcgi._client.pool import PoolStatistics
+from txfastcgi._http.cache import ResponseCache
 from txfastcgi._http.served import Served
 from txfastcgi._http.status import OperatorPage, hiddenEndpoints
 
@@ -106,6 +107,7 @@ class Metrics:
 
     @param balancer: whose backends are shown.
     @param phpFPM: a spawned php-fpm, whose restarts are counted.
+    @param cache: the response cache, whose answers and size are shown.
     @param directory: the directory that L{shareAcrossProcesses} was given,
         for C{--workers}; without one, this process alone is shown.
     @param clock: runs the writes of a process sharing its values.
@@ -117,8 +119,10 @@ class Metrics:
         clock: IReactorTime,
         phpFPM: PHPFPMService | None = None,
         directory: str | None = None,
+        cache: ResponseCache | None = None,
     ) -> None:
         self._balancer = balancer
+        self._cache = cache
         self._phpFPM = phpFPM
         self._directory = directory
         # Where this process's metrics are registered; with a directory, the
@@ -222,6 +226,19 @@ class Metrics:
                 registry=own,
             )
         )
+        self._cacheRequests = Counter(
+            "txfastcgi_cache_requests",
+            "Requests the response cache answered (hit, stale), sent to PHP (miss),"
+            " or let past (bypass).",
+            ["result"],
+            registry=own,
+        )
+        self._cacheBytes = Gauge(
+            "txfastcgi_cache_bytes",
+            "Bytes the response cache holds.",
+            registry=own,
+            multiprocess_mode="livesum",
+        )
         # What the counters that follow another count have counted so far.
         self._caughtUp: dict[object, float] = {}
         self._perRequest: dict[tuple[int, str], tuple[Counter, Histogram]] = {}
@@ -275,6 +292,17 @@ class Metrics:
             self._catchUp(self._waitSeconds, name, pool.waitSeconds)
         if self._restarts is not None and self._phpFPM is not None:
             self._catchUp(self._restarts, None, self._phpFPM.restarts)
+        cache = self._cache
+        if cache is not None:
+            counts = cache.counts
+            for result, total in (
+                ("hit", counts.hits),
+                ("miss", counts.misses),
+                ("stale", counts.stale),
+                ("bypass", counts.bypasses),
+            ):
+                self._catchUp(self._cacheRequests, result, total)
+            self._cacheBytes.set(cache.size)
 
     def _catchUp(self, counter: Counter, backend: str | None, total: float) -> None:
         """Count what another counter, now at C{total}, counted since the last time."""
