@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 
 from txfastcgi._client.balancer import Balancer
 from txfastcgi._client.pool import ConnectionPool
+from txfastcgi._http.cache import ResponseCache
 from txfastcgi._http.served import Served, Upstream
 from txfastcgi._http.status import statusDocument
 from txfastcgi._server.metrics import Metrics, shareAcrossProcesses
@@ -204,14 +205,15 @@ def test_with_a_directory_the_pools_counts_are_written_every_second(
 def test_the_guide_lists_every_metric(tmp_path: Path) -> None:
     phpFPM, reactor = spawned(tmp_path)
     balancer = Balancer(reactor, {BACKEND: ConnectionPool(reactor, _Refusing())})  # type: ignore[arg-type]
-    page = Metrics(balancer, reactor, phpFPM).render().decode()
+    cache = ResponseCache(1024)
+    page = Metrics(balancer, reactor, phpFPM, cache=cache).render().decode()
     names = {
         family.name
         for family in text_string_to_metric_families(page)
         # When each counter was made: prometheus_client's, for rate() after a restart.
         if not family.name.endswith("_created")
     }
-    assert len(names) == 14
+    assert len(names) == 16
     guide = GUIDE.read_text()
     for name in names:
         assert re.search(rf"``{name}(_total)?``", guide), name

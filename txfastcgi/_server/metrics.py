@@ -226,18 +226,27 @@ class Metrics:
                 registry=own,
             )
         )
-        self._cacheRequests = Counter(
-            "txfastcgi_cache_requests",
-            "Requests the response cache answered (hit, stale), sent to PHP (miss),"
-            " or let past (bypass).",
-            ["result"],
-            registry=own,
+        # Shown only with a cache, as the restarts only with a spawned php-fpm.
+        self._cacheRequests = (
+            None
+            if cache is None
+            else Counter(
+                "txfastcgi_cache_requests",
+                "Requests the response cache answered (hit, stale), sent to PHP (miss),"
+                " or let past (bypass).",
+                ["result"],
+                registry=own,
+            )
         )
-        self._cacheBytes = Gauge(
-            "txfastcgi_cache_bytes",
-            "Bytes the response cache holds.",
-            registry=own,
-            multiprocess_mode="livesum",
+        self._cacheBytes = (
+            None
+            if cache is None
+            else Gauge(
+                "txfastcgi_cache_bytes",
+                "Bytes the response cache holds.",
+                registry=own,
+                multiprocess_mode="livesum",
+            )
         )
         # What the counters that follow another count have counted so far.
         self._caughtUp: dict[object, float] = {}
@@ -293,7 +302,7 @@ class Metrics:
         if self._restarts is not None and self._phpFPM is not None:
             self._catchUp(self._restarts, None, self._phpFPM.restarts)
         cache = self._cache
-        if cache is not None:
+        if cache is not None and self._cacheRequests is not None and self._cacheBytes is not None:
             counts = cache.counts
             for result, total in (
                 ("hit", counts.hits),
