@@ -136,16 +136,12 @@ def test_head_is_answered_from_a_stored_get(proxy: Proxy) -> None:
 
 
 def test_simultaneous_misses_run_php_once(proxy: Proxy) -> None:
-    runs = f"txfastcgi-runs-{uuid.uuid4().hex}"
-    target = page(f"sleep=500&runs={runs}")
-    try:
-        with ThreadPoolExecutor(6) as pool:
-            answers = list(pool.map(lambda _: get(proxy, target), range(6)))
-        assert {body for _, _, body in answers} == {answers[0][2]}
-        assert Path(f"/tmp/{runs}").read_text().count("\n") == 1
-        assert sorted(headers["x-cache"] for _, headers, _ in answers) == ["HIT"] * 5 + ["MISS"]
-    finally:
-        Path(f"/tmp/{runs}").unlink(missing_ok=True)
+    """Six at once: one run's id in every answer, one MISS and five HITs."""
+    target = page("sleep=500")
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: get(proxy, target), range(6)))
+    assert {body for _, _, body in answers} == {answers[0][2]}
+    assert sorted(headers["x-cache"] for _, headers, _ in answers) == ["HIT"] * 5 + ["MISS"]
 
 
 def test_a_stale_copy_is_served_while_it_is_refreshed(proxy: Proxy) -> None:
@@ -250,3 +246,32 @@ def test_the_bypass_cookies_are_configurable() -> None:
     assert cache.bypasses(b"GET", [(b"Cookie", b"SESSabc=1")])
     assert not cache.bypasses(b"GET", [(b"Cookie", b"wordpress_logged_in_x=1")])
     assert cache.bypasses(b"POST", [])
+
+
+def test_replacing_evicting_and_purging_leave_nothing_behind() -> None:
+    """A variant replaced is found again; evicted or purged ones leave no bytes counted."""
+    cache = ResponseCache(3000, maxEntrySize=1000)
+    headers = [(b"Cache-Control", b"max-age=9"), (b"Vary", b"Accept-Language")]
+
+    def store(target: bytes, language: bytes, body: bytes) -> None:
+        key = (b"http", b"h", target)
+        recording = cache.record(key, [(b"Accept-Language", language)], 200, b"OK", headers, 0.0)
+        assert recording is not None and cache.add(recording, body)
+        cache.store(recording)
+
+    def found(target: bytes, language: bytes) -> bytes | None:
+        stored = cache.lookup((b"http", b"h", target), [(b"Accept-Language", language)])
+        return None if stored is None else stored.body
+
+    store(b"/a", b"en", b"1" * 500)
+    store(b"/a", b"en", b"2" * 500)
+    store(b"/a", b"fr", b"3" * 500)
+    assert (found(b"/a", b"en"), found(b"/a", b"fr")) == (b"2" * 500, b"3" * 500)
+    store(b"/b", b"en", b"4" * 900)
+    store(b"/c", b"en", b"5" * 900)
+    # Both of /a's variants, least recently used, made room for /c.
+    assert (found(b"/a", b"en"), found(b"/a", b"fr")) == (None, None)
+    assert found(b"/c", b"en") == b"5" * 900
+    assert cache.purge((b"http", b"h", b"/a")) == 0
+    assert cache.purge((b"http", b"h", b"/b")) + cache.purge((b"http", b"h", b"/c")) == 2
+    assert (len(cache), cache.size) == (0, 0)

@@ -2,8 +2,7 @@
 // A page whose every run is told apart by a fresh id, with the caching
 // headers its query asks for: ?cc= Cache-Control (default public,
 // max-age=60), ?expires=SECONDS an Expires, ?vary= a Vary, ?cookie=1 a
-// Set-Cookie, ?sleep= milliseconds of work, ?bytes= padding; each run is
-// appended to the file ?runs= names, for counting runs.
+// Set-Cookie, ?sleep= milliseconds of work, ?bytes= padding.
 if (isset($_GET['sleep'])) {
     usleep((int) $_GET['sleep'] * 1000);
 }
@@ -21,8 +20,5 @@ if (isset($_GET['cookie'])) {
 }
 header('Content-Type: text/plain');
 $id = uniqid('', true);
-if (isset($_GET['runs'])) {
-    file_put_contents('/tmp/' . basename($_GET['runs']), "$id\n", FILE_APPEND);
-}
 echo "run $id for ", $_SERVER['HTTP_ACCEPT_LANGUAGE'] ?? '-', "\n";
 echo str_repeat('x', (int) ($_GET['bytes'] ?? 0));

@@ -194,7 +194,9 @@ class ResponseCache:
         self.counts = CacheCounts()
         self.size = 0
         self._entries: OrderedDict[tuple[Key, tuple[bytes | None, ...]], Stored] = OrderedDict()
+        # Each key's Vary, and the variants stored under it.
         self._vary: dict[Key, tuple[bytes, ...]] = {}
+        self._variants: dict[Key, set[tuple[bytes | None, ...]]] = {}
         self._filling: dict[Key, list[Callable[[], None]]] = {}
 
     def __len__(self) -> int:
@@ -300,26 +302,31 @@ class ResponseCache:
         key = recording.key
         if self._vary.get(key, recording.vary) != recording.vary:
             self.purge(key)  # Its Vary changed: the old variants are not comparable.
+        variant = recording.variant
+        if variant in self._variants.get(key, ()):
+            self._drop(key, variant)
         self._vary[key] = recording.vary
-        entryKey = (key, recording.variant)
-        old = self._entries.pop(entryKey, None)
-        if old is not None:
-            self.size -= old.size
-        self._entries[entryKey] = stored
+        self._entries[key, variant] = stored
+        self._variants.setdefault(key, set()).add(variant)
         self.size += stored.size
         while self.size > self.maxSize and self._entries:
-            (evictedKey, _), evicted = self._entries.popitem(last=False)
-            self.size -= evicted.size
-            if not any(k == evictedKey for k, _ in self._entries):
-                self._vary.pop(evictedKey, None)
+            self._drop(*next(iter(self._entries)))
 
     def purge(self, key: Key) -> int:
         """Drop every variant stored for C{key}; how many there were."""
-        doomed = [entryKey for entryKey in self._entries if entryKey[0] == key]
-        for entryKey in doomed:
-            self.size -= self._entries.pop(entryKey).size
-        self._vary.pop(key, None)
-        return len(doomed)
+        variants = list(self._variants.get(key, ()))
+        for variant in variants:
+            self._drop(key, variant)
+        return len(variants)
+
+    def _drop(self, key: Key, variant: tuple[bytes | None, ...]) -> None:
+        """Forget one stored variant, and the key once it has none."""
+        self.size -= self._entries.pop((key, variant)).size
+        variants = self._variants[key]
+        variants.discard(variant)
+        if not variants:
+            del self._variants[key]
+            del self._vary[key]
 
 
 def _variant(
