@@ -79,6 +79,7 @@ __all__ = [
     "SiteOptions",
     "onEveryFront",
     "serve",
+    "siteFronts",
     "startFront",
 ]
 
@@ -442,3 +443,14 @@ class RunningFronts:
     def stop(self) -> None:
         for running in self._running.values():
             stopProxy(running)
+
+    def __enter__(self) -> RunningFronts:
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        self.stop()
+
+
+def siteFronts(php_fpm: Any, directory: Path, site: SiteOptions = SiteOptions()) -> RunningFronts:
+    """The test site through each front, in front of the C{php_fpm} fixture's pool."""
+    return RunningFronts(php_fpm.endpointDescription, str(php_fpm.documentRoot), directory, site)

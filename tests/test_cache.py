@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import PHPFPMFactory, stopPHPFPM
-from tests.fronts import RunningFronts, SiteOptions
+from tests.fronts import RunningFronts, SiteOptions, siteFronts
 from tests.processes import Proxy, rawRequest
 from txfastcgi._http.cache import ResponseCache, lifetimes
 
@@ -33,14 +33,8 @@ CACHED = SiteOptions(
 
 @pytest.fixture(scope="module")
 def fronts(php_fpm: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFronts]:
-    running = RunningFronts(
-        php_fpm.endpointDescription,
-        str(php_fpm.documentRoot),
-        tmp_path_factory.mktemp("cache"),
-        CACHED,
-    )
-    yield running
-    running.stop()
+    with siteFronts(php_fpm, tmp_path_factory.mktemp("cache"), CACHED) as running:
+        yield running
 
 
 @pytest.fixture
@@ -175,8 +169,9 @@ def test_a_stale_copy_is_served_when_php_fpm_is_down(
     php_fpm_factory: PHPFPMFactory, php_fpm: Any, tmp_path: Path
 ) -> None:
     pool = php_fpm_factory(children=1)
-    running = RunningFronts(pool.endpointDescription, str(php_fpm.documentRoot), tmp_path, CACHED)
-    try:
+    with RunningFronts(
+        pool.endpointDescription, str(php_fpm.documentRoot), tmp_path, CACHED
+    ) as running:
         target = page("cc=max-age=1,%20stale-if-error=60")
         gone = page("cc=max-age=1")
         answers = {front: get(running[front], target)[2] for front in ("http1", "twisted.web")}
@@ -188,19 +183,14 @@ def test_a_stale_copy_is_served_when_php_fpm_is_down(
             status, headers, body = get(running[front], target)
             assert (status, headers["x-cache"], body) == (200, "STALE", first)
             assert get(running[front], gone)[0] == 502
-    finally:
-        running.stop()
 
 
 def test_without_cache_size_nothing_is_kept(php_fpm: Any, tmp_path: Path) -> None:
-    running = RunningFronts(php_fpm.endpointDescription, str(php_fpm.documentRoot), tmp_path)
-    try:
+    with siteFronts(php_fpm, tmp_path) as running:
         for front in ("http1", "twisted.web"):
             target = page()
             _, headers, body = get(running[front], target)
             assert "x-cache" not in headers and get(running[front], target)[2] != body
-    finally:
-        running.stop()
 
 
 # The rules alone

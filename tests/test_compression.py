@@ -25,7 +25,7 @@ except ImportError:  # PyPy: the same API from brotlicffi, as txfastcgi uses.
     import brotlicffi as brotli
 
 from tests.chromium import dumpDOM
-from tests.fronts import RunningFronts, SiteOptions
+from tests.fronts import RunningFronts, SiteOptions, siteFronts
 from tests.processes import Proxy, rawRequest
 from txfastcgi._http.compression import acceptedCodings, chooseEncoding, isCompressible
 
@@ -38,13 +38,8 @@ DECODE = {
 
 @pytest.fixture(scope="module")
 def fronts(php_fpm: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFronts]:
-    running = RunningFronts(
-        php_fpm.endpointDescription,
-        str(php_fpm.documentRoot),
-        tmp_path_factory.mktemp("compression"),
-    )
-    yield running
-    running.stop()
+    with siteFronts(php_fpm, tmp_path_factory.mktemp("compression")) as running:
+        yield running
 
 
 @pytest.fixture
@@ -249,18 +244,14 @@ def test_a_precompressed_copy_that_is_a_link_is_never_sent(
 def test_no_compress_sends_everything_as_it_is(
     php_fpm: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    running = RunningFronts(
-        php_fpm.endpointDescription,
-        str(php_fpm.documentRoot),
+    with siteFronts(
+        php_fpm,
         tmp_path_factory.mktemp("no-compress"),
         SiteOptions(arguments=["--no-compress"], resource={"compress": False}),
-    )
-    try:
+    ) as running:
         for front in ("http1", "twisted.web"):
             _, headers, _ = fetch(running[front], "/article.php", **accepting("gzip, br, zstd"))
             assert "content-encoding" not in headers and "vary" not in headers
-    finally:
-        running.stop()
 
 
 # The rules alone

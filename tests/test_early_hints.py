@@ -25,7 +25,7 @@ from urllib.parse import quote
 import pytest
 
 from tests.chromium import dumpDOM
-from tests.fronts import RunningFronts, SiteOptions
+from tests.fronts import RunningFronts, SiteOptions, siteFronts
 from tests.processes import Proxy, stopProxy
 from tests.test_https import startTLSProxy
 from txfastcgi._http.hints import HINT_LIFETIME, MAX_PATHS, EarlyHints, hintLinks
@@ -36,11 +36,8 @@ EARLY_HINTS = b"HTTP/1.1 103 Early Hints\r\n"
 
 @pytest.fixture(scope="module")
 def fronts(php_fpm: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFronts]:
-    running = RunningFronts(
-        php_fpm.endpointDescription, str(php_fpm.documentRoot), tmp_path_factory.mktemp("hints")
-    )
-    yield running
-    running.stop()
+    with siteFronts(php_fpm, tmp_path_factory.mktemp("hints")) as running:
+        yield running
 
 
 @pytest.fixture
@@ -163,31 +160,20 @@ def arrival(line: dict[str, Any]) -> float:
 def test_no_early_hints_sends_none_and_configured_hints_come_from_the_first_request(
     php_fpm: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    off = RunningFronts(
-        php_fpm.endpointDescription,
-        str(php_fpm.documentRoot),
-        tmp_path_factory.mktemp("no-hints"),
-        SiteOptions(arguments=["--no-early-hints"], resource={"earlyHints": False}),
-    )
     configuredLink = "</app.js>; rel=modulepreload"
-    configured = RunningFronts(
-        php_fpm.endpointDescription,
-        str(php_fpm.documentRoot),
-        tmp_path_factory.mktemp("configured-hints"),
-        SiteOptions(
-            arguments=["--early-hint", f"/hinted.php/configured={configuredLink}"],
-            resource={"earlyHintLinks": {"/hinted.php/configured": [configuredLink]}},
-        ),
+    off = SiteOptions(arguments=["--no-early-hints"], resource={"earlyHints": False})
+    configured = SiteOptions(
+        arguments=["--early-hint", f"/hinted.php/configured={configuredLink}"],
+        resource={"earlyHintLinks": {"/hinted.php/configured": [configuredLink]}},
     )
-    try:
+    with siteFronts(php_fpm, tmp_path_factory.mktemp("no-hints"), off) as withoutHints:
         for front in ("http1", "twisted.web"):
-            exchange(off[front], target("off", PRELOAD))
-            assert exchange(off[front], target("off", PRELOAD)).startswith(b"HTTP/1.1 200")
-            first = exchange(configured[front], target("configured"))
+            exchange(withoutHints[front], target("off", PRELOAD))
+            assert exchange(withoutHints[front], target("off", PRELOAD)).startswith(b"HTTP/1.1 200")
+    with siteFronts(php_fpm, tmp_path_factory.mktemp("configured-hints"), configured) as hinted:
+        for front in ("http1", "twisted.web"):
+            first = exchange(hinted[front], target("configured"))
             assert first.startswith(EARLY_HINTS + b"Link: " + configuredLink.encode() + b"\r\n\r\n")
-    finally:
-        off.stop()
-        configured.stop()
 
 
 # The table alone

@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.fronts import RunningFronts, SiteOptions
+from tests.fronts import RunningFronts, SiteOptions, siteFronts
 from tests.processes import Proxy, rawRequest
 from txfastcgi._http.handoff import Handoff, HandoffRefused, Handoffs
 
@@ -56,22 +56,14 @@ def configured(
             "accelPrefixes": {"/protected": str(private)},
         },
     )
-    running = RunningFronts(
-        php_fpm.endpointDescription, documentRoot, tmp_path_factory.mktemp("handoff"), site
-    )
-    yield running
-    running.stop()
+    with siteFronts(php_fpm, tmp_path_factory.mktemp("handoff"), site) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
 def unconfigured(php_fpm: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFronts]:
-    running = RunningFronts(
-        php_fpm.endpointDescription,
-        str(php_fpm.documentRoot),
-        tmp_path_factory.mktemp("no-handoff"),
-    )
-    yield running
-    running.stop()
+    with siteFronts(php_fpm, tmp_path_factory.mktemp("no-handoff")) as running:
+        yield running
 
 
 @pytest.fixture
