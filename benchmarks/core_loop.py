@@ -48,6 +48,7 @@ from txfastcgi._client.protocol import FastCGIClientProtocol
 from txfastcgi._fastcgi.records import EndRequest, Stdout
 from txfastcgi._http.core import Proxy, RequestFacts
 from txfastcgi._http.framing import BodyFraming
+from txfastcgi._http.hints import EarlyHints
 from txfastcgi._http.http1 import HTTP1Connection, HTTP1Factory, Response, StaticFiles
 from txfastcgi._http.resource import FastCGIResource
 
@@ -182,7 +183,8 @@ class _CoreLoop(_Loop):
 
     def __init__(self, reactor: ReactorBase, documentRoot: str, connections: int) -> None:
         super().__init__(reactor, connections)
-        self._proxy = Proxy(self.pool, documentRoot, reactor=reactor)
+        # With what the command turns on by default (compression is Proxy's own default).
+        self._proxy = Proxy(self.pool, documentRoot, earlyHints=EarlyHints(), reactor=reactor)
 
     def request(self) -> None:
         facts = RequestFacts(
@@ -258,7 +260,7 @@ class _HTTP1Loop(_Loop):
             def buildProtocol(self, addr: object) -> HTTP1Connection:
                 return AnsweredConnection(self)
 
-        proxy = Proxy(self.pool, documentRoot, reactor=reactor)
+        proxy = Proxy(self.pool, documentRoot, earlyHints=EarlyHints(), reactor=reactor)
         self._factory = Factory(proxy, serveStaticFile=StaticFiles(), reactor=reactor)
         self._idle: deque[HTTP1Connection] = deque()
 

@@ -94,6 +94,8 @@ def acceptedCodings(acceptEncoding: Sequence[bytes]) -> list[bytes]:
     C{acceptEncoding} (none: the header is absent) takes, the one it weighs
     highest first.
     """
+    if not acceptEncoding:
+        return []  # Most clients but browsers: nothing to weigh.
     weights: dict[bytes, float] = {}
     anyWeight: float | None = None
     for field in acceptEncoding:

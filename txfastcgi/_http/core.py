@@ -300,6 +300,7 @@ _HEAD = _V.HEAD
 _HANDOFF = _V.HANDOFF
 _END = _V.END
 _REQUEST_COMPLETE = ProtocolStatus.REQUEST_COMPLETE
+_VARY_ON_ENCODING = (b"Vary", b"Accept-Encoding")
 _CONTENT_LENGTH = Delimiter.CONTENT_LENGTH
 
 
@@ -929,18 +930,24 @@ class Exchange:
         coding (see L{txfastcgi._http.compression}).
         """
         contentType = None
+        varies = False
         for name, value in headers:
             lower = name.lower()
             if lower == b"content-type":
                 contentType = value
+            elif lower == b"vary":
+                varies = True
             elif lower == b"content-encoding" or (
                 lower == b"cache-control" and b"no-transform" in value.lower()
             ):
                 return headers
         if not isCompressible(contentType):
             return headers
-        varied = list(headers)
-        varyOnEncoding(varied)
+        if varies:
+            varied = list(headers)
+            varyOnEncoding(varied)
+        else:
+            varied = [*headers, _VARY_ON_ENCODING]
         if not framing.hasBody or code == 206:
             return varied
         if contentLength is not None and contentLength < MINIMUM_SIZE:
