@@ -30,6 +30,7 @@ import pytest
 
 from tests.certificates import selfSignedCertificate
 from txfastcgi._http.cgi import CGIRequest
+from txfastcgi._server.sitefile import parseSiteFile
 from txfastcgi.tap import Options
 
 if TYPE_CHECKING:
@@ -305,7 +306,7 @@ def test_every_documented_command_parses(monkeypatch: pytest.MonkeyPatch, tmp_pa
 
 
 def test_every_code_block_has_a_known_language() -> None:
-    tested = {"console", "python", "php", "ini", "text"}
+    tested = {"console", "python", "php", "ini", "text", "toml"}
     for block in codeBlocks():
         assert block.language in tested | UNTESTED_LANGUAGES, str(block)
 
@@ -317,6 +318,19 @@ def test_the_python_samples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert samples
     for block in samples:
         exec(compile(block.text, str(block), "exec"), {"__name__": "sample"})
+
+
+def test_the_site_file_samples_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Each TOML sample is a site file that C{--check} accepts, on a machine
+    that has the directories and files it names.
+    """
+    samples = [block for block in codeBlocks() if block.language == "toml"]
+    assert samples
+    monkeypatch.setattr(os.path, "isdir", lambda path: True)
+    monkeypatch.setattr(os.path, "isfile", lambda path: True)
+    for block in samples:
+        parseSiteFile(block.text, str(block))
 
 
 def test_the_php_samples_are_valid_php(tmp_path: Path) -> None:

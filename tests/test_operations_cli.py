@@ -52,7 +52,10 @@ def run(*arguments: str) -> subprocess.CompletedProcess[str]:
         ),
         (["--cache-size", "lots"], "--cache-size: 'lots' is not a size"),
         (["--cache-status"], "--cache-status and --cache-bypass-cookie need a --cache-size"),
-        (["--early-hint", "/=style.css"], "--early-hint wants /PATH=<URL>; rel=..."),
+        (
+            ["--early-hint", "/=style.css"],
+            "--early-hint '/=style.css': 'style.css' is not a Link field (<URL>; rel=...)",
+        ),
         (
             ["--early-hint", "/=</a.css>; rel=preload", "--no-early-hints"],
             "--early-hint and --no-early-hints contradict each other",

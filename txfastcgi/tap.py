@@ -1,6 +1,9 @@
 """
 C{twist fastcgi-proxy} and C{.tac} files: L{Options}, the command line's
-options, and L{makeService}, the service they describe.
+options, and L{makeService}, the service they describe; L{loadSiteFile},
+the sites of a site file (C{--config}) as frozen dataclasses (L{SiteFile},
+L{ServerSettings}, L{Site}, L{TLSFiles}, L{ACMESettings}), and
+L{fromOptions}, the same structure from the command line's options.
 
 The plugin in C{twisted/plugins/} names this module; the work is done in
 L{txfastcgi._server}.
@@ -8,5 +11,28 @@ L{txfastcgi._server}.
 
 from txfastcgi._server.options import Options
 from txfastcgi._server.service import makeService
+from txfastcgi._server.sitefile import (
+    ACMESettings,
+    Problem,
+    ServerSettings,
+    Site,
+    SiteFile,
+    SiteFileError,
+    TLSFiles,
+    fromOptions,
+    loadSiteFile,
+)
 
-__all__ = ["Options", "makeService"]
+__all__ = [
+    "ACMESettings",
+    "Options",
+    "Problem",
+    "ServerSettings",
+    "Site",
+    "SiteFile",
+    "SiteFileError",
+    "TLSFiles",
+    "fromOptions",
+    "loadSiteFile",
+    "makeService",
+]

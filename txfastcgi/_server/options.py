@@ -6,22 +6,28 @@ reactor runs.
 
 from __future__ import annotations
 
+import getopt
 import os
 import platform
-import re
-import socket
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 import twisted
 from twisted.internet import endpoints
-from twisted.internet.testing import MemoryReactor
 from twisted.python import usage
 
 from txfastcgi._http.accesslog import ACCESS_LOG_FORMATS
-from txfastcgi._http.forwarded import Networks
-from txfastcgi._limits import DEFAULT_MAX_BODY_SIZE
+from txfastcgi._limits import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_BODY_SIZE
+from txfastcgi._server import sitefile
+from txfastcgi._server.checks import (
+    directoryProblem,
+    earlyHintProblem,
+    endpointProblem,
+    isUnder,
+    networkProblem,
+    unshareable,
+)
 from txfastcgi._server.configuration import EXTERNAL_CONNECTIONS, SPAWN
 from txfastcgi._server.phpfpm import findPHPFPM
 from txfastcgi._server.units import parseDuration, parseSize
@@ -29,10 +35,6 @@ from txfastcgi._version import __version__
 from txfastcgi.errors import PHPFPMNotFound
 
 __all__ = ["Options", "versionLine"]
-
-# Listeners whose sockets worker processes can adopt as they are; a TLS
-# listener would need its TLS context rebuilt in each worker.
-_SHAREABLE = frozenset({"tcp", "tcp6", "unix"})
 
 
 def _parameter(
@@ -83,6 +85,12 @@ class Options(usage.Options):
         ["https", None, "Send HTTPS=on even on plain listeners (behind a TLS terminator)."],
         ["no-front-controller", None, "Answer paths that name no file with 404."],
         [
+            "check",
+            None,
+            "With --config: check the site file, print what is wrong with it"
+            " (FILE:LINE: problem) and exit (2 if anything is).",
+        ],
+        [
             "early-hints",
             None,
             "Send 103 Early Hints learned from earlier responses' Link headers (the default).",
@@ -101,9 +109,20 @@ class Options(usage.Options):
     ]
 
     optParameters = [
+        [
+            "config",
+            None,
+            None,
+            "Site file (TOML): the sites to serve, replacing the per-site options.",
+        ],
         ["path", None, None, "Document root: static files and scripts. [default: .]"],
-        ["index", None, "index.php", "Directory index script."],
-        ["front-controller", None, "/index.php", "Where paths that name no file go."],
+        ["index", None, sitefile.DEFAULT_INDEX, "Directory index script."],
+        [
+            "front-controller",
+            None,
+            sitefile.DEFAULT_FRONT_CONTROLLER,
+            "Where paths that name no file go.",
+        ],
         [
             "access-log",
             None,
@@ -114,22 +133,42 @@ class Options(usage.Options):
         [
             "access-log-format",
             None,
-            "combined",
+            sitefile.DEFAULT_ACCESS_LOG_FORMAT,
             "Access line format: combined, or json (with request and upstream time, backend).",
         ],
         ["status-path", None, None, "URL path of a JSON status page of the backends (off)."],
         ["metrics-path", None, None, "URL path of a Prometheus metrics page (off)."],
-        _count("spawn-children", 4, "Workers of the php-fpm started by --php-fpm spawn."),
+        _count(
+            "spawn-children",
+            sitefile.DEFAULT_SPAWN_CHILDREN,
+            "Workers of the php-fpm started by --php-fpm spawn.",
+        ),
         _count(
             "max-connections",
             None,
             "Most FastCGI connections open to one backend"
             f" [default: {EXTERNAL_CONNECTIONS}; with spawn, --spawn-children].",
         ),
-        _seconds("connect-timeout", 5.0, "Time to connect to the backend (then 502)."),
-        _seconds("read-timeout", 60.0, "Time to wait for backend output (then 504)."),
-        _seconds("idle-timeout", 5.0, "Time a kept FastCGI connection may stay idle."),
-        _seconds("queue-timeout", 30.0, "Time to wait for a connection (then 503)."),
+        _seconds(
+            "connect-timeout",
+            sitefile.DEFAULT_CONNECT_TIMEOUT,
+            "Time to connect to the backend (then 502).",
+        ),
+        _seconds(
+            "read-timeout",
+            sitefile.DEFAULT_READ_TIMEOUT,
+            "Time to wait for backend output (then 504).",
+        ),
+        _seconds(
+            "idle-timeout",
+            sitefile.DEFAULT_IDLE_TIMEOUT,
+            "Time a kept FastCGI connection may stay idle.",
+        ),
+        _seconds(
+            "queue-timeout",
+            sitefile.DEFAULT_QUEUE_TIMEOUT,
+            "Time to wait for a connection (then 503).",
+        ),
         _count("workers", 1, "Processes sharing the listening sockets."),
         _parameter(
             "cache-size",
@@ -149,15 +188,17 @@ class Options(usage.Options):
         ),
         _seconds(
             "header-timeout",
-            60.0,
+            DEFAULT_HEADER_TIMEOUT,
             "Time a client may take to send a whole request head (then 408).",
         ),
         _seconds(
-            "body-timeout", 60.0, "Time a client may pause while sending a request body (then 408)."
+            "body-timeout",
+            DEFAULT_BODY_TIMEOUT,
+            "Time a client may pause while sending a request body (then 408).",
         ),
         _seconds(
             "shutdown-timeout",
-            30.0,
+            sitefile.DEFAULT_SHUTDOWN_TIMEOUT,
             "On SIGTERM, time to let requests in progress finish and their connections close.",
         ),
     ]
@@ -175,6 +216,7 @@ class Options(usage.Options):
         self["early-hint"] = {}
         self["cache-bypass-cookie"] = []
         self["status-allow"] = []
+        self._given: set[str] = set()
 
     def opt_php_fpm(self, description: str) -> None:
         """
@@ -222,10 +264,9 @@ class Options(usage.Options):
         103 for every request for PATH, from the first on; repeatable.
         """
         path, equals, link = hint.partition("=")
-        if not equals or not path.startswith("/") or not link.strip().startswith("<"):
-            raise usage.UsageError(f"--early-hint wants /PATH=<URL>; rel=..., not {hint!r}")
-        if any(ord(character) < 0x20 or ord(character) > 0x7E for character in link):
-            raise usage.UsageError(f"--early-hint {hint!r}: the link must be printable ASCII")
+        problem = earlyHintProblem(path, link) if equals else "it wants /PATH=<URL>; rel=..."
+        if problem:
+            raise usage.UsageError(f"--early-hint {hint!r}: {problem}")
         self["early-hint"].setdefault(path, []).append(link.strip())
 
     def opt_cache_bypass_cookie(self, pattern: str) -> None:
@@ -257,37 +298,39 @@ class Options(usage.Options):
         raise SystemExit(0)
 
     def postOptions(self) -> None:
+        if self["config"] is None:
+            if self["check"]:
+                raise usage.UsageError("--check checks a site file: give --config FILE")
+        else:
+            perSite = sorted(self._given & sitefile.PER_SITE_OPTIONS)
+            if perSite:
+                raise usage.UsageError(
+                    f"--config replaces the per-site options: move --{', --'.join(perSite)}"
+                    " into the site file's [[site]]"
+                )
         self["path-defaulted"] = self["path"] is None
         if self["path-defaulted"]:
             self["path"] = os.curdir
         self["path"] = _directory("--path", self["path"])
         if not self["php-fpm"]:
-            self["php-fpm"] = ["unix:/run/php/php-fpm.sock"]
+            self["php-fpm"] = [sitefile.DEFAULT_BACKEND]
         duplicates = {d for d in self["php-fpm"] if self["php-fpm"].count(d) > 1}
         if duplicates:
             raise usage.UsageError(f"--php-fpm {sorted(duplicates)[0]!r} is given twice")
-        if SPAWN in self["php-fpm"]:
-            try:
-                self["php-fpm-binary"] = findPHPFPM()
-            except PHPFPMNotFound as e:
-                raise usage.UsageError(str(e)) from None
         if not self["listen"]:
-            self["listen"] = ["tcp:8080"]
+            self["listen"] = [sitefile.DEFAULT_LISTEN]
         if self["workers"] > 1:
-            for description in self["listen"]:
-                if description.partition(":")[0] not in _SHAREABLE:
-                    raise usage.UsageError(
-                        f"--workers shares only tcp, tcp6 and unix listeners, not {description!r}"
-                    )
+            for description in unshareable(self["listen"]):
+                raise usage.UsageError(
+                    f"--workers shares only tcp, tcp6 and unix listeners, not {description!r}"
+                )
         for page in ("status-path", "metrics-path"):
             if self[page] is not None and not self[page].startswith("/"):
                 raise usage.UsageError(f"--{page} {self[page]!r} must start with /")
         if self["metrics-path"] is not None and self["metrics-path"] == self["status-path"]:
             raise usage.UsageError("--metrics-path and --status-path must be different paths")
-        roots = [os.path.realpath(root) for root in self["sendfile-root"]]
         for uri, directory in self["accel-prefix"].items():
-            real = os.path.realpath(directory)
-            if not any(real == root or real.startswith(root + os.sep) for root in roots):
+            if not isUnder(directory, self["sendfile-root"]):
                 raise usage.UsageError(
                     f"--accel-prefix {uri}={directory}: the directory is under no --sendfile-root"
                 )
@@ -303,9 +346,48 @@ class Options(usage.Options):
                 f"--access-log-format {self['access-log-format']!r} is not one of"
                 f" {', '.join(ACCESS_LOG_FORMATS)}"
             )
+        if self["config"] is not None:
+            self._serveSiteFile(self["config"])
+        if SPAWN in self["php-fpm"]:
+            try:
+                self["php-fpm-binary"] = findPHPFPM()
+            except PHPFPMNotFound as e:
+                raise usage.UsageError(str(e)) from None
+
+    def _serveSiteFile(self, path: str) -> None:
+        """
+        Read the site file at C{path} over the command line's server
+        options. With C{--check}, say whether it is valid and exit; else
+        take its one site for the command line's, which L{Configuration}
+        serves, or refuse what one process cannot serve yet.
+        """
+        try:
+            siteFile = sitefile.loadSiteFile(path, sitefile.fromOptions(self).server)
+        except sitefile.SiteFileError as e:
+            sys.stderr.write(f"{e}\n")
+            raise SystemExit(2) from None
+        if self["check"]:
+            count = len(siteFile.sites)
+            print(f"{path}: ok, {count} site{'' if count == 1 else 's'}")
+            raise SystemExit(0)
+        unbuilt = sitefile.notServedYet(siteFile)
+        if unbuilt is not None:
+            raise usage.UsageError(f"--config {path}: {unbuilt}")
+        self.update(sitefile.asOptions(siteFile))
+        self["path-defaulted"] = False
+        self["site-file"] = siteFile
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
         """Parse, or exit with status 2 and one line that says what is wrong."""
+        arguments = sys.argv[1:] if options is None else options
+        try:
+            # The options given, by their full names, for --config to refuse
+            # the per-site ones (their values cannot tell a default from a
+            # repeated one). getopt's errors are left to the parse proper.
+            given = getopt.getopt(list(arguments), self.shortOpt, self.longOpt)[0]
+            self._given = {name.lstrip("-") for name, _ in given}
+        except getopt.GetoptError:
+            pass
         try:
             super().parseOptions(options)
         except usage.UsageError as e:
@@ -322,17 +404,17 @@ def versionLine() -> str:
 
 def _directory(option: str, directory: str) -> str:
     """C{directory} made absolute, if it is one, for C{option}."""
-    if not os.path.isdir(directory):
-        raise usage.UsageError(f"{option} {directory!r} is not a directory")
+    problem = directoryProblem(directory)
+    if problem:
+        raise usage.UsageError(f"{option} {problem}")
     return os.path.abspath(directory)
 
 
 def _network(option: str, network: str) -> str:
     """C{network}, if it is an address or a network, for C{option}."""
-    try:
-        Networks([network])
-    except ValueError:
-        raise usage.UsageError(f"{option}: {network!r} is not an address or network") from None
+    problem = networkProblem(network)
+    if problem:
+        raise usage.UsageError(f"{option}: {problem}")
     return network
 
 
@@ -342,62 +424,7 @@ def _exitWithUsageError(message: str) -> NoReturn:
 
 
 def _checkEndpoint(parse: Callable[[object, str], object], description: str, option: str) -> None:
-    """
-    Fail now, not at start-up, on an endpoint string that does not parse.
-    The reactor is not chosen yet while options are parsed, so the check
-    builds the endpoint for a stand-in that is never used.
-    """
-    kind = description.removeprefix("haproxy:").partition(":")
-    if kind[0] == "unix" and not kind[2]:
-        problem = "a unix endpoint needs a socket path, like unix:/run/txfastcgi.sock"
-    else:
-        try:
-            endpoint = parse(MemoryReactor(), description)
-        except (ValueError, TypeError, KeyError, IndexError, AttributeError, OSError) as e:
-            problem = _explain(kind[0], e)
-        else:
-            if not isinstance(endpoint, endpoints.AdoptedStreamServerEndpoint) or _listening(
-                endpoint
-            ):
-                return
-            problem = (
-                "systemd passed a connection, not a listening socket:"
-                " the .socket unit needs Accept=no (systemd-socket-activate: no --accept)"
-            )
-    raise usage.UsageError(f"{option} {description!r} is not a valid endpoint: {problem}")
-
-
-def _listening(endpoint: endpoints.AdoptedStreamServerEndpoint) -> bool:
-    """
-    Whether the socket systemd passed listens: with C{Accept=yes} it passes
-    one accepted connection instead, on which the reactor's accept would
-    fail in a loop.
-    """
-    with socket.fromfd(endpoint.fileno, endpoint.addressFamily, socket.SOCK_STREAM) as adopted:
-        return bool(adopted.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
-
-
-def _explain(kind: str, error: Exception) -> str:
-    """
-    What Twisted's endpoint parsers mean by C{error}, in the words of
-    someone who wrote the endpoint string rather than of its parser's code.
-    """
-    if kind == "systemd" and isinstance(error, (IndexError, KeyError)):
-        return (
-            "this process was given no such socket by systemd socket activation"
-            " (LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID; under systemd-socket-activate,"
-            " give --fdname)"
-        )
-    if kind == "systemd" and isinstance(error, AttributeError):
-        return "its domain must be INET, INET6 or UNIX"
-    if isinstance(error, OSError) and error.filename is not None:
-        hint = " (give privateKey=KEY.pem and certKey=CERT.pem)" if kind == "ssl" else ""
-        return f"{error.strerror}: {error.filename}{hint}"
-    message = str(error)
-    number = re.fullmatch(r"invalid literal for int\(\) with base 10: (.*)", message)
-    if number:
-        return f"{number.group(1)} is not a number"
-    missing = re.search(r"missing \d+ required positional arguments?: (.*)", message)
-    if missing:
-        return f"{missing.group(1)} is missing".replace("'", "")
-    return message
+    """Fail now, not at start-up, on an endpoint string that does not parse."""
+    problem = endpointProblem(parse, description)
+    if problem:
+        raise usage.UsageError(f"{option} {problem}")
