@@ -32,7 +32,6 @@ from typing import Any, TypeVar, Union, cast
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IProtocol, IReactorTime, ITCPTransport
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -54,10 +53,10 @@ from tests.recordingbackend import (
 from txfastcgi import FastCGIResource
 from txfastcgi._client.pool import ConnectionPool
 from txfastcgi._http.accesslog import AccessLog
-from txfastcgi._http.core import Phase, RequestFacts, ResponseWriter
-from txfastcgi._http.core import Proxy as Core
+from txfastcgi._http.core import Handler, Phase, RequestFacts, ResponseWriter
 from txfastcgi._http.framing import responseBodyFraming
 from txfastcgi._http.http1 import DEFAULT_IDLE_TIMEOUT, HTTP1Factory, ServeStaticFile, StaticFiles
+from txfastcgi._http.resource import CoreResource
 from txfastcgi._http.served import Served
 from txfastcgi._http.web import FastCGISite
 from txfastcgi._limits import (
@@ -94,7 +93,7 @@ Front = Union[FastCGISite, HTTP1Factory]
 
 def serve(
     front: str,
-    resource: FastCGIResource,
+    resource: CoreResource,
     *,
     maxBodySize: int = DEFAULT_MAX_BODY_SIZE,
     maxHeaderSize: int = DEFAULT_MAX_HEADER_SIZE,
@@ -124,7 +123,7 @@ def serve(
         return FastCGISite(resource, timeout=idleTimeout, **shared)
     assert front == "http1", front
     return HTTP1Factory(
-        resource.proxy,
+        resource.core,
         serveStaticFile=StaticFiles() if serveStaticFile is None else serveStaticFile,
         idleTimeout=idleTimeout,
         **shared,
@@ -256,10 +255,8 @@ class InMemoryFront:
     def __init__(self, front: str, core: FakeCore | None = None, **limits: Any) -> None:
         self.clock = MemoryReactorClock()
         self.core = core if core is not None else FakeCore()
-        resource = FastCGIResource(
-            UNIXClientEndpoint(self.clock, "/nonexistent"), str(Path(__file__).parent)
-        )
-        resource.proxy = cast(Core, self.core)  # Both fronts hand their requests to it.
+        # Both fronts hand their requests to it.
+        resource = CoreResource(cast(Handler, self.core))
         limits.setdefault("headerTimeout", 60.0)
         limits.setdefault("bodyTimeout", 60.0)
         limits.setdefault("observers", [])

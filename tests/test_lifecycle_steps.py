@@ -5,7 +5,6 @@ deterministic clock, and the steps that C{twist fastcgi-proxy} builds.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 from collections.abc import Callable
@@ -157,9 +156,9 @@ class ProxyStepsTests(SynchronousTestCase):
         return options
 
     def served(self, options: Options) -> Configuration:
-        return dataclasses.replace(
-            Configuration.fromOptions(options), backends=["unix:/nonexistent.sock"]
-        )
+        configuration = Configuration.fromOptions(options)
+        (site,) = configuration.sites
+        return configuration.withSpawned(site.root, "unix:/nonexistent.sock")
 
     def test_mainProcessWithSpawnedPHPFPMAndWorkers(self) -> None:
         options = self.options("--php-fpm", "spawn", "--workers", "3")
@@ -167,8 +166,8 @@ class ProxyStepsTests(SynchronousTestCase):
         reactor = MemoryReactorClock()
         phpFPM = PHPFPMService(options["path"], binary="/bin/false", reactor=cast(Any, reactor))
         self.addCleanup(shutil.rmtree, phpFPM.directory)
-        workers = WorkerProcesses(reactor, served.toJSON(), 2, 30)
-        lifecycle = processLifecycle(reactor, served, Listeners([]), phpFPM, workers)
+        workers = WorkerProcesses(reactor, served.encode(), 2, 30)
+        lifecycle = processLifecycle(reactor, served, Listeners([]), [phpFPM], workers)
         self.assertEqual(
             [step.name for step in lifecycle.startup],
             [

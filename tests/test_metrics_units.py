@@ -162,7 +162,7 @@ def spawned(tmp_path: Path) -> tuple[PHPFPMService, _ProcessReactor]:
 def test_the_restarts_of_a_spawned_php_fpm_are_counted(tmp_path: Path) -> None:
     phpFPM, reactor = spawned(tmp_path)
     balancer = Balancer(reactor, {BACKEND: ConnectionPool(reactor, _Refusing())})  # type: ignore[arg-type]
-    metrics = Metrics(balancer, reactor, phpFPM)
+    metrics = Metrics(balancer, reactor, [phpFPM])
     restarts = ("txfastcgi_phpfpm_restarts_total", frozenset[tuple[str, str]]())
     assert samples(metrics)[restarts] == 0
     reactor.advance(60)
@@ -206,7 +206,7 @@ def test_the_guide_lists_every_metric(tmp_path: Path) -> None:
     phpFPM, reactor = spawned(tmp_path)
     balancer = Balancer(reactor, {BACKEND: ConnectionPool(reactor, _Refusing())})  # type: ignore[arg-type]
     cache = ResponseCache(1024)
-    page = Metrics(balancer, reactor, phpFPM, cache=cache).render().decode()
+    page = Metrics(balancer, reactor, [phpFPM], caches=[cache]).render().decode()
     names = {
         family.name
         for family in text_string_to_metric_families(page)

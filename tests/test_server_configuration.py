@@ -6,7 +6,6 @@ a worker process.
 
 from __future__ import annotations
 
-import json
 import os
 
 from txfastcgi._server.configuration import SPAWN, Configuration
@@ -24,12 +23,13 @@ def test_the_options_become_typed_fields() -> None:
         *("--php-fpm", "tcp:127.0.0.1:9000", "--listen", "tcp:8081", "--param", "A=b"),
         *("--read-timeout", "2m", "--max-body-size", "1K", "--no-front-controller"),
     )
-    assert configuration.backends == ["tcp:127.0.0.1:9000"]
-    assert configuration.listen == ["tcp:8081"]
-    assert configuration.params == {"A": "b"}
-    assert (configuration.readTimeout, configuration.maxBodySize) == (120.0, 1024)
-    assert configuration.frontController is None
-    assert configuration.documentRoot == os.path.abspath(os.curdir)
+    (site,) = configuration.sites
+    assert configuration.backendsOf(site) == ("tcp:127.0.0.1:9000",)
+    assert configuration.server.listen == ("tcp:8081",)
+    assert site.params == {"A": "b"}
+    assert (site.read_timeout, site.max_body_size) == (120.0, 1024)
+    assert site.front_controller is None
+    assert site.root == os.path.abspath(os.curdir)
 
 
 def test_a_php_fpm_of_the_systems_gets_four_connections_unless_told() -> None:
@@ -42,18 +42,18 @@ def test_a_php_fpm_of_the_systems_gets_four_connections_unless_told() -> None:
 
 def test_a_spawned_php_fpm_gets_as_many_connections_as_it_has_workers() -> None:
     configuration = configured("--php-fpm", "spawn", "--spawn-children", "3")
-    assert configuration.backends == [SPAWN]
-    started = configuration.withSpawned("unix:/run/tx/php.sock")
-    assert started.backends == ["unix:/run/tx/php.sock"]
+    (site,) = configuration.sites
+    assert configuration.backendsOf(site) == (SPAWN,)
+    started = configuration.withSpawned(site.root, "unix:/run/tx/php.sock")
+    assert started.backendsOf(site) == ("unix:/run/tx/php.sock",)
     assert started.connectionLimits == {"unix:/run/tx/php.sock": 3}
-    assert configured("--php-fpm", "spawn", "--max-connections", "2").withSpawned(
-        "unix:/s"
-    ).connectionLimits == {"unix:/s": 2}
+    limited = configured("--php-fpm", "spawn", "--max-connections", "2")
+    assert limited.withSpawned(site.root, "unix:/s").connectionLimits == {"unix:/s": 2}
 
 
-def test_a_worker_gets_the_same_configuration_through_json() -> None:
-    configuration = configured(
-        "--php-fpm", "spawn", "--status-path", "/status", "--param", "A=b"
-    ).withSpawned("unix:/run/tx/php.sock")
-    data = json.loads(json.dumps(configuration.toJSON()))
-    assert Configuration.fromJSON(data) == configuration
+def test_a_worker_gets_the_same_configuration_through_its_environment() -> None:
+    configuration = configured("--php-fpm", "spawn", "--status-path", "/status", "--param", "A=b")
+    started = configuration.withSpawned(configuration.sites[0].root, "unix:/run/tx/php.sock")
+    encoded = started.encode()
+    assert encoded.isascii() and "\n" not in encoded
+    assert Configuration.decode(encoded) == started

@@ -18,7 +18,8 @@ the other requests fail at once.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred, fail
@@ -30,7 +31,7 @@ from txfastcgi._client.pool import ConnectionPool, PoolStatistics
 from txfastcgi._client.protocol import FastCGIClientProtocol
 from txfastcgi.errors import BackendTimeout, BackendUnavailable, QueueTimeout
 
-__all__ = ["BackendStatistics", "Balancer"]
+__all__ = ["BackendGroup", "BackendStatistics", "Balancer"]
 
 
 @dataclass(frozen=True)
@@ -227,3 +228,49 @@ class Balancer:
     def _markUp(self, backend: _Backend) -> None:
         backend.down = False
         self.log.info("FastCGI backend {endpoint} is up again", endpoint=backend.endpoint)
+
+
+class BackendGroup:
+    """
+    The backends of several balancers, as one for the status page and the
+    metrics: those of every site a process serves. A backend that two
+    balancers share (two sites name it) shows once, with the requests and
+    errors of both, and is up while neither has it down.
+
+    @ivar balancers: the balancers, replaced whole when the sites are.
+    """
+
+    def __init__(self, balancers: Sequence[Balancer]) -> None:
+        self.balancers = list(balancers)
+
+    @property
+    def pools(self) -> dict[str, ConnectionPool]:
+        """Each backend's pool, by endpoint description, in the order the balancers give them."""
+        pools: dict[str, ConnectionPool] = {}
+        for balancer in self.balancers:
+            for endpoint, pool in balancer.pools.items():
+                pools.setdefault(endpoint, pool)
+        return pools
+
+    def statistics(self) -> list[BackendStatistics]:
+        """A snapshot of each backend, once, in the order of L{pools}."""
+        merged: dict[str, BackendStatistics] = {}
+        for balancer in self.balancers:
+            for backend in balancer.statistics():
+                seen = merged.get(backend.endpoint)
+                merged[backend.endpoint] = (
+                    backend
+                    if seen is None
+                    else dataclasses.replace(
+                        seen,
+                        up=seen.up and backend.up,
+                        requests=seen.requests + backend.requests,
+                        errors=seen.errors + backend.errors,
+                    )
+                )
+        return list(merged.values())
+
+    def close(self) -> None:
+        """Close every pool's idle connections, for shutdown."""
+        for pool in self.pools.values():
+            pool.close()

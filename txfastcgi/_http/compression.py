@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Protocol
 import zstandard
 
 from txfastcgi._http.framing import BodyFraming, Delimiter
+from txfastcgi._http.writers import ForwardingWriter
 
 try:
     import brotli
@@ -45,8 +46,6 @@ except ImportError:  # PyPy: the same API from brotlicffi.
     import brotlicffi as brotli
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IPushProducer
-
     from txfastcgi._http.core import ResponseWriter
 
 __all__ = [
@@ -243,7 +242,7 @@ def _weakened(etag: bytes) -> bytes:
     return etag if etag.startswith(b"W/") else b"W/" + etag
 
 
-class CompressingWriter:
+class CompressingWriter(ForwardingWriter):
     """
     A L{ResponseWriter} that compresses the body it is given with C{coding}
     for C{writer}, once the body is known to be worth it (see the module
@@ -254,7 +253,7 @@ class CompressingWriter:
     """
 
     def __init__(self, writer: ResponseWriter, coding: bytes, unknownLength: BodyFraming) -> None:
-        self._writer = writer
+        super().__init__(writer)
         self._coding = coding
         self._unknownLength = unknownLength
         self._encoder: Encoder | None = None
@@ -262,9 +261,6 @@ class CompressingWriter:
         self._held: list[bytes] = []
         self._heldSize = 0
         self._head: tuple[int, bytes, list[tuple[bytes, bytes]]] = (0, b"", [])
-
-    def writeInformational(self, code: int, headers: Sequence[tuple[bytes, bytes]]) -> None:
-        self._writer.writeInformational(code, headers)
 
     def writeHead(
         self,
@@ -320,18 +316,6 @@ class CompressingWriter:
         elif self._encoder is not None:
             writer.writeBody(self._encoder.finish())
         writer.finish()
-
-    def abort(self) -> None:
-        self._writer.abort()
-
-    def registerProducer(self, producer: IPushProducer) -> None:
-        self._writer.registerProducer(producer)
-
-    def unregisterProducer(self) -> None:
-        self._writer.unregisterProducer()
-
-    def serveFile(self, filename: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
-        self._writer.serveFile(filename, headers)
 
     def _startCompressing(self, framing: BodyFraming) -> None:
         self._deciding = False

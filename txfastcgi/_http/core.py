@@ -70,16 +70,22 @@ from txfastcgi.errors import (
 )
 
 __all__ = [
+    "ANSWERED",
+    "HTML_CONTENT_TYPE",
     "SERVER_SOFTWARE",
     "TRANSITIONS",
+    "Answered",
     "ConnectionSource",
     "Exchange",
     "ExchangeEvent",
     "ExchangeStateError",
+    "Handler",
     "Phase",
     "Proxy",
     "RequestFacts",
     "ResponseWriter",
+    "answerPage",
+    "errorPage",
     "reasonPhrase",
 ]
 
@@ -98,7 +104,7 @@ _ALLOWED_METHODS = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
-_HTML = (b"content-type", b"text/html; charset=utf-8")
+HTML_CONTENT_TYPE = (b"content-type", b"text/html; charset=utf-8")
 _ERROR_PAGE = (
     b"<!DOCTYPE html>\n<html><head><title>%d - %s</title></head>"
     b"<body><h1>%s</h1><p>%s</p></body></html>"
@@ -1107,41 +1113,21 @@ class Exchange:
     # The core's own pages
 
     def _answer(self, code: int, detail: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
-        """A small HTML error page, as twisted.web's C{errorPage} renders it."""
-        brief = reasonPhrase(code)
-        escapedBrief = html.escape(brief.decode(), quote=False).encode()
-        page = _ERROR_PAGE % (
-            code,
-            escapedBrief,
-            escapedBrief,
-            html.escape(detail, quote=False).encode(),
-        )
-        self._page(code, brief, [*headers, _HTML], page)
+        self._page(code, reasonPhrase(code), [*headers, HTML_CONTENT_TYPE], errorPage(code, detail))
 
     def _redirectToDirectory(self) -> None:
         path, question, query = self._request.target.partition(b"?")
         self._page(
             301,
             reasonPhrase(301),
-            [(b"location", path + b"/" + question + query), _HTML],
+            [(b"location", path + b"/" + question + query), HTML_CONTENT_TYPE],
             b'<a href="%s/">Moved here</a>\n' % path.replace(b'"', b"%22"),
         )
 
     def _page(
         self, code: int, reason: bytes, headers: list[tuple[bytes, bytes]], page: bytes
     ) -> None:
-        request = self._request
-        framing = responseBodyFraming(request.method, code, len(page), request.version)
-        writer = self._writer
-        if framing.hasBody:
-            writer.writeHead(code, reason, headers, framing)
-            writer.writeBody(page)
-        else:
-            # HEAD: the length the GET would have.
-            writer.writeHead(
-                code, reason, [*headers, (b"content-length", b"%d" % len(page))], framing
-            )
-        writer.finish()
+        answerPage(self._request, self._writer, code, reason, headers, page)
 
     def _uri(self) -> str:
         return self._request.target.decode("ascii", "replace")
@@ -1189,6 +1175,61 @@ class _NoClient:
 
     def serveFile(self, filename: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
         pass
+
+
+def errorPage(code: int, detail: str) -> bytes:
+    """A small HTML error page, as twisted.web's C{errorPage} renders it."""
+    escapedBrief = html.escape(reasonPhrase(code).decode(), quote=False).encode()
+    return _ERROR_PAGE % (
+        code,
+        escapedBrief,
+        escapedBrief,
+        html.escape(detail, quote=False).encode(),
+    )
+
+
+def answerPage(
+    request: RequestFacts,
+    writer: ResponseWriter,
+    code: int,
+    reason: bytes,
+    headers: Sequence[tuple[bytes, bytes]],
+    page: bytes,
+) -> None:
+    """
+    Answer C{request} at once with C{page}, a response the core or a front
+    made itself: with its length, and without it for HEAD, as the GET's.
+    """
+    framing = responseBodyFraming(request.method, code, len(page), request.version)
+    if framing.hasBody:
+        writer.writeHead(code, reason, headers, framing)
+        writer.writeBody(page)
+    else:
+        writer.writeHead(code, reason, [*headers, (b"content-length", b"%d" % len(page))], framing)
+    writer.finish()
+
+
+class Handler(TypingProtocol):
+    """
+    What answers a front's requests: a site's core (L{Proxy}), with pages
+    before it or several sites (L{txfastcgi._http.sites.Sites}) over it.
+    """
+
+    def handle(self, request: RequestFacts, writer: ResponseWriter) -> Exchange | Answered:
+        """Start answering C{request} through C{writer}; returns at once."""
+
+
+class Answered:
+    """The exchange of a request answered at once, by a page: nothing is left to stop."""
+
+    phase = Phase.DONE
+
+    def clientGone(self) -> None:
+        """Nothing runs for it."""
+
+
+ANSWERED = Answered()
+"""The one L{Answered}: it holds nothing of its request."""
 
 
 def _serverName(host: bytes | None, serverAddr: str) -> bytes:

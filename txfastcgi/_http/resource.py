@@ -27,14 +27,65 @@ from twisted.web.static import File
 
 from txfastcgi._client.pool import ConnectionPool
 from txfastcgi._http.cache import DEFAULT_BYPASS_COOKIES, ResponseCache
-from txfastcgi._http.core import ConnectionSource, Phase, Proxy, RequestFacts
+from txfastcgi._http.core import ConnectionSource, Handler, Phase, Proxy, RequestFacts
 from txfastcgi._http.framing import BodyFraming, Delimiter
 from txfastcgi._http.hints import EarlyHints
 
-__all__ = ["ConnectionSource", "FastCGIResource"]
+__all__ = ["ConnectionSource", "CoreResource", "FastCGIResource"]
 
 
-class FastCGIResource(Resource):
+class CoreResource(Resource):
+    """
+    twisted.web's requests answered by the core: the adapter that makes
+    each a L{RequestFacts} and a L{ResponseWriter} over it, for one site's
+    core or for several sites (L{txfastcgi._http.sites.Sites}).
+
+    @ivar core: what answers the requests.
+    """
+
+    isLeaf = True
+
+    def __init__(self, core: Handler) -> None:
+        super().__init__()
+        self.core = core
+
+    def render(self, request: Request) -> bytes | int:
+        body = request.content
+        assert body is not None, "twisted.web spools every request body before render"
+        body.seek(0, os.SEEK_END)
+        postpath = request.postpath
+        prepath = request.prepath
+        writer = _RequestWriter(request)
+        facts = RequestFacts(
+            method=request.method,
+            target=request.uri,
+            version=request.clientproto,
+            headers=[
+                (name, value)
+                for name, values in request.requestHeaders.getAllRawHeaders()
+                for value in values
+            ],
+            client=_hostAndPort(request.getClientAddress()),
+            server=_localAddress(request),
+            secure=request.isSecure(),
+            body=body,
+            bodyLength=body.tell(),
+            record=request,
+            prefix=b"/".join([b"", *prepath]).decode("utf-8", "surrogateescape") if prepath else "",
+            # Empty for the mount point itself, without its trailing slash.
+            path=b"/" + b"/".join(postpath) if postpath else b"",
+        )
+        exchange = self.core.handle(facts, writer)
+        writer.rendering = False
+        if writer.rendered is not None:
+            # twisted.web's File, whose result twisted.web finishes itself.
+            return writer.rendered
+        if exchange.phase is not Phase.DONE:
+            request.notifyFinish().addErrback(lambda reason: exchange.clientGone())
+        return NOT_DONE_YET
+
+
+class FastCGIResource(CoreResource):
     """
     Serve the PHP application in C{documentRoot}, mounted anywhere in a
     resource tree.
@@ -50,8 +101,6 @@ class FastCGIResource(Resource):
         front (the dedicated HTTP/1.1 one) can share, so that one
         L{whenIdle} covers both.
     """
-
-    isLeaf = True
 
     def __init__(
         self,
@@ -74,7 +123,6 @@ class FastCGIResource(Resource):
         cachePurgers: Iterable[str] = (),
         reactor: IReactorTime | None = None,
     ) -> None:
-        super().__init__()
         if reactor is None:
             from twisted.internet import reactor as globalReactor
 
@@ -111,41 +159,7 @@ class FastCGIResource(Resource):
             reactor=reactor,
         )
         self.documentRoot = self.proxy.documentRoot
-
-    def render(self, request: Request) -> bytes | int:
-        body = request.content
-        assert body is not None, "twisted.web spools every request body before render"
-        body.seek(0, os.SEEK_END)
-        postpath = request.postpath
-        prepath = request.prepath
-        writer = _RequestWriter(request)
-        facts = RequestFacts(
-            method=request.method,
-            target=request.uri,
-            version=request.clientproto,
-            headers=[
-                (name, value)
-                for name, values in request.requestHeaders.getAllRawHeaders()
-                for value in values
-            ],
-            client=_hostAndPort(request.getClientAddress()),
-            server=_localAddress(request),
-            secure=request.isSecure(),
-            body=body,
-            bodyLength=body.tell(),
-            record=request,
-            prefix=b"/".join([b"", *prepath]).decode("utf-8", "surrogateescape") if prepath else "",
-            # Empty for the mount point itself, without its trailing slash.
-            path=b"/" + b"/".join(postpath) if postpath else b"",
-        )
-        exchange = self.proxy.handle(facts, writer)
-        writer.rendering = False
-        if writer.rendered is not None:
-            # twisted.web's File, whose result twisted.web finishes itself.
-            return writer.rendered
-        if exchange.phase is not Phase.DONE:
-            request.notifyFinish().addErrback(lambda reason: exchange.clientGone())
-        return NOT_DONE_YET
+        super().__init__(self.proxy)
 
     def whenIdle(self) -> Deferred[None]:
         """

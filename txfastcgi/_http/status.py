@@ -46,9 +46,17 @@ from twisted.web.resource import IResource, Resource, getChildForRequest
 from twisted.web.server import Request
 
 from txfastcgi._client.balancer import BackendStatistics
-from txfastcgi._http.core import Exchange, Proxy, RequestFacts, ResponseWriter, reasonPhrase
+from txfastcgi._http.core import (
+    ANSWERED,
+    Answered,
+    Exchange,
+    Handler,
+    RequestFacts,
+    ResponseWriter,
+    answerPage,
+    reasonPhrase,
+)
 from txfastcgi._http.forwarded import Networks
-from txfastcgi._http.framing import responseBodyFraming
 
 __all__ = [
     "OperatorPage",
@@ -209,14 +217,6 @@ class WithPages(Resource):
         return result
 
 
-class _Answered:
-    """The exchange of a request a page answered at once: nothing is left to stop."""
-
-    def clientGone(self) -> None:
-        """Nothing runs for it."""
-
-
-_ANSWERED = _Answered()
 _GET_OR_HEAD = (b"GET", b"HEAD")
 
 
@@ -236,14 +236,14 @@ class PagesBeforeProxy:
     reaches PHP; GET and HEAD only, anything else 405, as twisted.web
     answers.
 
-    @ivar proxy: the core, which answers everything else.
+    @ivar proxy: the core (or several sites' cores), which answers everything else.
     """
 
-    def __init__(self, proxy: Proxy, pages: Mapping[bytes, _Page]) -> None:
+    def __init__(self, proxy: Handler, pages: Mapping[bytes, _Page]) -> None:
         self.proxy = proxy
         self._pages = dict(pages)
 
-    def handle(self, request: RequestFacts, writer: ResponseWriter) -> Exchange | _Answered:
+    def handle(self, request: RequestFacts, writer: ResponseWriter) -> Exchange | Answered:
         page = self._pages.get(request.target.partition(b"?")[0])
         if page is None:
             return self.proxy.handle(request, writer)
@@ -252,11 +252,5 @@ class PagesBeforeProxy:
         else:
             code, body = http.NOT_ALLOWED, b"This page is read with GET or HEAD.\n"
             headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"allow", b"GET, HEAD")]
-        framing = responseBodyFraming(request.method, code, len(body), request.version)
-        if not framing.hasBody:
-            headers = [*headers, (b"content-length", b"%d" % len(body))]
-        writer.writeHead(code, reasonPhrase(code), headers, framing)
-        if framing.hasBody:
-            writer.writeBody(body)
-        writer.finish()
-        return _ANSWERED
+        answerPage(request, writer, code, reasonPhrase(code), headers, body)
+        return ANSWERED

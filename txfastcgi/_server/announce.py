@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 
 from txfastcgi._server.configuration import Configuration
 from txfastcgi._server.options import versionLine
+from txfastcgi._server.sitefile import Site
 
 __all__ = ["announceServing"]
 
@@ -43,30 +44,44 @@ def announceServing(
     about tcp backends follow once a connect to each has been tried, without
     holding up the start-up.
     """
-    urls = [_url(d, p.getHost()) for d, p in zip(configuration.listen, ports)]
-    _log.info(
-        "{version} serving {root} on {urls} with PHP from {backends}",
-        version=versionLine(),
-        root=configuration.documentRoot,
-        urls=", ".join(urls),
-        backends=", ".join(configuration.backends),
-    )
+    urls = ", ".join(_url(d, p.getHost()) for d, p in zip(configuration.server.listen, ports))
+    for site in configuration.sites:
+        backends = ", ".join(configuration.backendsOf(site))
+        if configuration.path is None:
+            _log.info(
+                "{version} serving {root} on {urls} with PHP from {backends}",
+                version=versionLine(),
+                root=site.root,
+                urls=urls,
+                backends=backends,
+            )
+        else:
+            _log.info(
+                "{version} serving {hosts} from {root} on {urls} with PHP from {backends}",
+                version=versionLine(),
+                hosts=", ".join(site.hosts) or "every other host",
+                root=site.root,
+                urls=urls,
+                backends=backends,
+            )
+        _warnOfSite(reactor, configuration, site)
+
+
+def _warnOfSite(reactor: IReactorTime, configuration: Configuration, site: Site) -> None:
+    """Warn of what in C{site} will not work as the operator probably thinks."""
     if configuration.documentRootDefaulted:
-        _log.warn(
-            "serving the current directory {root}: no --path was given",
-            root=configuration.documentRoot,
-        )
-    frontController = configuration.frontController
+        _log.warn("serving the current directory {root}: no --path was given", root=site.root)
+    frontController = site.front_controller
     if frontController is not None:
         script = frontController.partition("?")[0].lstrip("/")
-        if not os.path.isfile(os.path.join(configuration.documentRoot, script)):
+        if not os.path.isfile(os.path.join(site.root, script)):
             _log.warn(
                 "--front-controller {url}: there is no {script} in {root}",
                 url=frontController,
                 script=script,
-                root=configuration.documentRoot,
+                root=site.root,
             )
-    for backend in configuration.backends:
+    for backend in configuration.backendsOf(site):
         if backend.partition(":")[0] == "tcp":
             _tcpBackendProblem(reactor, backend).addCallback(partial(_warnOfBackend, backend))
         else:

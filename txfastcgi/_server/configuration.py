@@ -1,27 +1,28 @@
 """
 What one process of C{twist fastcgi-proxy} serves, as a typed value: the
-options once parsed, checked and completed, with the backends it connects
-to and how many connections each may have.
+sites and server settings (a L{SiteFile}, from the command line's options
+or from C{--config}), with what starting up added to them: the private
+php-fpms' endpoints, and the directory the processes share metrics in.
 
 The service is assembled from a L{Configuration}, never from the options'
 strings, so that a misspelt option name is an error where it is written;
-the main process hands it to its workers as JSON (L{Configuration.toJSON},
-L{Configuration.fromJSON}).
+the main process hands it to its workers whole (L{Configuration.encode},
+L{Configuration.decode}).
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import pickle
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from txfastcgi._http.cache import DEFAULT_BYPASS_COOKIES
+from txfastcgi._server import sitefile
+from txfastcgi._server.sitefile import SPAWN, ServerSettings, Site, SiteFile
 
 __all__ = ["EXTERNAL_CONNECTIONS", "SPAWN", "Configuration"]
-
-SPAWN = "spawn"
-"""The C{--php-fpm} value that starts a private php-fpm."""
 
 EXTERNAL_CONNECTIONS = 4
 """
@@ -34,115 +35,98 @@ waits in php-fpm's listen backlog behind connections it cannot serve.
 @dataclass(frozen=True)
 class Configuration:
     """
-    @ivar backends: endpoint descriptions of the php-fpms, with L{SPAWN}
-        for the private one until it is started (L{withSpawned}).
-    @ivar maxConnections: C{--max-connections}, if given.
-    @ivar spawned: the endpoint description of the private php-fpm, once
-        started.
+    @ivar siteFile: the sites and the server settings.
+    @ivar path: the site file's path, read again on SIGHUP; L{None} when
+        the command line's options describe the one site.
+    @ivar phpFPMBinary: the php-fpm to start for the sites that spawn one.
+    @ivar documentRootDefaulted: the command line gave no C{--path}.
+    @ivar spawned: the endpoint description of each private php-fpm once
+        started, by the document root it serves.
     @ivar metricsDirectory: where every process writes its metrics for the
         others (with C{--workers} and a status or metrics page).
     """
 
-    documentRoot: str
-    documentRootDefaulted: bool
-    index: str
-    frontController: str | None
-    params: Mapping[str, str]
-    https: bool
-    trustedProxies: Sequence[str]
-    sendfileRoots: Sequence[str]
-    accelPrefixes: Mapping[str, str]
-    compress: bool
-    earlyHints: bool
-    earlyHintLinks: Mapping[str, Sequence[str]]
-    cacheSize: int
-    cacheStatus: bool
-    cacheBypassCookies: Sequence[str]
-    backends: Sequence[str]
-    maxConnections: int | None
-    spawnChildren: int
-    phpFPMBinary: str | None
-    connectTimeout: float
-    readTimeout: float
-    idleTimeout: float
-    queueTimeout: float
-    listen: Sequence[str]
-    workers: int
-    maxBodySize: int
-    headerTimeout: float
-    bodyTimeout: float
-    shutdownTimeout: float
-    accessLog: str | None
-    accessLogFormat: str
-    statusPath: str | None
-    metricsPath: str | None
-    statusAllow: Sequence[str]
-    spawned: str | None = None
+    siteFile: SiteFile
+    path: str | None = None
+    phpFPMBinary: str | None = None
+    documentRootDefaulted: bool = False
+    spawned: Mapping[str, str] = field(default_factory=dict)
     metricsDirectory: str | None = None
 
     @classmethod
     def fromOptions(cls, options: Mapping[str, Any]) -> Configuration:
         """The configuration that parsed options (L{txfastcgi.tap.Options}) describe."""
+        siteFile = options.get("site-file") or sitefile.fromOptions(options)
         return cls(
-            documentRoot=options["path"],
-            documentRootDefaulted=options["path-defaulted"],
-            index=options["index"],
-            frontController=options["front-controller"],
-            params=dict(options["param"]),
-            https=bool(options["https"]),
-            trustedProxies=list(options["trusted-proxy"]),
-            sendfileRoots=list(options["sendfile-root"]),
-            accelPrefixes=dict(options["accel-prefix"]),
-            compress=not options["no-compress"],
-            earlyHints=not options["no-early-hints"],
-            earlyHintLinks={path: list(links) for path, links in options["early-hint"].items()},
-            cacheSize=options["cache-size"],
-            cacheStatus=bool(options["cache-status"]),
-            cacheBypassCookies=list(options["cache-bypass-cookie"] or DEFAULT_BYPASS_COOKIES),
-            backends=list(options["php-fpm"]),
-            maxConnections=options["max-connections"],
-            spawnChildren=options["spawn-children"],
+            siteFile=siteFile,
+            path=options.get("config"),
             phpFPMBinary=options.get("php-fpm-binary"),
-            connectTimeout=options["connect-timeout"],
-            readTimeout=options["read-timeout"],
-            idleTimeout=options["idle-timeout"],
-            queueTimeout=options["queue-timeout"],
-            listen=list(options["listen"]),
-            workers=options["workers"],
-            maxBodySize=options["max-body-size"],
-            headerTimeout=options["header-timeout"],
-            bodyTimeout=options["body-timeout"],
-            shutdownTimeout=options["shutdown-timeout"],
-            accessLog=options["access-log"],
-            accessLogFormat=options["access-log-format"],
-            statusPath=options["status-path"],
-            metricsPath=options["metrics-path"],
-            statusAllow=list(options["status-allow"]),
+            documentRootDefaulted=bool(options.get("path-defaulted")),
         )
 
-    def withSpawned(self, endpointDescription: str) -> Configuration:
-        """This configuration with the private php-fpm started, at C{endpointDescription}."""
-        backends = [endpointDescription if b == SPAWN else b for b in self.backends]
-        return dataclasses.replace(self, backends=backends, spawned=endpointDescription)
+    @property
+    def server(self) -> ServerSettings:
+        return self.siteFile.server
+
+    @property
+    def sites(self) -> Sequence[Site]:
+        return self.siteFile.sites
+
+    @property
+    def spawning(self) -> list[Site]:
+        """The sites, one for each document root, whose own php-fpm is to be started."""
+        roots: dict[str, Site] = {}
+        for site in self.sites:
+            if SPAWN in site.php_fpm:
+                roots.setdefault(site.root, site)
+        return list(roots.values())
+
+    def backendsOf(self, site: Site) -> tuple[str, ...]:
+        """C{site}'s backends, with its private php-fpm's endpoint once started."""
+        spawned = self.spawned.get(site.root, SPAWN)
+        return tuple(spawned if backend == SPAWN else backend for backend in site.php_fpm)
+
+    def withSpawned(self, root: str, endpointDescription: str) -> Configuration:
+        """This configuration with the private php-fpm of C{root} started."""
+        return dataclasses.replace(self, spawned={**self.spawned, root: endpointDescription})
+
+    def reloaded(self, siteFile: SiteFile) -> Configuration:
+        """This configuration serving C{siteFile}, read again, with the same php-fpms."""
+        return dataclasses.replace(self, siteFile=siteFile)
 
     @property
     def connectionLimits(self) -> dict[str, int]:
         """
         Most connections to each backend, over all the processes: never more
-        to the private php-fpm than it has workers unless C{--max-connections}
-        says otherwise (see DESIGN's backlog trap).
+        to a private php-fpm than it has workers unless C{max_connections}
+        says otherwise (see DESIGN's backlog trap). Sites that name the same
+        backend share its connections, under the first one's limit (the
+        site file's check refuses two limits for one backend).
         """
-        spawnedDefault = {self.spawned: self.spawnChildren}
-        return {
-            backend: self.maxConnections or spawnedDefault.get(backend, EXTERNAL_CONNECTIONS)
-            for backend in self.backends
-        }
+        limits: dict[str, int] = {}
+        for site in self.sites:
+            default = site.spawn_children if SPAWN in site.php_fpm else EXTERNAL_CONNECTIONS
+            for backend in self.backendsOf(site):
+                limits.setdefault(backend, site.max_connections or default)
+        return limits
 
-    def toJSON(self) -> dict[str, Any]:
-        """This configuration as JSON-ready data, for a worker process."""
-        return dataclasses.asdict(self)
+    @property
+    def usesMetrics(self) -> bool:
+        """Whether a status or a metrics page is served."""
+        return self.server.status_path is not None or self.server.metrics_path is not None
+
+    def encode(self) -> str:
+        """
+        This configuration as one line of text, for a worker process's
+        environment: the frozen values themselves, pickled, since the worker
+        runs this same code.
+        """
+        return base64.b64encode(pickle.dumps(self)).decode("ascii")
 
     @classmethod
-    def fromJSON(cls, data: Mapping[str, Any]) -> Configuration:
-        """The configuration that L{toJSON} gave."""
-        return cls(**data)
+    def decode(cls, text: str) -> Configuration:
+        """The configuration that L{encode} gave, in the main process."""
+        configuration = pickle.loads(base64.b64decode(text))
+        if not isinstance(configuration, cls):
+            raise TypeError(f"not a Configuration: {type(configuration).__name__}")
+        return configuration

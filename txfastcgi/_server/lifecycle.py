@@ -18,7 +18,8 @@ Start-up, in order:
                             C{--status-path}, every process): once a second,
                             into the directory whose files every page reads
   6. start workers          (C{--workers N}, main process only)
-  7. reopen logs on SIGHUP or SIGUSR1, what logrotate's postrotate sends
+  7. reopen logs on SIGHUP or SIGUSR1, what logrotate's postrotate sends;
+                            with C{--config}, read the site file again too
 
 Shutdown (SIGTERM, SIGINT, a fatal start-up step), in order:
   1. stop listening         new connections are refused; kept client

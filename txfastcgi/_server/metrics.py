@@ -25,7 +25,7 @@ mean, with queries for Grafana.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import values
@@ -37,7 +37,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
-from txfastcgi._client.balancer import BackendStatistics, Balancer
+from txfastcgi._client.balancer import BackendGroup, BackendStatistics, Balancer
 from txfastcgi._client.pool import PoolStatistics
 from txfastcgi._http.cache import ResponseCache
 from txfastcgi._http.served import Served
@@ -93,6 +93,10 @@ def forgetProcess(directory: str, pid: int) -> None:
     mark_process_dead(pid, directory)
 
 
+# The cache's counts, by the result label each is shown under.
+_CACHE_RESULTS = {"hits": "hit", "misses": "miss", "stale": "stale", "bypasses": "bypass"}
+
+
 def _codeClass(status: int) -> str:
     return f"{status // 100}xx"
 
@@ -105,9 +109,12 @@ class Metrics:
     Called with each L{Served} record (a site observer), it counts the
     request.
 
-    @param balancer: whose backends are shown.
-    @param phpFPM: a spawned php-fpm, whose restarts are counted.
-    @param cache: the response cache, whose answers and size are shown.
+    @param balancer: whose backends are shown: a site's balancer, or the
+        group of every site's.
+    @param phpFPMs: the spawned php-fpms, whose restarts are counted.
+    @param caches: the sites' response caches, whose answers and sizes are
+        shown summed; the list is read at each refresh, so that its owner
+        can replace what is in it when the sites are reloaded.
     @param directory: the directory that L{shareAcrossProcesses} was given,
         for C{--workers}; without one, this process alone is shown.
     @param clock: runs the writes of a process sharing its values.
@@ -115,15 +122,15 @@ class Metrics:
 
     def __init__(
         self,
-        balancer: Balancer,
+        balancer: Balancer | BackendGroup,
         clock: IReactorTime,
-        phpFPM: PHPFPMService | None = None,
+        phpFPMs: Sequence[PHPFPMService] = (),
         directory: str | None = None,
-        cache: ResponseCache | None = None,
+        caches: Sequence[ResponseCache] = (),
     ) -> None:
         self._balancer = balancer
-        self._cache = cache
-        self._phpFPM = phpFPM
+        self._caches = caches
+        self._phpFPMs = phpFPMs
         self._directory = directory
         # Where this process's metrics are registered; with a directory, the
         # scrape reads the files instead, so they are registered nowhere.
@@ -219,17 +226,17 @@ class Metrics:
         self._processes.set(1)
         self._restarts = (
             None
-            if phpFPM is None
+            if not phpFPMs
             else Counter(
                 "txfastcgi_phpfpm_restarts",
-                "Times the spawned php-fpm was started again after it died.",
+                "Times a spawned php-fpm was started again after it died.",
                 registry=own,
             )
         )
         # Shown only with a cache, as the restarts only with a spawned php-fpm.
         self._cacheRequests = (
             None
-            if cache is None
+            if not caches
             else Counter(
                 "txfastcgi_cache_requests",
                 "Requests the response cache answered (hit, stale), sent to PHP (miss),"
@@ -240,7 +247,7 @@ class Metrics:
         )
         self._cacheBytes = (
             None
-            if cache is None
+            if not caches
             else Gauge(
                 "txfastcgi_cache_bytes",
                 "Bytes the response cache holds.",
@@ -299,19 +306,14 @@ class Metrics:
             self._catchUp(self._errors, name, backend.errors)
             self._catchUp(self._waits, name, pool.waits)
             self._catchUp(self._waitSeconds, name, pool.waitSeconds)
-        if self._restarts is not None and self._phpFPM is not None:
-            self._catchUp(self._restarts, None, self._phpFPM.restarts)
-        cache = self._cache
-        if cache is not None and self._cacheRequests is not None and self._cacheBytes is not None:
-            counts = cache.counts
-            for result, total in (
-                ("hit", counts.hits),
-                ("miss", counts.misses),
-                ("stale", counts.stale),
-                ("bypass", counts.bypasses),
-            ):
+        if self._restarts is not None:
+            self._catchUp(self._restarts, None, sum(p.restarts for p in self._phpFPMs))
+        caches = self._caches
+        if self._cacheRequests is not None and self._cacheBytes is not None:
+            for count, result in _CACHE_RESULTS.items():
+                total = sum(getattr(cache.counts, count) for cache in caches)
                 self._catchUp(self._cacheRequests, result, total)
-            self._cacheBytes.set(cache.size)
+            self._cacheBytes.set(sum(cache.size for cache in caches))
 
     def _catchUp(self, counter: Counter, backend: str | None, total: float) -> None:
         """Count what another counter, now at C{total}, counted since the last time."""

@@ -28,8 +28,9 @@ from txfastcgi._server.checks import (
     networkProblem,
     unshareable,
 )
-from txfastcgi._server.configuration import EXTERNAL_CONNECTIONS, SPAWN
+from txfastcgi._server.configuration import EXTERNAL_CONNECTIONS
 from txfastcgi._server.phpfpm import findPHPFPM
+from txfastcgi._server.sitefile import SPAWN
 from txfastcgi._server.units import parseDuration, parseSize
 from txfastcgi._version import __version__
 from txfastcgi.errors import PHPFPMNotFound
@@ -346,9 +347,11 @@ class Options(usage.Options):
                 f"--access-log-format {self['access-log-format']!r} is not one of"
                 f" {', '.join(ACCESS_LOG_FORMATS)}"
             )
+        self["site-file"] = None
         if self["config"] is not None:
             self._serveSiteFile(self["config"])
-        if SPAWN in self["php-fpm"]:
+        served = self["site-file"] or sitefile.fromOptions(self)
+        if any(SPAWN in site.php_fpm for site in served.sites):
             try:
                 self["php-fpm-binary"] = findPHPFPM()
             except PHPFPMNotFound as e:
@@ -358,8 +361,8 @@ class Options(usage.Options):
         """
         Read the site file at C{path} over the command line's server
         options. With C{--check}, say whether it is valid and exit; else
-        take its one site for the command line's, which L{Configuration}
-        serves, or refuse what one process cannot serve yet.
+        keep it, for L{Configuration} to serve, or refuse what one process
+        cannot serve yet.
         """
         try:
             siteFile = sitefile.loadSiteFile(path, sitefile.fromOptions(self).server)
@@ -373,7 +376,6 @@ class Options(usage.Options):
         unbuilt = sitefile.notServedYet(siteFile)
         if unbuilt is not None:
             raise usage.UsageError(f"--config {path}: {unbuilt}")
-        self.update(sitefile.asOptions(siteFile))
         self["path-defaulted"] = False
         self["site-file"] = siteFile
 

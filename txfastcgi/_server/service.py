@@ -25,23 +25,26 @@ from twisted.internet.interfaces import (
     IReactorSocket,
     IReactorTime,
 )
-from twisted.logger import jsonFileLogObserver, textFileLogObserver
+from twisted.logger import Logger, jsonFileLogObserver, textFileLogObserver
 from twisted.python import usage
 
 from txfastcgi._server.announce import announceServing
-from txfastcgi._server.configuration import SPAWN, Configuration
+from txfastcgi._server.configuration import Configuration
 from txfastcgi._server.eventlog import EventLogFiles
 from txfastcgi._server.front import Front
 from txfastcgi._server.lifecycle import Lifecycle, Step, onLogRotation
 from txfastcgi._server.listeners import Listeners, adopt, isTLS
 from txfastcgi._server.options import Options
 from txfastcgi._server.phpfpm import PHPFPMService
+from txfastcgi._server.sitefile import SiteFileError, loadSiteFile
 
 if TYPE_CHECKING:
     from txfastcgi._server.workers import WorkerProcesses
 
 
-__all__ = ["makeService", "makeWorkerService", "processLifecycle"]
+__all__ = ["makeService", "makeWorkerService", "processLifecycle", "reloadSiteFile"]
+
+_log = Logger(namespace="txfastcgi")
 
 
 def makeService(options: Options) -> IService:
@@ -57,21 +60,23 @@ def makeService(options: Options) -> IService:
     eventLog = _eventLogFiles(options, cast(IReactorCore, reactor))
 
     configuration = Configuration.fromOptions(options)
-    phpFPM = None
-    if SPAWN in configuration.backends:
+    phpFPMs = []
+    for site in configuration.spawning:
         phpFPM = PHPFPMService(
-            configuration.documentRoot,
-            children=configuration.spawnChildren,
-            binary=configuration.phpFPMBinary,
+            site.root, children=site.spawn_children, binary=configuration.phpFPMBinary
         )
-        configuration = configuration.withSpawned(phpFPM.endpointDescription)
+        phpFPMs.append(phpFPM)
+        configuration = configuration.withSpawned(site.root, phpFPM.endpointDescription)
     listeners = Listeners(
-        [(endpoints.serverFromString(reactor, d).listen, isTLS(d)) for d in configuration.listen]
+        [
+            (endpoints.serverFromString(reactor, d).listen, isTLS(d))
+            for d in configuration.server.listen
+        ]
     )
     workers = None
-    if configuration.workers > 1:
+    if configuration.server.workers > 1:
         exited = None
-        if configuration.statusPath is not None or configuration.metricsPath is not None:
+        if configuration.usesMetrics:
             from txfastcgi._server.metrics import forgetProcess
 
             # Where every process writes its metrics, for the pages of each
@@ -81,16 +86,16 @@ def makeService(options: Options) -> IService:
             exited = partial(forgetProcess, directory)
         workers = WorkerProcesses(
             reactor,
-            configuration.toJSON(),
-            configuration.workers - 1,
-            configuration.shutdownTimeout,
+            configuration.encode(),
+            configuration.server.workers - 1,
+            configuration.server.shutdown_timeout,
             exited,
         )
     return processLifecycle(
         cast(IReactorTime, reactor),
         configuration,
         listeners,
-        phpFPM,
+        phpFPMs,
         workers,
         announce=True,
         reopenEventLog=_twistLogFileReopener(options, eventLog),
@@ -166,6 +171,10 @@ def makeWorkerService(
     """
     from twisted.internet import reactor
 
+    if configuration.path is not None:
+        # A worker started after a reload (or started again) serves the
+        # file as it is now, as the processes that reloaded do.
+        configuration = readSiteFileAgain(configuration) or configuration
     # Plain sockets only: see the options' _SHAREABLE.
     adopters = [
         (partial(adopt, cast(IReactorSocket, reactor), descriptor, family), False)
@@ -178,7 +187,7 @@ def processLifecycle(
     reactor: IReactorTime,
     configuration: Configuration,
     listeners: Listeners,
-    phpFPM: PHPFPMService | None = None,
+    phpFPMs: Sequence[PHPFPMService] = (),
     workers: WorkerProcesses | None = None,
     announce: bool = False,
     reopenEventLog: Callable[[], None] | None = None,
@@ -191,7 +200,7 @@ def processLifecycle(
     @param reopenEventLog: opens the event log's file again, on SIGHUP or
         SIGUSR1, if it is a file.
     """
-    front = Front(configuration, reactor, phpFPM)
+    front = Front(configuration, reactor, phpFPMs)
     metrics = front.metrics
 
     def reopenLogs() -> None:
@@ -200,14 +209,15 @@ def processLifecycle(
         front.accessLog.reopen()
         if workers is not None:
             workers.signal("HUP")
+        if configuration.path is not None:
+            reloadSiteFile(front)
 
-    spawning = [] if phpFPM is None else [phpFPM]
     supervising = [] if workers is None else [workers]
     # Metrics that other processes read: written every second.
     sharing = [] if metrics is None or configuration.metricsDirectory is None else [metrics]
     startup = [
-        *(Step("start php-fpm", p.startService) for p in spawning),
-        *(Step("wait for php-fpm", p.whenListening) for p in spawning),
+        *(Step("start php-fpm", p.startService) for p in phpFPMs),
+        *(Step("wait for php-fpm", p.whenListening) for p in phpFPMs),
         Step("listen", partial(listeners.listen, front), fatal=True),
         *(
             [Step("announce", partial(announceServing, reactor, configuration, listeners.ports))]
@@ -226,10 +236,10 @@ def processLifecycle(
     shutdown = [
         Step("stop listening", stopListening),
         *(Step("stop workers", w.stop) for w in supervising),
-        Step("finish requests", front.proxy.whenIdle, bounded=True),
+        Step("finish requests", front.whenIdle, bounded=True),
         *(Step("wait for workers", w.whenStopped, bounded=True) for w in supervising),
         Step("close connections", front.closeConnections, bounded=True),
-        *(Step("stop php-fpm", p.stopService) for p in spawning),
+        *(Step("stop php-fpm", p.stopService) for p in phpFPMs),
         *(Step("stop writing metrics", m.stop) for m in sharing),
         *(
             Step("remove the metrics directory", partial(shutil.rmtree, directory, True))
@@ -237,4 +247,44 @@ def processLifecycle(
             if directory is not None and workers is not None
         ),
     ]
-    return Lifecycle(reactor, startup, shutdown, configuration.shutdownTimeout)
+    return Lifecycle(reactor, startup, shutdown, configuration.server.shutdown_timeout)
+
+
+def reloadSiteFile(front: Front) -> None:
+    """
+    Read the site file that C{front} serves again and serve its sites; or,
+    if it cannot be served (see L{readSiteFileAgain}), keep serving the
+    sites there are.
+    """
+    configuration = front.configuration
+    reloaded = readSiteFileAgain(configuration)
+    if reloaded is not None:
+        front.reload(reloaded)
+        _log.info(
+            "reloaded {path}: {count} site(s)", path=configuration.path, count=len(reloaded.sites)
+        )
+
+
+def readSiteFileAgain(configuration: Configuration) -> Configuration | None:
+    """
+    C{configuration} with its site file read again; or L{None}, having
+    logged why, one line a problem, if the file is invalid or needs a
+    php-fpm this process did not start.
+    """
+    assert configuration.path is not None
+    try:
+        siteFile = loadSiteFile(configuration.path, configuration.server)
+    except SiteFileError as e:
+        for problem in e.problems:
+            _log.error("reload: {problem}; the sites stay as they were", problem=str(problem))
+        return None
+    reloaded = configuration.reloaded(siteFile)
+    for site in reloaded.spawning:
+        if site.root not in configuration.spawned:
+            _log.error(
+                "reload: php_fpm = 'spawn' for {root}, whose php-fpm was not started: that takes"
+                " a restart; the sites stay as they were",
+                root=site.root,
+            )
+            return None
+    return reloaded

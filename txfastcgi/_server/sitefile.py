@@ -29,8 +29,8 @@ keeps no positions, so L{_KeyLines} finds the line of each key in the text
 that tomllib has already accepted.
 
 The command line's one site maps onto the same structure (L{fromOptions}),
-and a one-site file back onto the command line's options (L{asOptions}),
-both through one table, L{_SITE_OPTIONS} and L{_SERVER_OPTIONS}.
+through one table, L{_SITE_OPTIONS} and L{_SERVER_OPTIONS}: the process
+serves a L{SiteFile} either way.
 """
 
 from __future__ import annotations
@@ -59,7 +59,6 @@ from txfastcgi._server.checks import (
     networkProblem,
     unshareable,
 )
-from txfastcgi._server.configuration import SPAWN
 from txfastcgi._server.phpfpm import findPHPFPM
 from txfastcgi._server.units import UnitError, parseDuration, parseSize
 from txfastcgi.errors import PHPFPMNotFound
@@ -84,6 +83,7 @@ __all__ = [
     "DEFAULT_SPAWN_CHILDREN",
     "HSTS_MAX_AGE",
     "PER_SITE_OPTIONS",
+    "SPAWN",
     "ACMESettings",
     "Problem",
     "ServerSettings",
@@ -91,12 +91,14 @@ __all__ = [
     "SiteFile",
     "SiteFileError",
     "TLSFiles",
-    "asOptions",
     "fromOptions",
     "loadSiteFile",
     "notServedYet",
     "parseSiteFile",
 ]
+
+SPAWN = "spawn"
+"""The C{php_fpm} (C{--php-fpm}) value that starts a private php-fpm for the site."""
 
 DEFAULT_LISTEN = "tcp:8080"
 """Where the server listens unless told: C{--listen}'s default."""
@@ -1050,10 +1052,6 @@ def _tupled(value: Any) -> Any:
     return tuple(value)
 
 
-def _listed(value: Any) -> Any:
-    return list(value)
-
-
 def _negated(value: Any) -> Any:
     return not value
 
@@ -1062,55 +1060,49 @@ def _linksTupled(value: Any) -> Any:
     return {path: tuple(links) for path, links in value.items()}
 
 
-def _linksListed(value: Any) -> Any:
-    return {path: list(links) for path, links in value.items()}
-
-
 # The command line's options, and how each becomes a field of Site or of
-# ServerSettings (and back, for a one-site file that the command line's
-# Configuration serves): option -> (field, option to field, field to option).
-_Mapping = tuple[str, Callable[[Any], Any], Callable[[Any], Any]]
+# ServerSettings: option -> (field, option's value to field's).
+_Mapping = tuple[str, Callable[[Any], Any]]
 
 _SITE_OPTIONS: dict[str, _Mapping] = {
-    "path": ("root", _same, _same),
-    "php-fpm": ("php_fpm", _tupled, _listed),
-    "index": ("index", _same, _same),
-    "front-controller": ("front_controller", _same, _same),
-    "param": ("params", dict, dict),
-    "https": ("https", bool, _same),
-    "max-connections": ("max_connections", _same, _same),
-    "spawn-children": ("spawn_children", _same, _same),
-    "connect-timeout": ("connect_timeout", _same, _same),
-    "read-timeout": ("read_timeout", _same, _same),
-    "idle-timeout": ("idle_timeout", _same, _same),
-    "queue-timeout": ("queue_timeout", _same, _same),
-    "max-body-size": ("max_body_size", _same, _same),
-    "sendfile-root": ("sendfile_roots", _tupled, _listed),
-    "accel-prefix": ("accel_prefixes", dict, dict),
-    "no-compress": ("compress", _negated, _negated),
-    "no-early-hints": ("early_hints", _negated, _negated),
-    "early-hint": ("early_hint_links", _linksTupled, _linksListed),
-    "cache-size": ("cache_size", _same, _same),
-    "cache-status": ("cache_status", bool, _same),
+    "path": ("root", _same),
+    "php-fpm": ("php_fpm", _tupled),
+    "index": ("index", _same),
+    "front-controller": ("front_controller", _same),
+    "param": ("params", dict),
+    "https": ("https", bool),
+    "max-connections": ("max_connections", _same),
+    "spawn-children": ("spawn_children", _same),
+    "connect-timeout": ("connect_timeout", _same),
+    "read-timeout": ("read_timeout", _same),
+    "idle-timeout": ("idle_timeout", _same),
+    "queue-timeout": ("queue_timeout", _same),
+    "max-body-size": ("max_body_size", _same),
+    "sendfile-root": ("sendfile_roots", _tupled),
+    "accel-prefix": ("accel_prefixes", dict),
+    "no-compress": ("compress", _negated),
+    "no-early-hints": ("early_hints", _negated),
+    "early-hint": ("early_hint_links", _linksTupled),
+    "cache-size": ("cache_size", _same),
+    "cache-status": ("cache_status", bool),
     "cache-bypass-cookie": (
         "cache_bypass_cookies",
         lambda cookies: tuple(cookies or DEFAULT_BYPASS_COOKIES),
-        _listed,
     ),
 }
 
 _SERVER_OPTIONS: dict[str, _Mapping] = {
-    "listen": ("listen", _tupled, _listed),
-    "access-log": ("access_log", _same, _same),
-    "access-log-format": ("access_log_format", _same, _same),
-    "workers": ("workers", _same, _same),
-    "status-path": ("status_path", _same, _same),
-    "metrics-path": ("metrics_path", _same, _same),
-    "status-allow": ("status_allow", _tupled, _listed),
-    "shutdown-timeout": ("shutdown_timeout", _same, _same),
-    "trusted-proxy": ("trusted_proxies", _tupled, _listed),
-    "header-timeout": ("header_timeout", _same, _same),
-    "body-timeout": ("body_timeout", _same, _same),
+    "listen": ("listen", _tupled),
+    "access-log": ("access_log", _same),
+    "access-log-format": ("access_log_format", _same),
+    "workers": ("workers", _same),
+    "status-path": ("status_path", _same),
+    "metrics-path": ("metrics_path", _same),
+    "status-allow": ("status_allow", _tupled),
+    "shutdown-timeout": ("shutdown_timeout", _same),
+    "trusted-proxy": ("trusted_proxies", _tupled),
+    "header-timeout": ("header_timeout", _same),
+    "body-timeout": ("body_timeout", _same),
 }
 
 PER_SITE_OPTIONS = frozenset({*_SITE_OPTIONS, "no-front-controller", "early-hints"})
@@ -1125,50 +1117,20 @@ def fromOptions(options: Mapping[str, Any]) -> SiteFile:
     The site file that parsed options (L{txfastcgi.tap.Options}) describe:
     one default site, and the server settings.
     """
-    site = {f: read(options[o]) for o, (f, read, _) in _SITE_OPTIONS.items()}
-    server = {f: read(options[o]) for o, (f, read, _) in _SERVER_OPTIONS.items()}
+    site = {f: read(options[o]) for o, (f, read) in _SITE_OPTIONS.items()}
+    server = {f: read(options[o]) for o, (f, read) in _SERVER_OPTIONS.items()}
     return SiteFile(ServerSettings(**server), (Site(**site),))
-
-
-def asOptions(siteFile: SiteFile) -> dict[str, Any]:
-    """
-    The options whose L{fromOptions} is the one-site C{siteFile}: how the
-    command line's L{txfastcgi._server.configuration.Configuration} serves
-    it. See L{notServedYet} for what it cannot.
-    """
-    (site,) = siteFile.sites
-    options = {o: write(getattr(site, f)) for o, (f, _, write) in _SITE_OPTIONS.items()}
-    options.update(
-        {o: write(getattr(siteFile.server, f)) for o, (f, _, write) in _SERVER_OPTIONS.items()}
-    )
-    return options
 
 
 def notServedYet(siteFile: SiteFile) -> str | None:
     """
-    Why the process cannot serve C{siteFile} yet, if it cannot: one
-    process serves one site, for every host, over the listeners'
-    certificates.
+    Why the process cannot serve C{siteFile} yet, if it cannot: a site's
+    own certificates, by file or by ACME, are read but not served.
     """
-    if len(siteFile.sites) != 1:
-        return (
-            f"{len(siteFile.sites)} sites: serving several sites from one process"
-            " is not built yet (--check validates the file)"
-        )
-    (site,) = siteFile.sites
-    unbuilt = [
-        key
-        for key, default in (
-            ("tls", None),
-            ("acme", False),
-            ("redirect", None),
-            ("https_redirect", False),
-            ("hsts", None),
-        )
-        if getattr(site, key) != default
-    ]
-    if site.hosts and siteFile.server.unknown_host == "refuse":
-        unbuilt.append("unknown_host = 'refuse'")
+    unbuilt = sorted(
+        {"tls" for site in siteFile.sites if site.tls is not None}
+        | {"acme" for site in siteFile.sites if site.acme}
+    )
     if unbuilt:
         return f"{', '.join(unbuilt)}: not built yet (--check validates the file)"
     return None

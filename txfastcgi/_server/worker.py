@@ -1,9 +1,9 @@
 """
 A worker process of C{twist fastcgi-proxy --workers N}.
 
-The main process passes its configuration as JSON in the environment and
+The main process passes its configuration, encoded, in the environment and
 the listening sockets as inherited file descriptors (C{FD:FAMILY}
-arguments); the worker serves the same site on them until SIGTERM, then
+arguments); the worker serves the same sites on them until SIGTERM, then
 shuts down like the main process, and writes its log events back to the
 main process, as JSON, on a pipe of their own.  Its standard input is a pipe from the
 main process: when that reaches its end, the main process is gone (killed
@@ -13,7 +13,6 @@ alone.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -71,7 +70,7 @@ def main(sockets: list[str]) -> None:
     inherited = parseSocketArguments(sockets)
     events = open(WORKER_EVENTS_DESCRIPTOR, "w", buffering=1, encoding="utf-8")
     globalLogBeginner.beginLoggingTo([EventLogFiles("json", reactor)(events)])
-    configuration = Configuration.fromJSON(json.loads(os.environ.pop(WORKER_OPTIONS_VARIABLE)))
+    configuration = Configuration.decode(os.environ.pop(WORKER_OPTIONS_VARIABLE))
     service = makeWorkerService(configuration, inherited)
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)

@@ -15,10 +15,9 @@ socket has no such spreading in Linux, and stays shared.
 
 from __future__ import annotations
 
-import json
 import math
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -134,20 +133,20 @@ class WorkerProcesses:
     def __init__(
         self,
         reactor: IReactorTime,
-        options: Mapping[str, Any],
+        configuration: str,
         count: int,
         timeout: float,
         exited: Callable[[int], object] | None = None,
     ) -> None:
         """
-        @param options: the configuration the workers serve, as JSON-ready
-            data (L{txfastcgi._server.configuration.Configuration.toJSON}).
+        @param configuration: the configuration the workers serve, encoded
+            (L{txfastcgi._server.configuration.Configuration.encode}).
         @param timeout: the workers' own C{--shutdown-timeout}.
         @param exited: called with the process id of each worker that
             exits, for whoever keeps something of it (its metrics).
         """
         self._reactor = reactor
-        self._options = options
+        self._configuration = configuration
         self._count = count
         self._killTime = math.ceil(timeout) + _KILL_MARGIN
         self._exited = exited
@@ -162,9 +161,9 @@ class WorkerProcesses:
         for number in range(1, self._count + 1):
             sockets = [self._socketFor(port) for port in ports]
             command, environment = moduleCommand(WORKER_MODULE, _socketArguments(sockets))
-            # The options in the environment, not on the command line that
-            # any user can read: --param values may hold secrets.
-            environment[WORKER_OPTIONS_VARIABLE] = json.dumps(self._options)
+            # The configuration in the environment, not on the command line
+            # that any user can read: params may hold secrets.
+            environment[WORKER_OPTIONS_VARIABLE] = self._configuration
             self._monitor.addProcess(f"worker {number}", command, env=environment)
         self._monitor.startService()
 
