@@ -115,7 +115,7 @@ class ACMETests(TestCase):
         self.addCleanup(globalLogPublisher.removeObserver, observer)
         self.clock = Clock()
         self.clock.advance(time.time())
-        self.served = CertificatesByName(certificateFor("default.test"))
+        self.served = CertificatesByName(certificateFor("default.test"), acceptableProtocols=[])
 
     def certificates(self) -> ACMECertificates:
         """The service, started, telling L{Events} and the TLS listener of each certificate."""

@@ -96,6 +96,7 @@ class CertificatesByNameTests(TestCase):
                 "*.example.org": self.wildcard,
                 "Other.Test": self.other,
             },
+            acceptableProtocols=PROTOCOLS,
         )
 
     async def listen(self) -> int:

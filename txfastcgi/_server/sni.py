@@ -8,20 +8,23 @@ Usage::
     certificates = CertificatesByName(
         PEMCertificate.fromFiles(defaultFiles),
         {"example.org": PEMCertificate.fromFiles(files), "*.example.org": ...},
+        acceptableProtocols=factory.acceptableProtocols(),
     )
     endpoints.SSL4ServerEndpoint(reactor, 443, certificates).listen(factory)
     ...
     certificates.update({"example.org": renewed})
 
-ALPN works as on any TLS listener: Twisted sets the listening factory's
-C{acceptableProtocols} (C{h2}, C{http/1.1}: L{txfastcgi._http.alpn}) on the
-context each connection starts with, and OpenSSL keeps that first context's
-ALPN choice when SNI switches the connection to a site's context.
+Twisted sets the listening factory's ALPN protocols (C{h2}, C{http/1.1}:
+L{txfastcgi._http.alpn}) on the context each connection starts with only.
+Whether the context SNI switches to keeps that choice depends on the
+OpenSSL and pyOpenSSL underneath (CPython's wheels here do, PyPy 3.9's
+pyOpenSSL 25.1 does not), so every context offers C{acceptableProtocols}
+itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +60,7 @@ class PEMCertificate:
         return cls(Path(files.certificate).read_bytes(), Path(files.key).read_bytes())
 
 
-def _context(certificate: PEMCertificate) -> SSL.Context:
+def _context(certificate: PEMCertificate, acceptableProtocols: Sequence[bytes]) -> SSL.Context:
     """
     A server context for C{certificate}, with Twisted's defaults for
     everything else (protocol versions, ciphers), as C{ssl:} listeners have.
@@ -66,7 +69,8 @@ def _context(certificate: PEMCertificate) -> SSL.Context:
     """
     leaf, *intermediates = x509.load_pem_x509_certificates(certificate.chain)
     key = serialization.load_pem_private_key(certificate.key, password=None)
-    context: SSL.Context = CertificateOptions().getContext()
+    options = CertificateOptions(acceptableProtocols=list(acceptableProtocols) or None)
+    context: SSL.Context = options.getContext()
     context.use_certificate(leaf)
     for intermediate in intermediates:
         context.add_extra_chain_cert(intermediate)
@@ -84,12 +88,17 @@ class _Contexts:
     mixture.
     """
 
-    def __init__(self, default: PEMCertificate, byName: Mapping[str, PEMCertificate]) -> None:
+    def __init__(
+        self,
+        default: PEMCertificate,
+        byName: Mapping[str, PEMCertificate],
+        acceptableProtocols: Sequence[bytes],
+    ) -> None:
         # One context per certificate, however many names share it.
         contexts: dict[PEMCertificate, SSL.Context] = {}
         for certificate in (default, *byName.values()):
             if certificate not in contexts:
-                contexts[certificate] = _context(certificate)
+                contexts[certificate] = _context(certificate, acceptableProtocols)
         self.default = contexts[default]
         self._exact: dict[str, SSL.Context] = {}
         self._wildcards: dict[str, SSL.Context] = {}
@@ -133,11 +142,18 @@ class CertificatesByName:
     @param byName: host names (C{example.org}, or C{*.example.org} for its
         subdomains) and their certificates; an exact name wins over a
         wildcard, and names compare without case.
+    @param acceptableProtocols: what ALPN offers, as the listening factory's
+        C{acceptableProtocols()} says.
     """
 
     def __init__(
-        self, default: PEMCertificate, byName: Mapping[str, PEMCertificate] | None = None
+        self,
+        default: PEMCertificate,
+        byName: Mapping[str, PEMCertificate] | None = None,
+        *,
+        acceptableProtocols: Sequence[bytes],
     ) -> None:
+        self._acceptableProtocols = tuple(acceptableProtocols)
         self._byName: dict[str, PEMCertificate] = {}
         self.replace(default, byName or {})
 
@@ -150,7 +166,7 @@ class CertificatesByName:
         @raise OpenSSL.SSL.Error: a key that is not the certificate's.
             Either way the current certificates stay.
         """
-        contexts = _Contexts(default, byName)
+        contexts = _Contexts(default, byName, self._acceptableProtocols)
         contexts.default.set_tlsext_servername_callback(self._chooseByName)
         self._default = default
         self._byName = dict(byName)
