@@ -11,9 +11,11 @@ in real threads against the real pebble.
 
 from __future__ import annotations
 
+import shutil
 import socket
 import ssl
 import stat
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -91,8 +93,8 @@ class Events:
 
 class ACMETests(TestCase):
     def setUp(self) -> None:
-        directory = Path(self.mktemp())
-        directory.mkdir()
+        directory = Path(tempfile.mkdtemp(prefix="txfastcgi-test-acme-"))
+        self.addCleanup(shutil.rmtree, directory)
         dns, dnsPort = listenDNS()
         self.addCleanup(dns.stopListening)
         self.pebble = Pebble(directory, dnsPort)
@@ -117,22 +119,22 @@ class ACMETests(TestCase):
         self.clock.advance(time.time())
         self.served = CertificatesByName(certificateFor("default.test"), acceptableProtocols=[])
 
-    def certificates(self) -> ACMECertificates:
+    def certificates(self, hosts: tuple[str, ...] = HOSTS) -> ACMECertificates:
         """The service, started, telling L{Events} and the TLS listener of each certificate."""
 
         def issued(hosts: tuple[str, ...], certificate: PEMCertificate) -> None:
             self.served.update(dict.fromkeys(hosts, certificate))
             self.events.certificate(hosts, certificate)
 
-        service = ACMECertificates(self.settings, [HOSTS], self.answers, issued, self.clock)
+        service = ACMECertificates(self.settings, [hosts], self.answers, issued, self.clock)
         service.startService()
         self.addCleanup(service.stopService)
         return service
 
     async def issuedCount(self, count: int) -> PEMCertificate:
+        """The certificate the service tells of the C{count}th time."""
         await self.events.until(lambda: len(self.events.issued) >= count)
-        hosts, certificate = self.events.issued[count - 1]
-        self.assertEqual(hosts, HOSTS)
+        _, certificate = self.events.issued[count - 1]
         return certificate
 
     async def listen(self) -> int:
@@ -154,6 +156,7 @@ class ACMETests(TestCase):
     async def test_a_certificate_is_issued_for_every_host_and_served(self) -> None:
         self.certificates()
         certificate = await self.issuedCount(1)
+        self.assertEqual(self.events.issued[0][0], HOSTS)
         port = await self.listen()
         for name in HOSTS:
             self.assertEqual(await self.servedFor(port, name), leaf(certificate))
@@ -179,6 +182,15 @@ class ACMETests(TestCase):
         self.assertEqual(self.events.issued[1], (HOSTS, certificate))
         self.assertEqual(self.renewal(), first_renewal_time(certificate))
         self.assertEqual((self.state / "account.key").read_bytes(), accountKey)
+
+    async def test_a_site_that_gained_a_host_gets_a_new_certificate_at_start(self) -> None:
+        first = self.certificates()
+        await self.issuedCount(1)
+        first.stopService()
+        self.certificates(HOSTS + ("shop.example.test",))
+        certificate = await self.issuedCount(2)
+        port = await self.listen()
+        self.assertEqual(await self.servedFor(port, "shop.example.test"), leaf(certificate))
 
     async def test_renewal_when_a_third_of_the_lifetime_is_left(self) -> None:
         self.certificates()

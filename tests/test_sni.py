@@ -6,8 +6,10 @@ each name receives, before and after the certificates are replaced.
 
 from __future__ import annotations
 
+import shutil
 import socket
 import ssl
+import tempfile
 from pathlib import Path
 
 from OpenSSL import SSL
@@ -163,8 +165,8 @@ class CertificatesByNameTests(TestCase):
         self.assertEqual(await self.received(port, "www.example.org"), der(self.exact))
 
     async def test_certificates_load_from_a_sites_tls_files(self) -> None:
-        directory = Path(self.mktemp())
-        directory.mkdir()
+        directory = Path(tempfile.mkdtemp(prefix="txfastcgi-test-sni-"))
+        self.addCleanup(shutil.rmtree, directory)
         renewed = certificateFor("www.example.org")
         (directory / "fullchain.pem").write_bytes(renewed.chain + self.other.chain)
         (directory / "key.pem").write_bytes(renewed.key)

@@ -181,21 +181,25 @@ class _State:
     def certificate(self, hosts: Sequence[str]) -> PEMCertificate | None:
         """
         The stored certificate for C{hosts}, or C{None} if there is none
-        that names them all with its key.
+        that names them all with its key: a site that gained a host, or
+        files a crash left half-written, get a new one.
         """
         directory = self._certificateDirectory(hosts)
         try:
             stored = PEMCertificate(
                 (directory / "fullchain.pem").read_bytes(), (directory / "privkey.pem").read_bytes()
             )
-        except FileNotFoundError:
+            leaf = x509.load_pem_x509_certificate(stored.chain)
+            key = serialization.load_pem_private_key(stored.key, password=None)
+        except (OSError, ValueError):
             return None
-        leaf = x509.load_pem_x509_certificate(stored.chain)
-        key = serialization.load_pem_private_key(stored.key, password=None)
-        publicKey = serialization.PublicFormat.SubjectPublicKeyInfo
-        if key.public_key().public_bytes(
-            serialization.Encoding.DER, publicKey
-        ) != leaf.public_key().public_bytes(serialization.Encoding.DER, publicKey):
+        encoding, publicFormat = (
+            serialization.Encoding.DER,
+            serialization.PublicFormat.SubjectPublicKeyInfo,
+        )
+        if key.public_key().public_bytes(encoding, publicFormat) != leaf.public_key().public_bytes(
+            encoding, publicFormat
+        ):
             return None
         names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         if not set(hosts) <= set(names.get_values_for_type(x509.DNSName)):
@@ -203,10 +207,14 @@ class _State:
         return stored
 
     def store(self, hosts: Sequence[str], certificate: PEMCertificate) -> None:
-        """Keep C{certificate}: its key first, so that a crash in between leaves a mismatch,
-        which L{certificate} takes for no certificate, rather than a lost key."""
-        directory = _privateDirectory(self._certificateDirectory(hosts))
-        _privateDirectory(directory.parent)
+        """
+        Keep C{certificate}, its key first: a crash in between leaves a
+        mismatch, which L{certificate} takes for no certificate, rather
+        than a certificate whose key is lost.
+        """
+        directory = self._certificateDirectory(hosts)
+        for each in (self._directory, directory.parent, directory):
+            _privateDirectory(each)
         _writePrivately(directory / "privkey.pem", certificate.key)
         _writePrivately(directory / "fullchain.pem", certificate.chain)
 
