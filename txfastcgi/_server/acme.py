@@ -1,0 +1,453 @@
+"""
+Certificates obtained and renewed by ACME (RFC 8555: Let's Encrypt and
+the like) for the sites with C{acme = true}, proved by the HTTP-01
+challenge, kept in the C{[acme] state} directory.
+
+The C{acme} library's client blocks (C{requests}, and C{time.sleep}
+while it polls), so every call to it runs in a thread; what the reactor
+runs only schedules, stores and tells.
+
+Usage::
+
+    answers = HTTP01Answers()        # consulted by the port 80 front
+    certificates = ACMECertificates(
+        settings, [site.hosts for site in acmeSites], answers,
+        issued=lambda hosts, certificate: sni.update(dict.fromkeys(hosts, certificate)),
+    )
+    certificates.setServiceParent(application)
+
+The port 80 front answers C{GET /.well-known/acme-challenge/TOKEN} with
+C{answers.forPath(path)} where that is not C{None} (L{HTTP01Resource} is
+the same as a twisted.web resource).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import cast
+
+from acme import challenges, client, crypto_util, errors, messages
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from josepy.jwa import ES256
+from josepy.jwk import JWKEC
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredLock, ensureDeferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from txfastcgi._server.sitefile import ACMESettings
+from txfastcgi._server.sni import PEMCertificate
+from txfastcgi._version import __version__
+
+__all__ = ["ACMECertificates", "HTTP01Answers", "HTTP01Resource"]
+
+CHALLENGE_PATH = b"/.well-known/acme-challenge/"
+"""Where HTTP-01 looks for its token's answer (RFC 8555, section 8.3)."""
+
+RENEW_WHEN_LEFT = 1 / 3
+"""
+Renew once less than this share of a certificate's lifetime is left: 30
+days of Let's Encrypt's 90, as certbot does, which leaves weeks of retries
+before the certificate runs out.
+"""
+
+RETRY_DELAY = 3600.0
+"""
+Seconds before trying again after an order failed: Let's Encrypt allows 5
+failed validations per name an hour.
+"""
+
+ORDER_TIMEOUT = datetime.timedelta(seconds=90)
+"""How long the CA gets to validate the challenges and issue a certificate."""
+
+Issued = Callable[[tuple[str, ...], PEMCertificate], object]
+
+
+class HTTP01Answers:
+    """
+    The answers to the HTTP-01 challenges in progress: what the CA must
+    read at C{http://HOST/.well-known/acme-challenge/TOKEN} (on port 80)
+    to believe we serve C{HOST}.
+    """
+
+    def __init__(self) -> None:
+        self._byToken: dict[str, bytes] = {}
+
+    def answer(self, token: str) -> bytes | None:
+        """The key authorization for C{token}, if its challenge is in progress."""
+        return self._byToken.get(token)
+
+    def forPath(self, path: bytes) -> bytes | None:
+        """
+        The response body for a request for C{path} (without a query), if it
+        is a challenge in progress; C{None} for any other path, which the
+        front serves as usual.
+        """
+        if not path.startswith(CHALLENGE_PATH):
+            return None
+        return self.answer(path[len(CHALLENGE_PATH) :].decode("ascii", "replace"))
+
+    def add(self, token: str, keyAuthorization: bytes) -> None:
+        self._byToken[token] = keyAuthorization
+
+    def remove(self, token: str) -> None:
+        self._byToken.pop(token, None)
+
+
+class HTTP01Resource(Resource):
+    """
+    Answers the HTTP-01 challenges in progress, and 404s everything else:
+    the root of a port 80 site that only proves names, or a child at
+    C{.well-known/acme-challenge} of a site that serves more.
+    """
+
+    isLeaf = True
+
+    def __init__(self, answers: HTTP01Answers) -> None:
+        super().__init__()
+        self._answers = answers
+
+    def render_GET(self, request: Request) -> bytes:
+        token = request.postpath[-1].decode("ascii", "replace") if request.postpath else ""
+        answer = self._answers.answer(token)
+        if answer is None:
+            request.setResponseCode(404)
+            return b"Not Found\n"
+        request.setHeader(b"content-type", b"application/octet-stream")
+        return answer
+
+
+def _writePrivately(path: Path, data: bytes) -> None:
+    """
+    Write C{path} whole or not at all (a crash leaves the old file), and
+    readable by its owner only (0600) from its first byte.
+    """
+    temporary = path.with_name(path.name + ".new")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as file:
+        os.fchmod(file.fileno(), 0o600)
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+
+
+def _privateDirectory(path: Path) -> Path:
+    """C{path}, made if missing, and only its owner's (0700): it holds private keys."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def _newKey() -> bytes:
+    """A new P-256 private key, PEM: quick to make, and every CA takes it."""
+    return ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+class _State:
+    """
+    The C{[acme] state} directory::
+
+        account.key                   the ACME account's key
+        certificates/HOST/fullchain.pem
+        certificates/HOST/privkey.pem  (HOST: a site's first host)
+    """
+
+    def __init__(self, directory: str) -> None:
+        self._directory = Path(directory)
+
+    def accountKey(self) -> bytes:
+        """The account's key, made (once, ever) if there is none yet."""
+        path = _privateDirectory(self._directory) / "account.key"
+        if not path.exists():
+            _writePrivately(path, _newKey())
+        return path.read_bytes()
+
+    def _certificateDirectory(self, hosts: Sequence[str]) -> Path:
+        return self._directory / "certificates" / hosts[0]
+
+    def certificate(self, hosts: Sequence[str]) -> PEMCertificate | None:
+        """
+        The stored certificate for C{hosts}, or C{None} if there is none
+        that names them all with its key: a site that gained a host, or
+        files a crash left half-written, get a new one.
+        """
+        directory = self._certificateDirectory(hosts)
+        try:
+            stored = PEMCertificate(
+                (directory / "fullchain.pem").read_bytes(), (directory / "privkey.pem").read_bytes()
+            )
+            leaf = x509.load_pem_x509_certificate(stored.chain)
+            key = serialization.load_pem_private_key(stored.key, password=None)
+        except (OSError, ValueError):
+            return None
+        encoding, publicFormat = (
+            serialization.Encoding.DER,
+            serialization.PublicFormat.SubjectPublicKeyInfo,
+        )
+        if key.public_key().public_bytes(encoding, publicFormat) != leaf.public_key().public_bytes(
+            encoding, publicFormat
+        ):
+            return None
+        names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        if not set(hosts) <= set(names.get_values_for_type(x509.DNSName)):
+            return None
+        return stored
+
+    def store(self, hosts: Sequence[str], certificate: PEMCertificate) -> None:
+        """
+        Keep C{certificate}, its key first: a crash in between leaves a
+        mismatch, which L{certificate} takes for no certificate, rather
+        than a certificate whose key is lost.
+        """
+        directory = self._certificateDirectory(hosts)
+        for each in (self._directory, directory.parent, directory):
+            _privateDirectory(each)
+        _writePrivately(directory / "privkey.pem", certificate.key)
+        _writePrivately(directory / "fullchain.pem", certificate.chain)
+
+
+def _renewalTime(certificate: PEMCertificate) -> float:
+    """
+    When to renew C{certificate}, in seconds since the epoch: once less
+    than L{RENEW_WHEN_LEFT} of its lifetime is left.
+    """
+    leaf = x509.load_pem_x509_certificate(certificate.chain)
+    notBefore = leaf.not_valid_before_utc.timestamp()
+    notAfter = leaf.not_valid_after_utc.timestamp()
+    return notAfter - (notAfter - notBefore) * RENEW_WHEN_LEFT
+
+
+class _Account:
+    """
+    The ACME account, and its blocking client: every method runs in a
+    thread, one at a time (L{ACMECertificates} holds a lock).
+    """
+
+    def __init__(self, settings: ACMESettings, state: _State) -> None:
+        self._settings = settings
+        self._state = state
+        self._client: client.ClientV2 | None = None
+
+    def _registered(self) -> client.ClientV2:
+        """
+        The client, signed in to the account of our key, which is created
+        on the CA the first time (agreeing to its terms of service, as
+        configuring C{[acme]} does).
+        """
+        if self._client is not None:
+            return self._client
+        key = serialization.load_pem_private_key(self._state.accountKey(), password=None)
+        network = client.ClientNetwork(
+            JWKEC(key=key),
+            alg=ES256,
+            # requests takes a CA bundle's path where a bool is annotated.
+            verify_ssl=self._settings.ca_bundle or True,  # type: ignore[arg-type]
+            user_agent=f"txfastcgi/{__version__}",
+        )
+        acme = client.ClientV2(
+            client.ClientV2.get_directory(self._settings.directory, network), network
+        )
+        registration = messages.NewRegistration.from_data(
+            email=self._settings.email, terms_of_service_agreed=True
+        )
+        try:
+            acme.new_account(registration)
+        except errors.ConflictError as existing:
+            # The key has an account already (this CA kept it from a
+            # previous run): use it.
+            network.account = messages.RegistrationResource(
+                uri=existing.location, body=messages.Registration()
+            )
+        self._client = acme
+        return acme
+
+    def signOut(self) -> None:
+        """
+        Sign in again next time: after a failure, the CA may have lost the
+        account (a test CA restarted) or the connection may be broken.
+        """
+        self._client = None
+
+    def order(self, hosts: Sequence[str]) -> tuple[messages.OrderResource, bytes]:
+        """Order a certificate for C{hosts}, with a new key: the order, and the key."""
+        key = _newKey()
+        csr = crypto_util.make_csr(key, list(hosts))
+        return self._registered().new_order(csr), key
+
+    def http01Challenges(
+        self, order: messages.OrderResource
+    ) -> list[tuple[messages.ChallengeBody, str, bytes]]:
+        """
+        The HTTP-01 challenges of C{order}'s pending authorizations, with
+        each one's token and answer (an authorization already valid, that
+        the CA reused, has none).
+        """
+        acme = self._registered()
+        found = []
+        for authorization in order.authorizations:
+            if authorization.body.status == messages.STATUS_VALID:
+                continue
+            for challenge in authorization.body.challenges:
+                if isinstance(challenge.chall, challenges.HTTP01):
+                    answer = challenge.chall.validation(acme.net.key)
+                    found.append((challenge, challenge.chall.encode("token"), answer.encode()))
+                    break
+            else:
+                raise errors.Error(
+                    f"{authorization.body.identifier.value}: the CA offers no HTTP-01 challenge"
+                )
+        return found
+
+    def answer(self, challenge: messages.ChallengeBody) -> None:
+        """Tell the CA that the answer to C{challenge} is in place."""
+        acme = self._registered()
+        acme.answer_challenge(challenge, challenge.chall.response(acme.net.key))
+
+    def finish(self, order: messages.OrderResource, key: bytes) -> PEMCertificate:
+        """Wait for the CA to validate C{order}, then for its certificate."""
+        deadline = datetime.datetime.now() + ORDER_TIMEOUT
+        finished = self._registered().poll_and_finalize(order, deadline)
+        return PEMCertificate(finished.fullchain_pem.encode("ascii"), key)
+
+
+class ACMECertificates(Service):
+    """
+    Keeps a certificate for each set of host names, issued by the CA of
+    C{settings}: the stored one at start, a new one when there is none or
+    it is due for renewal. If an order fails, the last good certificate
+    stays in service, the failure is logged and counted, and the order is
+    tried again after L{RETRY_DELAY}.
+
+    @param settings: the C{[acme]} table.
+    @param sites: each site's host names, one certificate each; its first
+        name names its files in the state directory.
+    @param answers: where the HTTP-01 answers go while a challenge is in
+        progress, for the port 80 front to serve.
+    @param issued: called with a site's host names and the certificate to
+        serve for them: for each stored certificate when the service
+        starts, and for each one issued since.
+    @param clock: what schedules renewals and retries.
+
+    @ivar failures: the orders that failed, for the metrics.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        settings: ACMESettings,
+        sites: Iterable[Sequence[str]],
+        answers: HTTP01Answers,
+        issued: Issued,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        if clock is None:
+            from twisted.internet import reactor as globalReactor
+
+            clock = cast(IReactorTime, globalReactor)
+        self._clock = clock
+        self._sites = [tuple(hosts) for hosts in sites]
+        self._answers = answers
+        self._issued = issued
+        self._state = _State(settings.state)
+        self._account = _Account(settings, self._state)
+        self._oneOrderAtATime = DeferredLock()
+        self._scheduled: dict[tuple[str, ...], IDelayedCall] = {}
+        self.failures = 0
+
+    def startService(self) -> None:
+        """Serve the stored certificates and schedule their renewal; order the missing ones."""
+        super().startService()
+        for hosts in self._sites:
+            stored = self._state.certificate(hosts)
+            if stored is None:
+                self.renew(hosts)
+            else:
+                self._issued(hosts, stored)
+                self._schedule(hosts, _renewalTime(stored))
+
+    def stopService(self) -> None:
+        """Schedule nothing more; an order in progress still completes and is stored."""
+        super().stopService()
+        for call in self._scheduled.values():
+            if call.active():
+                call.cancel()
+        self._scheduled.clear()
+
+    def _schedule(self, hosts: tuple[str, ...], when: float) -> None:
+        if not self.running:
+            return
+        delay = max(0.0, when - self._clock.seconds())
+        self._scheduled[hosts] = self._clock.callLater(delay, self.renew, hosts)
+
+    def renew(self, hosts: Sequence[str]) -> Deferred[None]:
+        """
+        Order a new certificate for C{hosts} now, and schedule the next
+        renewal (or, if it failed, the retry). Fires when done, failed or
+        not: a failure is logged, not raised.
+        """
+        return ensureDeferred(self._renew(tuple(hosts)))
+
+    async def _renew(self, hosts: tuple[str, ...]) -> None:
+        try:
+            certificate = await self._oneOrderAtATime.run(
+                lambda: ensureDeferred(self._obtain(hosts))
+            )
+        except Exception as error:
+            self.failures += 1
+            self.log.error(
+                "ACME: no new certificate for {hosts} ({error}); the last one stays,"
+                " retry in {retry} s",
+                hosts=" ".join(hosts),
+                error=f"{type(error).__name__}: {error}",
+                retry=RETRY_DELAY,
+                failures=self.failures,
+            )
+            self._schedule(hosts, self._clock.seconds() + RETRY_DELAY)
+            return
+        self.log.info(
+            "ACME: new certificate for {hosts}, renewed from {renewal}",
+            hosts=" ".join(hosts),
+            renewal=datetime.datetime.fromtimestamp(
+                _renewalTime(certificate), datetime.timezone.utc
+            ).isoformat(),
+        )
+        self._schedule(hosts, _renewalTime(certificate))
+        self._issued(hosts, certificate)
+
+    async def _obtain(self, hosts: tuple[str, ...]) -> PEMCertificate:
+        """Order, prove, and store a certificate for C{hosts}."""
+        try:
+            certificate = await self._prove(hosts)
+        except Exception:
+            self._account.signOut()
+            raise
+        await deferToThread(self._state.store, hosts, certificate)
+        return certificate
+
+    async def _prove(self, hosts: tuple[str, ...]) -> PEMCertificate:
+        """Order a certificate for C{hosts}, and answer its challenges until it is issued."""
+        order, key = await deferToThread(self._account.order, hosts)
+        pending = await deferToThread(self._account.http01Challenges, order)
+        try:
+            for challenge, token, answer in pending:
+                self._answers.add(token, answer)
+                await deferToThread(self._account.answer, challenge)
+            certificate: PEMCertificate = await deferToThread(self._account.finish, order, key)
+        finally:
+            for _, token, _ in pending:
+                self._answers.remove(token)
+        return certificate

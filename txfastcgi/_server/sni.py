@@ -1,0 +1,196 @@
+"""
+TLS certificates chosen by the host name a client asks for (SNI), so that
+one listener serves every site with its own certificate, and certificates
+that can be replaced while the listener runs (an ACME renewal, a reload).
+
+Usage::
+
+    certificates = CertificatesByName(
+        PEMCertificate.fromFiles(defaultFiles),
+        {"example.org": PEMCertificate.fromFiles(files), "*.example.org": ...},
+        acceptableProtocols=factory.acceptableProtocols(),
+    )
+    endpoints.SSL4ServerEndpoint(reactor, 443, certificates).listen(factory)
+    ...
+    certificates.update({"example.org": renewed})
+
+Twisted sets the listening factory's ALPN protocols (C{h2}, C{http/1.1}:
+L{txfastcgi._http.alpn}) on the context each connection starts with only.
+Whether the context SNI switches to keeps that choice depends on the
+OpenSSL and pyOpenSSL underneath (CPython's wheels here do, PyPy 3.9's
+pyOpenSSL 25.1 does not), so every context offers C{acceptableProtocols}
+itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.internet.ssl import CertificateOptions
+from twisted.protocols.tls import TLSMemoryBIOProtocol
+from zope.interface import implementer
+
+from txfastcgi._server.sitefile import TLSFiles
+
+__all__ = ["CertificatesByName", "PEMCertificate"]
+
+
+@dataclass(frozen=True)
+class PEMCertificate:
+    """
+    A certificate to serve, as PEM.
+
+    @ivar chain: the certificate, then the intermediates that lead to a
+        root clients trust (Let's Encrypt's C{fullchain.pem}).
+    @ivar key: its private key.
+    """
+
+    chain: bytes
+    key: bytes
+
+    @classmethod
+    def fromFiles(cls, files: TLSFiles) -> PEMCertificate:
+        """Read the files a site's C{[site.tls]} names."""
+        return cls(Path(files.certificate).read_bytes(), Path(files.key).read_bytes())
+
+
+def _context(certificate: PEMCertificate, acceptableProtocols: Sequence[bytes]) -> SSL.Context:
+    """
+    A server context for C{certificate}, with Twisted's defaults for
+    everything else (protocol versions, ciphers), as C{ssl:} listeners have.
+    Loading it here, not at the first handshake, makes a broken pair of
+    files an error for whoever supplies it.
+    """
+    leaf, *intermediates = x509.load_pem_x509_certificates(certificate.chain)
+    key = serialization.load_pem_private_key(certificate.key, password=None)
+    options = CertificateOptions(acceptableProtocols=list(acceptableProtocols) or None)
+    context: SSL.Context = options.getContext()
+    context.use_certificate(leaf)
+    for intermediate in intermediates:
+        context.add_extra_chain_cert(intermediate)
+    # The key types loading admits include some that cannot sign (X25519),
+    # which use_privatekey refuses with an error.
+    context.use_privatekey(key)  # type: ignore[arg-type]
+    context.check_privatekey()
+    return context
+
+
+class _Contexts:
+    """
+    One whole set of certificates, made into contexts: replaced whole and
+    never changed, so that a handshake sees one set or the next, never a
+    mixture.
+    """
+
+    def __init__(
+        self,
+        default: PEMCertificate,
+        byName: Mapping[str, PEMCertificate],
+        acceptableProtocols: Sequence[bytes],
+    ) -> None:
+        # One context per certificate, however many names share it.
+        contexts: dict[PEMCertificate, SSL.Context] = {}
+        for certificate in (default, *byName.values()):
+            if certificate not in contexts:
+                contexts[certificate] = _context(certificate, acceptableProtocols)
+        self.default = contexts[default]
+        self._exact: dict[str, SSL.Context] = {}
+        self._wildcards: dict[str, SSL.Context] = {}
+        for name, certificate in byName.items():
+            name = _normalized(name)
+            if name.startswith("*."):
+                self._wildcards[name[2:]] = contexts[certificate]
+            else:
+                self._exact[name] = contexts[certificate]
+
+    def forName(self, name: str) -> SSL.Context:
+        """
+        The context for C{name}: its exact entry, else the wildcard of the
+        nearest parent domain (C{*.example.org} covers every subdomain of
+        C{example.org}, as a site's hosts do), else the default.
+        """
+        exact = self._exact.get(name)
+        if exact is not None:
+            return exact
+        labels = name.split(".")
+        for start in range(1, len(labels)):
+            wildcard = self._wildcards.get(".".join(labels[start:]))
+            if wildcard is not None:
+                return wildcard
+        return self.default
+
+
+def _normalized(name: str) -> str:
+    """Host names compare without case and without a final dot."""
+    return name.lower().rstrip(".")
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class CertificatesByName:
+    """
+    Serves each TLS connection the certificate for the host name its
+    client sent by SNI, or the default one for clients that sent none or a
+    name without a certificate.
+
+    @param default: the certificate for unknown names.
+    @param byName: host names (C{example.org}, or C{*.example.org} for its
+        subdomains) and their certificates; an exact name wins over a
+        wildcard, and names compare without case.
+    @param acceptableProtocols: what ALPN offers, as the listening factory's
+        C{acceptableProtocols()} says.
+    """
+
+    def __init__(
+        self,
+        default: PEMCertificate,
+        byName: Mapping[str, PEMCertificate] | None = None,
+        *,
+        acceptableProtocols: Sequence[bytes],
+    ) -> None:
+        self._acceptableProtocols = tuple(acceptableProtocols)
+        self._byName: dict[str, PEMCertificate] = {}
+        self.replace(default, byName or {})
+
+    def replace(self, default: PEMCertificate, byName: Mapping[str, PEMCertificate]) -> None:
+        """
+        Serve these certificates instead, from the next handshake on (a
+        reload). Connections already established keep theirs.
+
+        @raise ValueError: a certificate or a key that does not load.
+        @raise OpenSSL.SSL.Error: a key that is not the certificate's.
+            Either way the current certificates stay.
+        """
+        contexts = _Contexts(default, byName, self._acceptableProtocols)
+        contexts.default.set_tlsext_servername_callback(self._chooseByName)
+        self._default = default
+        self._byName = dict(byName)
+        self._contexts = contexts
+
+    def update(self, byName: Mapping[str, PEMCertificate]) -> None:
+        """
+        Serve these names' new certificates, the others' as before (a
+        renewal).
+        """
+        self.replace(self._default, {**self._byName, **byName})
+
+    def serverConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
+        return SSL.Connection(self._contexts.default, None)
+
+    def _chooseByName(self, connection: SSL.Connection) -> None:
+        """
+        The client's hello has named a host: switch to that host's
+        certificate. C{get_servername} gives the name in its ASCII
+        (IDNA) form; bytes that are not ASCII name no host, so they get
+        the default certificate rather than a failed handshake.
+        """
+        name = connection.get_servername()
+        if name is not None:
+            connection.set_context(
+                self._contexts.forName(_normalized(name.decode("ascii", "replace")))
+            )
