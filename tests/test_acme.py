@@ -29,11 +29,12 @@ from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
-from twisted.web.server import Site
 
 from tests.pebble import Pebble, listenDNS
 from tests.test_sni import certificateFor
-from txfastcgi._server.acme import RETRY_DELAY, ACMECertificates, HTTP01Answers, HTTP01Resource
+from txfastcgi._http.http1 import HTTP1Factory, StaticFiles
+from txfastcgi._http.sites import Sites
+from txfastcgi._server.acme import RETRY_DELAY, ACMECertificates, HTTP01Answers
 from txfastcgi._server.sitefile import ACMESettings
 from txfastcgi._server.sni import CertificatesByName, PEMCertificate
 
@@ -101,8 +102,11 @@ class ACMETests(TestCase):
         self.pebble.start()
         self.addCleanup(self.pebble.stop)
         self.answers = HTTP01Answers()
-        site = Site(HTTP01Resource(self.answers))
-        http = reactor.listenTCP(self.pebble.httpPort, site, interface="127.0.0.1")  # type: ignore[arg-type]
+        # What answers the challenges on port 80: the HTTP/1.1 front, for no site but them.
+        front = HTTP1Factory(
+            Sites([], challenges=self.answers), serveStaticFile=StaticFiles(), reactor=reactor
+        )
+        http = reactor.listenTCP(self.pebble.httpPort, front, interface="127.0.0.1")  # type: ignore[arg-type]
         self.addCleanup(http.stopListening)
         self.state = directory / "state"
         self.settings = ACMESettings(

@@ -25,7 +25,6 @@ from tests.conftest import PHPFPMPool
 from tests.processes import REPOSITORY, freePort, startServer, stopProxy
 from tests.test_https import makeCertificate
 from txfastcgi._limits import DEFAULT_MAX_BODY_SIZE
-from txfastcgi._server.sitefile import notServedYet
 from txfastcgi.tap import (
     ACMESettings,
     Options,
@@ -261,7 +260,6 @@ def test_the_command_line_is_one_default_site_and_maps_back_onto_itself(here: Pa
     assert (site.read_timeout, site.max_body_size, site.compress) == (120.0, 1024**2, False)
     assert site.early_hint_links == {"/": ("</a.css>; rel=preload",)}
     assert siteFile.server.trusted_proxies == ("10.0.0.1",)
-    assert notServedYet(siteFile) is None
 
 
 def test_the_reference_page_documents_every_key_and_no_other() -> None:
@@ -536,16 +534,25 @@ def test_the_command_refuses_in_one_line(here: Path, arguments: list[str], line:
     assert (result.returncode, result.stderr.splitlines()) == (2, [line])
 
 
-def test_a_site_file_with_what_is_not_built_yet_is_refused(here: Path) -> None:
-    write(
-        here,
-        '[[site]]\nhosts = "a.org"\nroot = "www"\nacme = true\n\n[acme]\nemail = "a@a.org"\n',
-    )
-    result = runCommand(here, "--config", "sites.toml")
+ACME_SITE = '[[site]]\nhosts = "a.org"\nroot = "www"\nacme = true\n\n[acme]\nemail = "a@a.org"\n'
+
+
+def test_with_acme_a_tls_listener_needs_no_certificate_of_its_own(here: Path) -> None:
+    write(here, '[server]\nlisten = ["tcp:8080", "ssl:8443"]\n\n' + ACME_SITE)
+    result = runCommand(here, "--config", "sites.toml", "--check")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "sites.toml: ok, 1 site\n", "")
+
+
+def test_acme_takes_one_process_and_tls_files_that_are_there(here: Path) -> None:
+    write(here, '[server]\nworkers = 2\nlisten = "ssl:8443:privateKey=gone.pem"\n\n' + ACME_SITE)
+    result = runCommand(here, "--config", "sites.toml", "--check")
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        "twist fastcgi-proxy: error: --config sites.toml: acme:"
-        " not built yet (--check validates the file)"
+        "sites.toml:2: acme = true needs workers = 1: the process that orders a certificate"
+        " answers its challenges",
+        "sites.toml:2: workers shares only tcp, tcp6 and unix listeners, not"
+        " 'ssl:8443:privateKey=gone.pem'",
+        "sites.toml:3: listen 'ssl:8443:privateKey=gone.pem': privateKey 'gone.pem' is not a file",
     ]
 
 

@@ -17,12 +17,16 @@ C{/.well-known/acme-challenge/}, which an ACME CA asks for over plain
 HTTP), in one hop, with 301 for GET and HEAD and 308 for the rest, whose
 method and body a 301 would let a client drop. Over HTTPS it may add
 C{Strict-Transport-Security} to every response.
+
+The answers to ACME's HTTP-01 challenges in progress come first, for any
+host: the CA asks for the name it is proving.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from txfastcgi._http.core import (
     ANSWERED,
@@ -39,10 +43,26 @@ from txfastcgi._http.core import (
 from txfastcgi._http.framing import BodyFraming
 from txfastcgi._http.writers import ForwardingWriter
 
-__all__ = ["HostTable", "HostedSite", "Sites", "WithHeader", "splitHost"]
+__all__ = [
+    "ACME_CHALLENGE_PATH",
+    "Challenges",
+    "HostTable",
+    "HostedSite",
+    "Sites",
+    "WithHeader",
+    "splitHost",
+]
 
-_ACME_CHALLENGES = b"/.well-known/acme-challenge/"
+ACME_CHALLENGE_PATH = b"/.well-known/acme-challenge/"
+"""Where ACME's HTTP-01 looks for its token's answer (RFC 8555, section 8.3)."""
 _KEEPS_METHOD = (b"GET", b"HEAD")
+
+
+class Challenges(Protocol):
+    """The ACME HTTP-01 challenges in progress (L{txfastcgi._server.acme.HTTP01Answers})."""
+
+    def forPath(self, path: bytes) -> bytes | None:
+        """The body to answer a request for C{path} with, if it is a challenge's."""
 
 
 @dataclass(frozen=True)
@@ -129,10 +149,17 @@ class Sites:
     @param sites: the sites; at most one without hosts.
     @param refuseUnknown: answer a request for a host no site names with
         421, rather than from the default site.
+    @param challenges: the ACME challenges to answer, if any.
     """
 
-    def __init__(self, sites: Sequence[HostedSite], refuseUnknown: bool = False) -> None:
+    def __init__(
+        self,
+        sites: Sequence[HostedSite],
+        refuseUnknown: bool = False,
+        challenges: Challenges | None = None,
+    ) -> None:
         self._refuseUnknown = refuseUnknown
+        self._challenges = challenges
         self.table = HostTable(sites, refuseUnknown)
 
     def replace(self, sites: Sequence[HostedSite]) -> None:
@@ -143,6 +170,13 @@ class Sites:
         self.table = HostTable(sites, self._refuseUnknown)
 
     def handle(self, request: RequestFacts, writer: ResponseWriter) -> Exchange | Answered:
+        challenges = self._challenges
+        if challenges is not None and request.target.startswith(ACME_CHALLENGE_PATH):
+            answer = challenges.forPath(request.target.partition(b"?")[0])
+            if answer is not None:
+                headers = [(b"content-type", b"application/octet-stream")]
+                answerPage(request, writer, 200, reasonPhrase(200), headers, answer)
+                return ANSWERED
         host = b""
         for name, value in request.headers:
             if name.lower() == b"host":
@@ -179,7 +213,7 @@ def _redirectLocation(
     if moved != name and table.find(moved) is not site:
         moved = name
     secure = request.secure
-    if site.httpsRedirect and not secure and not target.startswith(_ACME_CHALLENGES):
+    if site.httpsRedirect and not secure and not target.startswith(ACME_CHALLENGE_PATH):
         return b"https://" + moved + target
     if moved == name:
         return None

@@ -16,9 +16,9 @@ Usage::
     )
     certificates.setServiceParent(application)
 
-The port 80 front answers C{GET /.well-known/acme-challenge/TOKEN} with
-C{answers.forPath(path)} where that is not C{None} (L{HTTP01Resource} is
-the same as a twisted.web resource).
+The fronts answer C{GET /.well-known/acme-challenge/TOKEN} with
+C{answers.forPath(path)} where that is not C{None}
+(L{txfastcgi._http.sites.Sites} does).
 """
 
 from __future__ import annotations
@@ -40,17 +40,13 @@ from twisted.internet.defer import Deferred, DeferredLock, ensureDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
-from twisted.web.resource import Resource
-from twisted.web.server import Request
 
+from txfastcgi._http.sites import ACME_CHALLENGE_PATH
 from txfastcgi._server.sitefile import ACMESettings
 from txfastcgi._server.sni import PEMCertificate
 from txfastcgi._version import __version__
 
-__all__ = ["ACMECertificates", "HTTP01Answers", "HTTP01Resource"]
-
-CHALLENGE_PATH = b"/.well-known/acme-challenge/"
-"""Where HTTP-01 looks for its token's answer (RFC 8555, section 8.3)."""
+__all__ = ["ACMECertificates", "HTTP01Answers"]
 
 RENEW_WHEN_LEFT = 1 / 3
 """
@@ -91,38 +87,15 @@ class HTTP01Answers:
         is a challenge in progress; C{None} for any other path, which the
         front serves as usual.
         """
-        if not path.startswith(CHALLENGE_PATH):
+        if not path.startswith(ACME_CHALLENGE_PATH):
             return None
-        return self.answer(path[len(CHALLENGE_PATH) :].decode("ascii", "replace"))
+        return self.answer(path[len(ACME_CHALLENGE_PATH) :].decode("ascii", "replace"))
 
     def add(self, token: str, keyAuthorization: bytes) -> None:
         self._byToken[token] = keyAuthorization
 
     def remove(self, token: str) -> None:
         self._byToken.pop(token, None)
-
-
-class HTTP01Resource(Resource):
-    """
-    Answers the HTTP-01 challenges in progress, and 404s everything else:
-    the root of a port 80 site that only proves names, or a child at
-    C{.well-known/acme-challenge} of a site that serves more.
-    """
-
-    isLeaf = True
-
-    def __init__(self, answers: HTTP01Answers) -> None:
-        super().__init__()
-        self._answers = answers
-
-    def render_GET(self, request: Request) -> bytes:
-        token = request.postpath[-1].decode("ascii", "replace") if request.postpath else ""
-        answer = self._answers.answer(token)
-        if answer is None:
-            request.setResponseCode(404)
-            return b"Not Found\n"
-        request.setHeader(b"content-type", b"application/octet-stream")
-        return answer
 
 
 def _writePrivately(path: Path, data: bytes) -> None:

@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from OpenSSL import SSL
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import (
@@ -21,6 +22,7 @@ from twisted.internet.interfaces import (
     ITransport,
 )
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.components import proxyForInterface
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource
@@ -35,7 +37,7 @@ from txfastcgi._http.core import Handler
 from txfastcgi._http.http1 import HTTP1Factory, StaticFiles
 from txfastcgi._http.resource import CoreResource, FastCGIResource
 from txfastcgi._http.served import Served
-from txfastcgi._http.sites import HostedSite, Sites
+from txfastcgi._http.sites import Challenges, HostedSite, Sites
 from txfastcgi._http.status import (
     OperatorPage,
     PagesBeforeProxy,
@@ -47,9 +49,10 @@ from txfastcgi._http.web import FastCGISite
 from txfastcgi._server.configuration import Configuration
 from txfastcgi._server.phpfpm import PHPFPMService
 from txfastcgi._server.sitefile import Site
+from txfastcgi._server.sni import CertificatesByName, PEMCertificate
 
 if TYPE_CHECKING:
-    from txfastcgi._server.metrics import Metrics
+    from txfastcgi._server.metrics import ACMEFailures, Metrics
 
 
 __all__ = ["Front", "HTTP2Site"]
@@ -81,8 +84,15 @@ class Front:
     reads this process's balancers, and metrics, only with C{--metrics-path},
     cost nothing.
 
+    Sites with certificates of their own (C{tls} files, or C{acme}) have
+    them served on the TLS listeners by SNI (L{tlsFactory}); the HTTP-01
+    challenges of C{challenges} are answered for every site.
+
     @param phpFPMs: the php-fpms this process spawned, whose restarts are
         counted.
+    @param challenges: the ACME HTTP-01 challenges in progress, if any site
+        gets its certificates by ACME.
+    @param acme: what gets them, whose failures the metrics count.
     """
 
     log = Logger()
@@ -92,6 +102,8 @@ class Front:
         configuration: Configuration,
         reactor: IReactorTime,
         phpFPMs: Sequence[PHPFPMService] = (),
+        challenges: Challenges | None = None,
+        acme: ACMEFailures | None = None,
     ) -> None:
         self._reactor = reactor
         self.configuration = configuration
@@ -104,16 +116,22 @@ class Front:
         self._retiring: set[FastCGIResource] = set()
         self.backends = BackendGroup([])
         self.caches: list[ResponseCache] = []
+        # Each TLS listener's certificates, with its default certificate.
+        self._certificates: list[tuple[CertificatesByName, PEMCertificate]] = []
+        # The certificates ACME issued, by the hosts of their site.
+        self._issued: dict[tuple[str, ...], PEMCertificate] = {}
         hosted = self._serve(configuration)
         server = configuration.server
         self.sites: Sites | None = None
         handler: Handler
-        if configuration.path is None:
+        if configuration.path is None and challenges is None:
             ((_, _, core),) = self._cores
             handler = core.proxy
             resource: IResource = core
         else:
-            self.sites = Sites(hosted, refuseUnknown=server.unknown_host == "refuse")
+            self.sites = Sites(
+                hosted, refuseUnknown=server.unknown_host == "refuse", challenges=challenges
+            )
             handler = self.sites
             resource = CoreResource(self.sites)
         pages: dict[bytes, OperatorPage] = {}
@@ -128,7 +146,7 @@ class Front:
 
             if directory is not None:
                 shareAcrossProcesses(directory)
-            self.metrics = Metrics(self.backends, reactor, phpFPMs, directory, self.caches)
+            self.metrics = Metrics(self.backends, reactor, phpFPMs, directory, self.caches, acme)
             if directory is not None:
                 status = self.metrics
             if server.metrics_path is not None:
@@ -275,8 +293,23 @@ class Front:
         configuration = configuration.reloaded(
             dataclasses.replace(configuration.siteFile, server=server)
         )
-        self.sites.replace(self._serve(configuration))
+        if _acmeHosts(configuration) != _acmeHosts(self.configuration):
+            self.log.warn(
+                "reload: the sites with acme = true and [acme] change only with a restart"
+            )
+        try:
+            byName = self._siteCertificates(configuration)
+            for certificates, default in self._certificates:
+                certificates.replace(default, byName)
+        except (OSError, ValueError, SSL.Error) as e:
+            self.log.error(
+                "reload: a site's certificate cannot be served ({error}); the sites stay as"
+                " they were",
+                error=str(e),
+            )
+            return
         self.configuration = configuration
+        self.sites.replace(self._serve(configuration))
 
     def whenIdle(self) -> Deferred[None]:
         """Fires once no script request is in progress on any site, retired ones too."""
@@ -286,6 +319,35 @@ class Front:
     def factory(self, tls: bool) -> IProtocolFactory:
         """What serves a listener, a TLS one if C{tls}."""
         return self._tls if tls else self.http1
+
+    def tlsFactory(self, default: PEMCertificate) -> IProtocolFactory:
+        """
+        What serves a plain listener as a TLS one with each site's own
+        certificate, chosen by SNI, and C{default} for the other names.
+        """
+        certificates = CertificatesByName(
+            default,
+            self._siteCertificates(self.configuration),
+            acceptableProtocols=self._tls.acceptableProtocols(),
+        )
+        self._certificates.append((certificates, default))
+        return TLSMemoryBIOFactory(certificates, False, self._tls)
+
+    def certificateIssued(self, hosts: tuple[str, ...], certificate: PEMCertificate) -> None:
+        """Serve C{certificate}, which ACME issued, for C{hosts} from the next handshake on."""
+        self._issued[hosts] = certificate
+        for certificates, _ in self._certificates:
+            certificates.update(dict.fromkeys(hosts, certificate))
+
+    def _siteCertificates(self, configuration: Configuration) -> dict[str, PEMCertificate]:
+        """Each host's certificate: its site's files, or what ACME issued for it."""
+        byName: dict[str, PEMCertificate] = {}
+        for site in configuration.sites:
+            if site.tls is not None:
+                byName.update(dict.fromkeys(site.hosts, PEMCertificate.fromFiles(site.tls)))
+        for hosts, certificate in self._issued.items():
+            byName.update(dict.fromkeys(hosts, certificate))
+        return byName
 
     def keepNoConnections(self) -> None:
         """
@@ -306,6 +368,11 @@ class Front:
         self.backends.close()
         closing = gatherResults([self.http1.closeConnections(), self.site.closeConnections()])
         return closing.addCallback(lambda _: self.accessLog.close())
+
+
+def _acmeHosts(configuration: Configuration) -> tuple[object, ...]:
+    """What the ACME service started with: the hosts of each site with C{acme}, and C{[acme]}."""
+    return (configuration.siteFile.acme, *(site.hosts for site in configuration.sites if site.acme))
 
 
 def _poolSettings(configuration: Configuration) -> dict[str, _PoolSettings]:

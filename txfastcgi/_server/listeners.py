@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.interfaces import (
@@ -15,9 +16,11 @@ from twisted.internet.interfaces import (
     IReactorSocket,
 )
 
+from txfastcgi._server.endpointstrings import TLSFileNames
 from txfastcgi._server.front import Front
+from txfastcgi._server.sni import PEMCertificate, selfSignedCertificate
 
-__all__ = ["Listen", "Listeners", "adopt", "isTLS"]
+__all__ = ["Listen", "Listeners", "adopt", "defaultCertificate"]
 
 
 def adopt(
@@ -38,10 +41,13 @@ class Listeners:
     """
     The listening ports of a process: open them all, close them all.
 
-    @param listeners: how to listen on each, and whether it is a TLS one.
+    @param listeners: how to listen on each, and what it serves of the
+        front: whether it is a TLS one, or, for a plain listener that the
+        front makes a TLS one with the sites' own certificates, the files
+        of the TLS listener it was (L{splitTLS}).
     """
 
-    def __init__(self, listeners: Sequence[tuple[Listen, bool]]) -> None:
+    def __init__(self, listeners: Sequence[tuple[Listen, bool | TLSFileNames]]) -> None:
         self._listeners = listeners
         self.ports: list[IListeningPort] = []
 
@@ -49,7 +55,11 @@ class Listeners:
         """Open the access log, and listen with the factory C{front} has for each."""
         front.accessLog.open()
         for listen, tls in self._listeners:
-            self.ports.append(await listen(front.factory(tls)))
+            if isinstance(tls, TLSFileNames):
+                factory = front.tlsFactory(defaultCertificate(tls))
+            else:
+                factory = front.factory(tls)
+            self.ports.append(await listen(factory))
 
     def stopListening(self) -> Deferred[None]:
         return gatherResults(
@@ -57,6 +67,14 @@ class Listeners:
         ).addCallback(lambda _: None)
 
 
-def isTLS(description: str) -> bool:
-    """Whether a --listen endpoint string is a TLS one (ssl: or tls:, behind haproxy: too)."""
-    return description.removeprefix("haproxy:").partition(":")[0] in ("ssl", "tls")
+def defaultCertificate(files: TLSFileNames) -> PEMCertificate:
+    """
+    What a TLS listener of sites with certificates of their own serves to
+    names no site has one for: its own certificate, or a placeholder.
+    """
+    if files.privateKey is None:
+        return selfSignedCertificate("txfastcgi.invalid")
+    chain = Path(files.certKey or files.privateKey).read_bytes()
+    if files.extraCertChain is not None:
+        chain += b"\n" + Path(files.extraCertChain).read_bytes()
+    return PEMCertificate(chain, Path(files.privateKey).read_bytes())

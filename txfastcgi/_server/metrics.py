@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import values
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -97,6 +97,12 @@ def forgetProcess(directory: str, pid: int) -> None:
 _CACHE_RESULTS = {"hits": "hit", "misses": "miss", "stale": "stale", "bypasses": "bypass"}
 
 
+class ACMEFailures(Protocol):
+    """What L{Metrics} reads of L{txfastcgi._server.acme.ACMECertificates}."""
+
+    failures: int
+
+
 def _codeClass(status: int) -> str:
     return f"{status // 100}xx"
 
@@ -115,6 +121,8 @@ class Metrics:
     @param caches: the sites' response caches, whose answers and sizes are
         shown summed; the list is read at each refresh, so that its owner
         can replace what is in it when the sites are reloaded.
+    @param acme: what obtains the certificates by ACME, whose failed orders
+        are counted.
     @param directory: the directory that L{shareAcrossProcesses} was given,
         for C{--workers}; without one, this process alone is shown.
     @param clock: runs the writes of a process sharing its values.
@@ -127,8 +135,10 @@ class Metrics:
         phpFPMs: Sequence[PHPFPMService] = (),
         directory: str | None = None,
         caches: Sequence[ResponseCache] = (),
+        acme: ACMEFailures | None = None,
     ) -> None:
         self._balancer = balancer
+        self._acme = acme
         self._caches = caches
         self._phpFPMs = phpFPMs
         self._directory = directory
@@ -233,6 +243,15 @@ class Metrics:
                 registry=own,
             )
         )
+        self._acmeFailures = (
+            None
+            if acme is None
+            else Counter(
+                "txfastcgi_acme_failures",
+                "ACME orders that failed: the last good certificate was served on.",
+                registry=own,
+            )
+        )
         # Shown only with a cache, as the restarts only with a spawned php-fpm.
         self._cacheRequests = (
             None
@@ -308,6 +327,8 @@ class Metrics:
             self._catchUp(self._waitSeconds, name, pool.waitSeconds)
         if self._restarts is not None:
             self._catchUp(self._restarts, None, sum(p.restarts for p in self._phpFPMs))
+        if self._acmeFailures is not None and self._acme is not None:
+            self._catchUp(self._acmeFailures, None, self._acme.failures)
         caches = self._caches
         if self._cacheRequests is not None and self._cacheBytes is not None:
             for count, result in _CACHE_RESULTS.items():

@@ -29,6 +29,7 @@ from txfastcgi._server.checks import (
     unshareable,
 )
 from txfastcgi._server.configuration import EXTERNAL_CONNECTIONS
+from txfastcgi._server.endpointstrings import isTLS, splitTLS
 from txfastcgi._server.phpfpm import findPHPFPM
 from txfastcgi._server.sitefile import SPAWN
 from txfastcgi._server.units import parseDuration, parseSize
@@ -106,6 +107,12 @@ class Options(usage.Options):
             "no-compress",
             None,
             "Send responses as they are: no zstd, br or gzip, no precompressed static files.",
+        ],
+        [
+            "acme",
+            None,
+            "Get the certificate of the --host names by ACME (HTTP-01, answered on the plain"
+            " listener), renew it, and serve it on the TLS listeners.",
         ],
     ]
 
@@ -202,6 +209,20 @@ class Options(usage.Options):
             sitefile.DEFAULT_SHUTDOWN_TIMEOUT,
             "On SIGTERM, time to let requests in progress finish and their connections close.",
         ),
+        ["acme-email", None, None, "With --acme: the account's contact address."],
+        ["acme-directory", None, sitefile.ACME_DIRECTORY, "With --acme: the CA's directory URL."],
+        [
+            "acme-state",
+            None,
+            sitefile.DEFAULT_ACME_STATE,
+            "With --acme: the directory of the account key and the certificates.",
+        ],
+        [
+            "acme-ca-bundle",
+            None,
+            None,
+            "With --acme: PEM certificates to trust for the CA's own HTTPS (a private CA).",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -217,6 +238,7 @@ class Options(usage.Options):
         self["early-hint"] = {}
         self["cache-bypass-cookie"] = []
         self["status-allow"] = []
+        self["host"] = []
         self._given: set[str] = set()
 
     def opt_php_fpm(self, description: str) -> None:
@@ -230,9 +252,22 @@ class Options(usage.Options):
         self["php-fpm"].append(description)
 
     def opt_listen(self, description: str) -> None:
-        """Server endpoint to listen on, repeatable (tcp:8080, ssl:8443:...). [default: tcp:8080]"""
-        _checkEndpoint(endpoints.serverFromString, description, "--listen")
+        """
+        Server endpoint to listen on, repeatable (tcp:8080, ssl:8443:...); with
+        --acme, ssl:443 needs no certificate files. [default: tcp:8080]
+        """
         self["listen"].append(description)
+
+    def opt_host(self, name: str) -> None:
+        """
+        A host name the site answers for (example.org, or a wildcard for its
+        subdomains), repeatable: the names --acme gets a certificate for.
+        [default: every host]
+        """
+        problem = sitefile.hostProblem(name.lower())
+        if problem:
+            raise usage.UsageError(f"--host {name!r}: {problem}")
+        self["host"].append(name.lower())
 
     def opt_trusted_proxy(self, network: str) -> None:
         """
@@ -320,6 +355,8 @@ class Options(usage.Options):
             raise usage.UsageError(f"--php-fpm {sorted(duplicates)[0]!r} is given twice")
         if not self["listen"]:
             self["listen"] = [sitefile.DEFAULT_LISTEN]
+        if self["config"] is None:
+            self._checkListeners()
         if self["workers"] > 1:
             for description in unshareable(self["listen"]):
                 raise usage.UsageError(
@@ -350,6 +387,8 @@ class Options(usage.Options):
         self["site-file"] = None
         if self["config"] is not None:
             self._serveSiteFile(self["config"])
+        elif self["acme"]:
+            self._checkACME()
         served = self["site-file"] or sitefile.fromOptions(self)
         if any(SPAWN in site.php_fpm for site in served.sites):
             try:
@@ -361,8 +400,7 @@ class Options(usage.Options):
         """
         Read the site file at C{path} over the command line's server
         options. With C{--check}, say whether it is valid and exit; else
-        keep it, for L{Configuration} to serve, or refuse what one process
-        cannot serve yet.
+        keep it, for L{Configuration} to serve.
         """
         try:
             siteFile = sitefile.loadSiteFile(path, sitefile.fromOptions(self).server)
@@ -373,11 +411,37 @@ class Options(usage.Options):
             count = len(siteFile.sites)
             print(f"{path}: ok, {count} site{'' if count == 1 else 's'}")
             raise SystemExit(0)
-        unbuilt = sitefile.notServedYet(siteFile)
-        if unbuilt is not None:
-            raise usage.UsageError(f"--config {path}: {unbuilt}")
         self["path-defaulted"] = False
         self["site-file"] = siteFile
+
+    def _checkListeners(self) -> None:
+        """Fail now, not at start-up, on a --listen that cannot listen."""
+        for description in self["listen"]:
+            if self["acme"] and isTLS(description):
+                try:
+                    description = splitTLS(description)[0]
+                except ValueError as e:
+                    raise usage.UsageError(f"--listen {e}") from None
+            _checkEndpoint(endpoints.serverFromString, description, "--listen")
+
+    def _checkACME(self) -> None:
+        """What --acme needs: an email, host names to prove, one process."""
+        if self["acme-email"] is None:
+            raise usage.UsageError("--acme needs --acme-email ADDRESS, for the CA to write to")
+        if not self["host"]:
+            raise usage.UsageError("--acme needs --host NAME, the names to get a certificate for")
+        for name in self["host"]:
+            if name.startswith("*."):
+                raise usage.UsageError(
+                    f"--host {name!r}: --acme cannot get a certificate for a wildcard"
+                    " (HTTP-01 challenges validate single names)"
+                )
+        if self["workers"] > 1:
+            raise usage.UsageError(
+                "--acme needs --workers 1: the process that orders a certificate answers"
+                " its challenges"
+            )
+        self["acme-state"] = os.path.abspath(self["acme-state"])
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
         """Parse, or exit with status 2 and one line that says what is wrong."""

@@ -28,12 +28,14 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger, jsonFileLogObserver, textFileLogObserver
 from twisted.python import usage
 
+from txfastcgi._server.acme import ACMECertificates, HTTP01Answers
 from txfastcgi._server.announce import announceServing
 from txfastcgi._server.configuration import Configuration
+from txfastcgi._server.endpointstrings import TLSFileNames, isTLS, splitTLS
 from txfastcgi._server.eventlog import EventLogFiles
 from txfastcgi._server.front import Front
 from txfastcgi._server.lifecycle import Lifecycle, Step, onLogRotation
-from txfastcgi._server.listeners import Listeners, adopt, isTLS
+from txfastcgi._server.listeners import Listen, Listeners, adopt
 from txfastcgi._server.options import Options
 from txfastcgi._server.phpfpm import PHPFPMService
 from txfastcgi._server.sitefile import SiteFileError, loadSiteFile
@@ -69,7 +71,7 @@ def makeService(options: Options) -> IService:
         configuration = configuration.withSpawned(site.root, phpFPM.endpointDescription)
     listeners = Listeners(
         [
-            (endpoints.serverFromString(reactor, d).listen, isTLS(d))
+            _listener(cast(IReactorCore, reactor), configuration, d)
             for d in configuration.server.listen
         ]
     )
@@ -99,7 +101,24 @@ def makeService(options: Options) -> IService:
         workers,
         announce=True,
         reopenEventLog=_twistLogFileReopener(options, eventLog),
+        obtainCertificates=any(site.acme for site in configuration.sites),
     )
+
+
+def _listener(
+    reactor: IReactorCore, configuration: Configuration, description: str
+) -> tuple[Listen, bool | TLSFileNames]:
+    """
+    How to listen on C{description}, and what it serves: with sites that
+    have certificates of their own, a TLS listener is a plain one that
+    the front makes a TLS one, choosing certificates by SNI.
+    """
+    if isTLS(description) and any(
+        site.tls is not None or site.acme for site in configuration.sites
+    ):
+        plain, files = splitTLS(description)
+        return endpoints.serverFromString(reactor, plain).listen, files
+    return endpoints.serverFromString(reactor, description).listen, isTLS(description)
 
 
 def _eventLogFiles(
@@ -191,6 +210,7 @@ def processLifecycle(
     workers: WorkerProcesses | None = None,
     announce: bool = False,
     reopenEventLog: Callable[[], None] | None = None,
+    obtainCertificates: bool = False,
 ) -> Lifecycle:
     """
     The steps of one process's life, in the order that
@@ -199,9 +219,24 @@ def processLifecycle(
     @param announce: log what is served once it listens (the main process).
     @param reopenEventLog: opens the event log's file again, on SIGHUP or
         SIGUSR1, if it is a file.
+    @param obtainCertificates: get the certificates of the sites with
+        C{acme} (the main process, which alone answers their challenges).
     """
-    front = Front(configuration, reactor, phpFPMs)
+    challenges = certificates = None
+    if obtainCertificates:
+        settings = configuration.siteFile.acme
+        assert settings is not None, "the site file's check asks for [acme]"
+        challenges = HTTP01Answers()
+        certificates = ACMECertificates(
+            settings,
+            [site.hosts for site in configuration.sites if site.acme],
+            challenges,
+            lambda hosts, certificate: front.certificateIssued(hosts, certificate),
+            reactor,
+        )
+    front = Front(configuration, reactor, phpFPMs, challenges, certificates)
     metrics = front.metrics
+    obtaining = [] if certificates is None else [certificates]
 
     def reopenLogs() -> None:
         if reopenEventLog is not None:
@@ -219,6 +254,7 @@ def processLifecycle(
         *(Step("start php-fpm", p.startService) for p in phpFPMs),
         *(Step("wait for php-fpm", p.whenListening) for p in phpFPMs),
         Step("listen", partial(listeners.listen, front), fatal=True),
+        *(Step("obtain certificates by ACME", c.startService) for c in obtaining),
         *(
             [Step("announce", partial(announceServing, reactor, configuration, listeners.ports))]
             if announce
@@ -235,6 +271,7 @@ def processLifecycle(
 
     shutdown = [
         Step("stop listening", stopListening),
+        *(Step("stop obtaining certificates", c.stopService) for c in obtaining),
         *(Step("stop workers", w.stop) for w in supervising),
         Step("finish requests", front.whenIdle, bounded=True),
         *(Step("wait for workers", w.whenStopped, bounded=True) for w in supervising),

@@ -59,6 +59,7 @@ from txfastcgi._server.checks import (
     networkProblem,
     unshareable,
 )
+from txfastcgi._server.endpointstrings import isTLS, splitTLS
 from txfastcgi._server.phpfpm import findPHPFPM
 from txfastcgi._server.units import UnitError, parseDuration, parseSize
 from txfastcgi.errors import PHPFPMNotFound
@@ -92,8 +93,8 @@ __all__ = [
     "SiteFileError",
     "TLSFiles",
     "fromOptions",
+    "hostProblem",
     "loadSiteFile",
-    "notServedYet",
     "parseSiteFile",
 ]
 
@@ -829,11 +830,11 @@ def parseSiteFile(text: str, name: str, server: ServerSettings | None = None) ->
         data.get("server", {}), reading.serverReaders(), ("server",), "[server]"
     )
     settings = dataclasses.replace(server or ServerSettings(), **serverKeys)
-    _checkServer(reading, settings, serverKeys.keys())
     acme = _readACME(reading, data)
     if "site" not in data:
         reading.problem(("site",), "no [[site]]: a site file serves at least one site")
     sites = _readSites(reading, data.get("site", []), acme)
+    _checkServer(reading, settings, serverKeys.keys(), [site for site, _ in sites])
     _checkSites(reading, sites, settings)
     reading.raiseProblems()
     return SiteFile(settings, tuple(site for site, _ in sites), acme)
@@ -880,7 +881,7 @@ def _readSites(
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 
 
-def _hostProblem(host: str) -> str | None:
+def hostProblem(host: str) -> str | None:
     """What is wrong with a host pattern: a name, C{*.}name, or an IP address."""
     name = host[2:] if host.startswith("*.") else host
     try:
@@ -912,9 +913,9 @@ def _checkSite(
         if rootProblem:
             problem("root", f"root {rootProblem}")
     for index, host in enumerate(site.hosts):
-        hostProblem = _hostProblem(host)
-        if hostProblem:
-            problem("hosts", f"hosts {host!r}: {hostProblem}", index)
+        wrong = hostProblem(host)
+        if wrong:
+            problem("hosts", f"hosts {host!r}: {wrong}", index)
     if not site.php_fpm:
         problem("php_fpm", "php_fpm names no backend")
     for index, backend in enumerate(site.php_fpm):
@@ -1022,13 +1023,37 @@ def _checkSites(
                 )
 
 
-def _checkServer(reading: _Reading, server: ServerSettings, given: Iterable[str]) -> None:
-    """The problems of the C{[server]} table's values."""
+def _checkServer(
+    reading: _Reading, server: ServerSettings, given: Iterable[str], sites: Sequence[Site]
+) -> None:
+    """
+    The problems of the C{[server]} table's values. With sites that have
+    certificates of their own, a TLS listener needs no certificate (one
+    for the names no site has one for is made up), as Caddy's does not.
+    """
     given = set(given)
+    ownCertificates = any(site.tls is not None or site.acme for site in sites)
     for index, description in enumerate(server.listen):
+        where = ("server", "listen", index)
+        if ownCertificates and isTLS(description):
+            try:
+                plain, files = splitTLS(description)
+            except ValueError as e:
+                reading.problem(where, f"listen {e}")
+                continue
+            for kind, path in dataclasses.asdict(files).items():
+                if path is not None and not os.path.isfile(path):
+                    reading.problem(where, f"listen {description!r}: {kind} {path!r} is not a file")
+            description = plain
         endpoint = endpointProblem(endpoints.serverFromString, description)
         if endpoint:
-            reading.problem(("server", "listen", index), f"listen {endpoint}")
+            reading.problem(where, f"listen {endpoint}")
+    if server.workers > 1 and any(site.acme for site in sites):
+        reading.problem(
+            ("server", "workers"),
+            "acme = true needs workers = 1: the process that orders a certificate answers"
+            " its challenges",
+        )
     if server.workers > 1:
         for description in unshareable(server.listen):
             reading.problem(
@@ -1089,6 +1114,16 @@ _SITE_OPTIONS: dict[str, _Mapping] = {
         "cache_bypass_cookies",
         lambda cookies: tuple(cookies or DEFAULT_BYPASS_COOKIES),
     ),
+    "host": ("hosts", _tupled),
+    "acme": ("acme", bool),
+}
+
+# The options of the [acme] table, for the command line's one site.
+_ACME_OPTIONS: dict[str, _Mapping] = {
+    "acme-email": ("email", _same),
+    "acme-directory": ("directory", _same),
+    "acme-state": ("state", _same),
+    "acme-ca-bundle": ("ca_bundle", _same),
 }
 
 _SERVER_OPTIONS: dict[str, _Mapping] = {
@@ -1105,7 +1140,7 @@ _SERVER_OPTIONS: dict[str, _Mapping] = {
     "body-timeout": ("body_timeout", _same),
 }
 
-PER_SITE_OPTIONS = frozenset({*_SITE_OPTIONS, "no-front-controller", "early-hints"})
+PER_SITE_OPTIONS = frozenset({*_SITE_OPTIONS, *_ACME_OPTIONS, "no-front-controller", "early-hints"})
 """
 The command line's options that describe its one site, which C{--config}
 replaces: given beside it, they would be ambiguous.
@@ -1119,18 +1154,7 @@ def fromOptions(options: Mapping[str, Any]) -> SiteFile:
     """
     site = {f: read(options[o]) for o, (f, read) in _SITE_OPTIONS.items()}
     server = {f: read(options[o]) for o, (f, read) in _SERVER_OPTIONS.items()}
-    return SiteFile(ServerSettings(**server), (Site(**site),))
-
-
-def notServedYet(siteFile: SiteFile) -> str | None:
-    """
-    Why the process cannot serve C{siteFile} yet, if it cannot: a site's
-    own certificates, by file or by ACME, are read but not served.
-    """
-    unbuilt = sorted(
-        {"tls" for site in siteFile.sites if site.tls is not None}
-        | {"acme" for site in siteFile.sites if site.acme}
-    )
-    if unbuilt:
-        return f"{', '.join(unbuilt)}: not built yet (--check validates the file)"
-    return None
+    acme = None
+    if options["acme"]:
+        acme = ACMESettings(**{f: read(options[o]) for o, (f, read) in _ACME_OPTIONS.items()})
+    return SiteFile(ServerSettings(**server), (Site(**site),), acme)

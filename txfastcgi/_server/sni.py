@@ -24,12 +24,15 @@ itself.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.ssl import CertificateOptions
@@ -38,7 +41,7 @@ from zope.interface import implementer
 
 from txfastcgi._server.sitefile import TLSFiles
 
-__all__ = ["CertificatesByName", "PEMCertificate"]
+__all__ = ["CertificatesByName", "PEMCertificate", "selfSignedCertificate"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,39 @@ class PEMCertificate:
     def fromFiles(cls, files: TLSFiles) -> PEMCertificate:
         """Read the files a site's C{[site.tls]} names."""
         return cls(Path(files.certificate).read_bytes(), Path(files.key).read_bytes())
+
+
+def selfSignedCertificate(
+    hostName: str, lifetime: datetime.timedelta = datetime.timedelta(days=1)
+) -> PEMCertificate:
+    """
+    A certificate for C{hostName} that no client trusts: what a TLS
+    listener serves to names it has no certificate for yet (a site whose
+    ACME certificate is not issued yet, a client that sends no SNI), so
+    that it can listen before the first certificate comes, as Caddy does.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostName)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + lifetime)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostName)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return PEMCertificate(
+        certificate.public_bytes(serialization.Encoding.PEM),
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
 
 
 def _context(certificate: PEMCertificate, acceptableProtocols: Sequence[bytes]) -> SSL.Context:
