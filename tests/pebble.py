@@ -143,9 +143,12 @@ class Pebble:
     @ivar directory: its ACME directory URL.
     @ivar caBundle: the PEM file that trusts its own HTTPS.
     @ivar httpPort: where it connects to validate HTTP-01 challenges.
+
+    @param validity: the seconds its certificates are valid for, if not
+        its default five years.
     """
 
-    def __init__(self, directory: Path, dnsPort: int) -> None:
+    def __init__(self, directory: Path, dnsPort: int, validity: int | None = None) -> None:
         executable = shutil.which("pebble") or shutil.which("pebble", path="/usr/bin")
         if executable is None:
             raise RuntimeError(
@@ -166,6 +169,8 @@ class Pebble:
             "ocspResponderURL": "",
             "externalAccountBindingRequired": False,
         }
+        if validity is not None:
+            settings["certificateValidityPeriod"] = validity
         configuration = directory / "pebble-config.json"
         configuration.write_text(json.dumps({"pebble": settings}))
         self._command = [executable, "-config", str(configuration)]

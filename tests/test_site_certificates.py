@@ -62,6 +62,16 @@ def served(port: int, name: str, cadata: bytes | None = None) -> tuple[str, byte
     return str(common), response.partition(b"\r\n\r\n")[2]
 
 
+def servedSerial(port: int, name: str, cadata: bytes) -> int:
+    """The serial number of the verified certificate the listener on C{port} serves for C{name}."""
+    context = ssl.create_default_context(cadata=cadata.decode())
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=name) as tls:
+            der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
 def siteRoot(directory: Path) -> Path:
     root = directory / "www"
     root.mkdir()
@@ -168,9 +178,9 @@ class AutomaticHTTPSTests(TestCase):
     def setUp(self) -> None:
         self.directory = Path(tempfile.mkdtemp(prefix="txfastcgi-test-https-"))
         self.addCleanup(shutil.rmtree, self.directory)
-        dns, dnsPort = listenDNS()
+        dns, self.dnsPort = listenDNS()
         self.addCleanup(dns.stopListening)
-        self.pebble = Pebble(self.directory, dnsPort)
+        self.pebble = Pebble(self.directory, self.dnsPort)
         self.root = siteRoot(self.directory)
         self.state = self.directory / "state"
         self.tlsPort = freePort()
@@ -236,6 +246,27 @@ class AutomaticHTTPSTests(TestCase):
         self.pebble.stop()
         self.start()
         self.assertEqual(served(self.tlsPort, "a.test", root), ("a.test", b"hello\n"))
+
+    async def test_a_certificate_is_renewed_before_it_runs_out(self) -> None:
+        # Valid for 9 s: renewed once 3 s are left.
+        self.pebble = Pebble(self.directory, self.dnsPort, validity=9)
+        self.pebble.start()
+        self.addCleanup(self.pebble.stop)
+        root = self.pebble.root()
+        self.start()
+        await self.issued(root, "a.test")
+        first = servedSerial(self.tlsPort, "a.test", root)
+
+        def renewed() -> int:
+            deadline = time.monotonic() + 30
+            while (serial := servedSerial(self.tlsPort, "a.test", root)) == first:
+                assert time.monotonic() < deadline, "the certificate was not renewed"
+                time.sleep(0.2)
+            return serial
+
+        await deferToThread(renewed)
+        log = (self.directory / "twist.log").read_text()
+        self.assertEqual(log.count("ACME: new certificate for a.test www.a.test"), 2)
 
     async def test_with_the_ca_down_the_site_is_served_and_the_log_says_why(self) -> None:
         self.start()

@@ -9,6 +9,7 @@ SIGHUP, which reads the file again without dropping a request.
 from __future__ import annotations
 
 import http.client
+import json
 import shutil
 import signal
 import tempfile
@@ -377,3 +378,27 @@ def test_with_workers_every_process_serves_the_file_read_again(
         waitForLog(tmp_path, "reloaded", 2)  # The worker's line comes through too.
         # New connections, which either process may take: each gets the new site.
         assert {ask(proxy, "alpha.test")[2] for _ in range(20)} == {"alpha alpha.test 2"}
+
+
+def test_a_reload_keeps_the_connections_of_the_backends_that_stay(
+    tmp_path: Path, roots: Callable[[str], Path], php_fpm: PHPFPMPool
+) -> None:
+    backend = php_fpm.endpointDescription
+    alpha = site("alpha", roots("alpha"), backend, 'hosts = "alpha.test"')
+    with serveSites(tmp_path, alpha, 'status_path = "/status"') as proxy:
+
+        def kept() -> dict[str, int]:
+            status = json.loads(ask(proxy, "alpha.test", "/status")[2])
+            return {b["endpoint"]: b["open"] for b in status["backends"]}
+
+        assert ask(proxy, "alpha.test")[2] == "alpha alpha.test "
+        assert kept() == {backend: 1}
+        siteFile = tmp_path / "sites.toml"
+        refusing = f"unix:{tmp_path / 'nobody.sock'}"
+        beta = site("beta", roots("beta"), refusing, 'hosts = "beta.test"')
+        siteFile.write_text(siteFile.read_text() + beta)
+        reload(proxy, tmp_path, "reloaded")
+        # The connection made before the reload is still open, and still used.
+        assert kept() == {backend: 1, refusing: 0}
+        assert ask(proxy, "alpha.test")[2] == "alpha alpha.test "
+        assert kept()[backend] == 1
