@@ -98,11 +98,11 @@ def test_a_tcp_backend_that_cannot_be_connected_to_is_warned_of(tmp_path: Path) 
     A connect to each tcp backend is tried at start-up, without holding it
     up: a closed port is warned of, one that accepts is not.
     """
-    closed = freePort()
     with socket.socket() as accepting:
         accepting.bind(("127.0.0.1", 0))
         accepting.listen()
         open_ = f"tcp:127.0.0.1:{accepting.getsockname()[1]}"
+        closed = freePort()  # Not the accepting one's: that one is taken now.
         proxy = startWithTextLog(
             ["--php-fpm", f"tcp:127.0.0.1:{closed}", "--php-fpm", open_], tmp_path / "proxy.log"
         )

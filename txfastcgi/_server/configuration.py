@@ -105,8 +105,8 @@ class Configuration:
         """
         limits: dict[str, int] = {}
         for site in self.sites:
-            default = site.spawn_children if SPAWN in site.php_fpm else EXTERNAL_CONNECTIONS
-            for backend in self.backendsOf(site):
+            for named, backend in zip(site.php_fpm, self.backendsOf(site)):
+                default = site.spawn_children if named == SPAWN else EXTERNAL_CONNECTIONS
                 limits.setdefault(backend, site.max_connections or default)
         return limits
 
