@@ -28,7 +28,6 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger, jsonFileLogObserver, textFileLogObserver
 from twisted.python import usage
 
-from txfastcgi._server.acme import ACMECertificates, HTTP01Answers
 from txfastcgi._server.announce import announceServing
 from txfastcgi._server.configuration import Configuration
 from txfastcgi._server.endpointstrings import TLSFileNames, isTLS, splitTLS
@@ -224,6 +223,10 @@ def processLifecycle(
     """
     challenges = certificates = None
     if obtainCertificates:
+        # Imported here: the acme library and requests cost a process that
+        # gets no certificates about 5 MB.
+        from txfastcgi._server.acme import ACMECertificates, HTTP01Answers
+
         settings = configuration.siteFile.acme
         assert settings is not None, "the site file's check asks for [acme]"
         challenges = HTTP01Answers()
