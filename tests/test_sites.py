@@ -372,7 +372,7 @@ def test_with_workers_every_process_serves_the_file_read_again(
     alpha = roots("alpha")
     with serveSites(tmp_path, site("alpha", alpha, backend, version=1), "workers = 2") as proxy:
         siteFile = tmp_path / "sites.toml"
-        waitForLog(tmp_path, "starting on", 2)  # The worker is up.
+        waitForLog(tmp_path, "serving the connections the main process accepts", 1)
         siteFile.write_text(siteFile.read_text().replace('VERSION = "1"', 'VERSION = "2"'))
         reload(proxy, tmp_path, "reloaded")
         waitForLog(tmp_path, "reloaded", 2)  # The worker's line comes through too.

@@ -302,6 +302,8 @@ class HTTP1Factory(_HTTP1ServerFactory):
         }
         self.deadlines = DeadlineSweep(reactor)
         self.connections: set[HTTP1Connection] = set()
+        # Called as each connection closes: a worker tells the main process.
+        self.closedObservers: list[Callable[[], object]] = []
         self.closing = False
         # When connections that have sent nothing are closed: see closeConnections.
         self.closeFreshBy: float | None = None
@@ -352,6 +354,8 @@ class HTTP1Factory(_HTTP1ServerFactory):
         """C{connection} is closed, or given to another protocol."""
         self.deadlines.untrack(connection)
         self.connections.discard(connection)
+        for observer in self.closedObservers:
+            observer()
         if not self.connections:
             self._allClosed.fire()
 

@@ -1,37 +1,24 @@
 """
-The listening ports of a process, opened on its own endpoints (the main
-process) or adopted from the main process (a worker).
+The listening ports of a process: opened on its own endpoints (the main
+process), or its channel to the main process (a worker).
 """
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.interfaces import (
     IListeningPort,
     IProtocolFactory,
-    IReactorSocket,
 )
 
 from txfastcgi._server.endpointstrings import TLSFileNames
 from txfastcgi._server.front import Front
 from txfastcgi._server.sni import PEMCertificate, selfSignedCertificate
 
-__all__ = ["Listen", "Listeners", "adopt", "defaultCertificate"]
-
-
-def adopt(
-    reactor: IReactorSocket, descriptor: int, family: int, factory: IProtocolFactory
-) -> Deferred[IListeningPort]:
-    port = reactor.adoptStreamPort(
-        descriptor,
-        socket.AddressFamily(family),
-        factory,  # type: ignore[arg-type]
-    )
-    return succeed(port)
+__all__ = ["Listen", "Listeners", "defaultCertificate"]
 
 
 Listen = Callable[[IProtocolFactory], Deferred[IListeningPort]]

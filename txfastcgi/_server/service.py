@@ -30,11 +30,12 @@ from twisted.python import usage
 
 from txfastcgi._server.announce import announceServing
 from txfastcgi._server.configuration import Configuration
+from txfastcgi._server.dispatch import CHANNEL_DESCRIPTOR, listenToMain
 from txfastcgi._server.endpointstrings import TLSFileNames, isTLS, splitTLS
 from txfastcgi._server.eventlog import EventLogFiles
 from txfastcgi._server.front import Front
 from txfastcgi._server.lifecycle import Lifecycle, Step, onLogRotation
-from txfastcgi._server.listeners import Listen, Listeners, adopt
+from txfastcgi._server.listeners import Listen, Listeners
 from txfastcgi._server.options import Options
 from txfastcgi._server.phpfpm import PHPFPMService
 from txfastcgi._server.sitefile import SiteFileError, loadSiteFile
@@ -177,15 +178,13 @@ def _twistLogFileReopener(
     return reopen
 
 
-def makeWorkerService(
-    configuration: Configuration, inherited: Sequence[tuple[int, int]]
-) -> IService:
+def makeWorkerService(configuration: Configuration) -> IService:
     """
     The service of a worker process started by C{--workers}: the same
-    fronts on listening sockets inherited from the main process.
+    fronts, for the connections the main process hands it
+    (L{txfastcgi._server.dispatch}).
 
     @param configuration: the main process's, as L{makeService} serves it.
-    @param inherited: file descriptor and address family of each socket.
     """
     from twisted.internet import reactor
 
@@ -193,12 +192,12 @@ def makeWorkerService(
         # A worker started after a reload (or started again) serves the
         # file as it is now, as the processes that reloaded do.
         configuration = readSiteFileAgain(configuration) or configuration
-    # Plain sockets only: see the options' _SHAREABLE.
-    adopters = [
-        (partial(adopt, cast(IReactorSocket, reactor), descriptor, family), False)
-        for descriptor, family in inherited
-    ]
-    return processLifecycle(cast(IReactorTime, reactor), configuration, Listeners(adopters))
+    # Plain listeners only (see the options' check): the connections the
+    # main process accepts on them.
+    fromMain = listenToMain(cast(IReactorSocket, reactor), CHANNEL_DESCRIPTOR)
+    return processLifecycle(
+        cast(IReactorTime, reactor), configuration, Listeners([(fromMain, False)])
+    )
 
 
 def processLifecycle(
@@ -270,6 +269,8 @@ def processLifecycle(
 
     def stopListening() -> Deferred[None]:
         front.keepNoConnections()
+        for w in supervising:
+            w.stopAccepting()
         return listeners.stopListening()
 
     shutdown = [

@@ -2,8 +2,8 @@
 A worker process of C{twist fastcgi-proxy --workers N}.
 
 The main process passes its configuration, encoded, in the environment and
-the listening sockets as inherited file descriptors (C{FD:FAMILY}
-arguments); the worker serves the same sites on them until SIGTERM, then
+its client connections over a channel (L{txfastcgi._server.dispatch}); the
+worker serves the same sites on them until SIGTERM, then
 shuts down like the main process, and writes its log events back to the
 main process, as JSON, on a pipe of their own.  Its standard input is a pipe from the
 main process: when that reaches its end, the main process is gone (killed
@@ -14,7 +14,6 @@ alone.
 from __future__ import annotations
 
 import os
-import sys
 
 from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IReactorCore, IReactorFDSet, IReadDescriptor
@@ -29,7 +28,6 @@ from txfastcgi._server.service import makeWorkerService
 from txfastcgi._server.workers import (
     WORKER_EVENTS_DESCRIPTOR,
     WORKER_OPTIONS_VARIABLE,
-    parseSocketArguments,
 )
 
 
@@ -64,14 +62,13 @@ class _Parent:
             pass
 
 
-def main(sockets: list[str]) -> None:
+def main() -> None:
     from twisted.internet import reactor
 
-    inherited = parseSocketArguments(sockets)
     events = open(WORKER_EVENTS_DESCRIPTOR, "w", buffering=1, encoding="utf-8")
     globalLogBeginner.beginLoggingTo([EventLogFiles("json", reactor)(events)])
     configuration = Configuration.decode(os.environ.pop(WORKER_OPTIONS_VARIABLE))
-    service = makeWorkerService(configuration, inherited)
+    service = makeWorkerService(configuration)
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     IReactorFDSet(reactor).addReader(_Parent(reactor))
@@ -79,4 +76,4 @@ def main(sockets: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

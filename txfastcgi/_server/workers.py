@@ -1,26 +1,15 @@
 """
-C{--workers N}: worker processes that serve the main process's listening
-sockets, so that one proxy uses every core (the way Twisted's own
-multi-process examples share a port with C{adoptStreamPort}), supervised as
-the spawned php-fpm is.
-
-A TCP port is not shared as one socket: each process gets a socket of its
-own, bound to the same address with C{SO_REUSEPORT}, and the kernel spreads
-new connections over them. Processes that shared one socket raced for each
-connection, and the first to wake could take a burst of them all (Twisted
-accepts up to a hundred at a time): with two processes, one was seen
-serving all 32 connections of a benchmark while the other idled. A unix
-socket has no such spreading in Linux, and stays shared.
+C{--workers N}: worker processes that serve connections the main process
+accepts on its listeners and hands them (L{txfastcgi._server.dispatch}),
+so that one proxy uses every core, supervised as the spawned php-fpm is.
 """
 
 from __future__ import annotations
 
 import math
-import socket
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
-from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import (
@@ -28,6 +17,7 @@ from twisted.internet.interfaces import (
     IProcessProtocol,
     IProcessTransport,
     IReactorProcess,
+    IReactorSocket,
     IReactorTime,
 )
 from twisted.logger import globalLogPublisher
@@ -37,6 +27,7 @@ from twisted.runner.procmon import ProcessMonitor
 
 from txfastcgi._emptied import Emptied
 from txfastcgi._server.child import moduleCommand
+from txfastcgi._server.dispatch import CHANNEL_DESCRIPTOR, Dispatcher
 from txfastcgi._server.eventlog import eventFromJSONLine
 
 __all__ = [
@@ -44,7 +35,6 @@ __all__ = [
     "WORKER_MODULE",
     "WORKER_OPTIONS_VARIABLE",
     "WorkerProcesses",
-    "parseSocketArguments",
 ]
 
 # How the main process hands its configuration to worker processes.
@@ -59,39 +49,37 @@ WORKER_MODULE = "txfastcgi._server.worker"
 _KILL_MARGIN = 5
 
 
-def _socketArguments(sockets: Sequence[tuple[int, int]]) -> list[str]:
-    """A worker's command-line arguments: C{FD:FAMILY} for each listening socket."""
-    return [f"{descriptor}:{family}" for descriptor, family in sockets]
-
-
-def parseSocketArguments(arguments: Sequence[str]) -> list[tuple[int, int]]:
-    """The file descriptor and address family of each socket a worker is given."""
-    sockets = []
-    for argument in arguments:
-        descriptor, family = argument.split(":")
-        sockets.append((int(descriptor), int(family)))
-    return sockets
-
-
 class _Inheriting(proxyForInterface(IReactorTime)):  # type: ignore[misc]
     """
-    A reactor whose spawned processes inherit the listening sockets their
-    command line names and share our output, for L{ProcessMonitor}, which
-    has no say in that.  Standard input stays a pipe from us: a worker
-    stops when it reads its end, so it never outlives us. Its log events
-    come to us on a pipe of their own (L{WORKER_EVENTS_DESCRIPTOR}).
+    A reactor whose spawned processes get a new channel from the dispatcher
+    (L{CHANNEL_DESCRIPTOR}), each time one is started or started again, and
+    share our output, for L{ProcessMonitor}, which has no say in that.
+    Standard input stays a pipe from us: a worker stops when it reads its
+    end, so it never outlives us. Its log events come to us on a pipe of
+    their own (L{WORKER_EVENTS_DESCRIPTOR}).
     """
+
+    def __init__(self, reactor: IReactorTime, dispatcher: Dispatcher) -> None:
+        super().__init__(reactor)
+        self._dispatcher = dispatcher
 
     def spawnProcess(
         self, processProtocol: IProcessProtocol, executable: str, args: Sequence[str], **kwargs: Any
     ) -> IProcessTransport:
-        childFDs: dict[int, int | str] = {0: "w", 1: 1, 2: 2, WORKER_EVENTS_DESCRIPTOR: "r"}
-        moduleArguments = list(args)[list(args).index(WORKER_MODULE) + 1 :]
-        for descriptor, _ in parseSocketArguments(moduleArguments):
-            childFDs[descriptor] = descriptor
-        return IReactorProcess(self.original).spawnProcess(
-            _WorkerEvents(processProtocol), executable, args, childFDs=childFDs, **kwargs
-        )
+        channel = self._dispatcher.channel()
+        childFDs: dict[int, int | str] = {
+            0: "w",
+            1: 1,
+            2: 2,
+            WORKER_EVENTS_DESCRIPTOR: "r",
+            CHANNEL_DESCRIPTOR: channel.fileno(),
+        }
+        try:
+            return IReactorProcess(self.original).spawnProcess(
+                _WorkerEvents(processProtocol), executable, args, childFDs=childFDs, **kwargs
+            )
+        finally:
+            channel.close()
 
 
 class _WorkerEvents(proxyForInterface(IProcessProtocol)):  # type: ignore[misc]
@@ -151,63 +139,29 @@ class WorkerProcesses:
         self._killTime = math.ceil(timeout) + _KILL_MARGIN
         self._exited = exited
         self._monitor: _Monitor | None = None
-        # The workers' own TCP sockets, kept open here for a worker restarted.
-        self._ownSockets: list[socket.socket] = []
+        self._dispatcher = Dispatcher(cast(IReactorSocket, reactor))
 
     def start(self, ports: Sequence[IListeningPort]) -> None:
-        """Start the workers on C{ports}."""
-        self._monitor = _Monitor(_Inheriting(self._reactor), self._exited)
+        """Start the workers, and hand them their share of what C{ports} accept."""
+        self._monitor = _Monitor(_Inheriting(self._reactor, self._dispatcher), self._exited)
         self._monitor.killTime = self._killTime
         for number in range(1, self._count + 1):
-            sockets = [self._socketFor(port) for port in ports]
-            command, environment = moduleCommand(WORKER_MODULE, _socketArguments(sockets))
+            command, environment = moduleCommand(WORKER_MODULE, [])
             # The configuration in the environment, not on the command line
             # that any user can read: params may hold secrets.
             environment[WORKER_OPTIONS_VARIABLE] = self._configuration
             self._monitor.addProcess(f"worker {number}", command, env=environment)
         self._monitor.startService()
+        self._dispatcher.start(ports)
 
-    def _socketFor(self, port: IListeningPort) -> tuple[int, int]:
-        """
-        The socket a worker serves C{port} on: for TCP, one of its own in
-        the port's C{SO_REUSEPORT} group (see the module docstring); for a
-        unix socket, the port's own.
-        """
-        descriptor: int = port.fileno()  # type: ignore[attr-defined]
-        address = port.getHost()
-        if not isinstance(address, (IPv4Address, IPv6Address)):
-            return descriptor, socket.AF_UNIX
-        family = socket.AF_INET if isinstance(address, IPv4Address) else socket.AF_INET6
-        # The port's own socket object: a new one around its descriptor
-        # would, under PyPy, make it blocking, and the reactor would then
-        # block in accept().
-        shared: socket.socket = port.socket  # type: ignore[attr-defined]
-        # Linux lets a listening socket join a group after the fact.
-        shared.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        own = socket.socket(family, socket.SOCK_STREAM)
-        own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6:
-            own.setsockopt(
-                socket.IPPROTO_IPV6,
-                socket.IPV6_V6ONLY,
-                shared.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY),
-            )
-        own.bind(shared.getsockname())
-        own.listen(getattr(port, "backlog", socket.SOMAXCONN))
-        # As Twisted's own: a worker's reactor must never block in accept().
-        own.setblocking(False)
-        self._ownSockets.append(own)
-        return own.fileno(), family
+    def stopAccepting(self) -> None:
+        """Accept no more connections for the workers: the ports are about to close."""
+        self._dispatcher.stop()
 
     def stop(self) -> None:
         """Tell every worker to shut down (each finishes its requests) and restart none."""
         if self._monitor is not None:
             self._monitor.stopService()
-        # The workers hold their own copies until they stop listening.
-        for own in self._ownSockets:
-            own.close()
-        self._ownSockets.clear()
 
     def whenStopped(self) -> Deferred[None]:
         """Fires once every worker has exited."""
