@@ -269,9 +269,11 @@ class CertificatesByName:
         ALPN is chosen after SNI, and before the certificate is sent, so
         this is where a challenge's certificate can take over. The
         connection switches to the challenge's own context rather than
-        adding the certificate to its current one: that would keep the
-        site's certificate too, and if the two have different key types,
-        OpenSSL would choose between them by the client's preferences.
+        taking the certificate on (C{use_certificate}): that keeps the
+        site's certificate beside it if their key types differ, and
+        OpenSSL serves that one with C{acme-tls/1} to a client whose
+        signature algorithms leave out the challenge's key type (seen with
+        an RSA site and C{openssl s_client -sigalgs rsa_pss_rsae_sha256}).
         """
         if ACME_TLS_1 in offered:
             name = connection.get_servername()
