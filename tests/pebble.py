@@ -3,7 +3,8 @@ Debian's C{pebble}, a small ACME server, on loopback for the ACME tests,
 with a DNS responder that sends its challenge checks back to loopback.
 
 Pebble validates an HTTP-01 challenge by connecting to the name being
-validated on its configured C{httpPort}; L{LoopbackResolver}, which pebble
+validated on its configured C{httpPort}, and a TLS-ALPN-01 one on its
+C{tlsPort}; L{LoopbackResolver}, which pebble
 is pointed at with C{-dnsserver}, resolves every name to 127.0.0.1, so the
 tests can use any names, without touching C{/etc/hosts}. Each pebble gets
 its own certificate for its own HTTPS (made here: Debian ships none) and
@@ -143,6 +144,7 @@ class Pebble:
     @ivar directory: its ACME directory URL.
     @ivar caBundle: the PEM file that trusts its own HTTPS.
     @ivar httpPort: where it connects to validate HTTP-01 challenges.
+    @ivar tlsPort: where it connects to validate TLS-ALPN-01 challenges.
 
     @param validity: the seconds its certificates are valid for, if not
         its default five years.
@@ -155,7 +157,7 @@ class Pebble:
                 "pebble is not installed (apt-get install pebble): the ACME tests need it"
             )
         self.caBundle, certificate, key = _pebbleTLS(directory)
-        self._listenPort, self._managementPort, self.httpPort, tlsPort = (
+        self._listenPort, self._managementPort, self.httpPort, self.tlsPort = (
             freePort() for _ in range(4)
         )
         self.directory = f"https://127.0.0.1:{self._listenPort}/dir"
@@ -165,7 +167,7 @@ class Pebble:
             "certificate": str(certificate),
             "privateKey": str(key),
             "httpPort": self.httpPort,
-            "tlsPort": tlsPort,
+            "tlsPort": self.tlsPort,
             "ocspResponderURL": "",
             "externalAccountBindingRequired": False,
         }

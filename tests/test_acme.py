@@ -1,8 +1,9 @@
 """
 Certificates by ACME (L{txfastcgi._server.acme}), for real against
 Debian's pebble on loopback (L{tests.pebble}), which validates each
-HTTP-01 challenge by fetching it from our responder: issuance, what is
-kept on disk, renewal, and a CA that is down.
+HTTP-01 challenge by fetching it from our responder, or each TLS-ALPN-01
+one by a handshake with our TLS listener: issuance, what is kept on disk,
+renewal, and a CA that is down.
 
 Renewals are scheduled on a L{Clock} that starts at the wall clock's
 time, so a test makes one due by advancing it; the orders themselves run
@@ -22,7 +23,7 @@ from typing import Any, cast
 
 from cryptography import x509
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
@@ -31,10 +32,16 @@ from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from tests.pebble import Pebble, listenDNS
-from tests.test_sni import certificateFor
+from tests.test_sni import certificateFor, clientContext
 from txfastcgi._http.http1 import HTTP1Factory, StaticFiles
 from txfastcgi._http.sites import Sites
-from txfastcgi._server.acme import RETRY_DELAY, ACMECertificates, HTTP01Answers
+from txfastcgi._server.acme import (
+    RETRY_DELAY,
+    ACMECertificates,
+    Answers,
+    HTTP01Answers,
+    TLSALPN01Answers,
+)
 from txfastcgi._server.sitefile import ACMESettings
 from txfastcgi._server.sni import CertificatesByName, PEMCertificate
 
@@ -49,7 +56,11 @@ def verifiedHandshake(port: int, name: str, root: bytes) -> x509.Certificate:
     The certificate a client that trusts only C{root} receives for
     C{name}, having verified the chain and the name.
     """
-    context = ssl.create_default_context(cadata=root.decode("ascii"))
+    return handshakeWith(ssl.create_default_context(cadata=root.decode("ascii")), port, name)
+
+
+def handshakeWith(context: ssl.SSLContext, port: int, name: str) -> x509.Certificate:
+    """The certificate a client of C{context} receives for C{name}."""
     plain = socket.create_connection(("127.0.0.1", port), timeout=10)
     with context.wrap_socket(plain, server_hostname=name) as connection:
         certificate = connection.getpeercert(binary_form=True)
@@ -106,8 +117,8 @@ class ACMETests(TestCase):
         front = HTTP1Factory(
             Sites([], challenges=self.answers), serveStaticFile=StaticFiles(), reactor=reactor
         )
-        http = reactor.listenTCP(self.pebble.httpPort, front, interface="127.0.0.1")  # type: ignore[arg-type]
-        self.addCleanup(http.stopListening)
+        self.http = reactor.listenTCP(self.pebble.httpPort, front, interface="127.0.0.1")  # type: ignore[arg-type]
+        self.addCleanup(self.http.stopListening)
         self.state = directory / "state"
         self.settings = ACMESettings(
             email="admin@example.test",
@@ -123,14 +134,21 @@ class ACMETests(TestCase):
         self.clock.advance(time.time())
         self.served = CertificatesByName(certificateFor("default.test"), acceptableProtocols=[])
 
-    def certificates(self, hosts: tuple[str, ...] = HOSTS) -> ACMECertificates:
-        """The service, started, telling L{Events} and the TLS listener of each certificate."""
+    def certificates(
+        self, hosts: tuple[str, ...] = HOSTS, answers: Answers | None = None
+    ) -> ACMECertificates:
+        """
+        The service, started, telling L{Events} and the TLS listener of each
+        certificate, proving by HTTP-01 unless other C{answers} are given.
+        """
 
         def issued(hosts: tuple[str, ...], certificate: PEMCertificate) -> None:
             self.served.update(dict.fromkeys(hosts, certificate))
             self.events.certificate(hosts, certificate)
 
-        service = ACMECertificates(self.settings, [hosts], self.answers, issued, self.clock)
+        service = ACMECertificates(
+            self.settings, [hosts], answers or self.answers, issued, self.clock
+        )
         service.startService()
         self.addCleanup(service.stopService)
         return service
@@ -141,12 +159,13 @@ class ACMETests(TestCase):
         _, certificate = self.events.issued[count - 1]
         return certificate
 
-    async def listen(self) -> int:
-        endpoint = SSL4ServerEndpoint(reactor, 0, self.served, interface="127.0.0.1")
+    async def listen(self, number: int = 0) -> int:
+        """A TLS listener serving L{served} on port C{number} (any if 0): its port."""
+        endpoint = SSL4ServerEndpoint(reactor, number, self.served, interface="127.0.0.1")
         port = await endpoint.listen(Factory.forProtocol(Protocol))
         self.addCleanup(port.stopListening)
-        number: int = port.getHost().port
-        return number
+        listening: int = port.getHost().port
+        return listening
 
     async def servedFor(self, port: int, name: str) -> x509.Certificate:
         root = await deferToThread(self.pebble.root)
@@ -165,6 +184,22 @@ class ACMETests(TestCase):
         for name in HOSTS:
             self.assertEqual(await self.servedFor(port, name), leaf(certificate))
         self.assertIsNone(self.answers.answer("anything"))
+
+    async def test_a_certificate_is_issued_by_tls_alpn_01_with_only_a_tls_listener(
+        self,
+    ) -> None:
+        await maybeDeferred(self.http.stopListening)
+        answers = TLSALPN01Answers()
+        answers.serveOn(self.served)
+        port = await self.listen(self.pebble.tlsPort)
+        self.certificates(answers=answers)
+        certificate = await self.issuedCount(1)
+        for name in HOSTS:
+            self.assertEqual(await self.servedFor(port, name), leaf(certificate))
+        # The challenges are over: a validation server would get no certificate.
+        acmeOnly = clientContext(["acme-tls/1"])
+        with self.assertRaises(ssl.SSLError):
+            await deferToThread(handshakeWith, acmeOnly, port, HOSTS[0])
 
     async def test_the_account_key_and_certificates_are_kept_privately(self) -> None:
         self.certificates()

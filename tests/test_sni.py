@@ -1,7 +1,9 @@
 """
 Certificates chosen by SNI (L{txfastcgi._server.sni}), over real TLS on
 loopback: what certificate and what ALPN protocol a client asking for
-each name receives, before and after the certificates are replaced.
+each name receives, before and after the certificates are replaced, and
+while a TLS-ALPN-01 challenge is pending (a client offering only
+C{acme-tls/1}, as the CA's validation server does).
 """
 
 from __future__ import annotations
@@ -85,6 +87,15 @@ def echoes(connection: ssl.SSLSocket) -> bytes:
         return connection.recv(100)
 
 
+async def listen(test: TestCase, certificates: CertificatesByName) -> int:
+    """A TLS listener on loopback serving C{certificates}, for the time of C{test}: its port."""
+    endpoint = SSL4ServerEndpoint(reactor, 0, certificates, interface="127.0.0.1")
+    port = await endpoint.listen(EchoFactory())
+    test.addCleanup(port.stopListening)
+    number: int = port.getHost().port
+    return number
+
+
 class CertificatesByNameTests(TestCase):
     def setUp(self) -> None:
         self.default = certificateFor("default.test")
@@ -102,11 +113,7 @@ class CertificatesByNameTests(TestCase):
         )
 
     async def listen(self) -> int:
-        endpoint = SSL4ServerEndpoint(reactor, 0, self.certificates, interface="127.0.0.1")
-        port = await endpoint.listen(EchoFactory())
-        self.addCleanup(port.stopListening)
-        number: int = port.getHost().port
-        return number
+        return await listen(self, self.certificates)
 
     async def received(self, port: int, name: str | None) -> bytes:
         certificate, _ = await deferToThread(handshake, port, name)
@@ -174,3 +181,61 @@ class CertificatesByNameTests(TestCase):
         self.certificates.update({"www.example.org": PEMCertificate.fromFiles(files)})
         port = await self.listen()
         self.assertEqual(await self.received(port, "www.example.org"), der(renewed))
+
+
+class TLSALPN01ChallengeTests(TestCase):
+    def setUp(self) -> None:
+        self.default = certificateFor("default.test")
+        self.site = certificateFor("www.example.org")
+        self.wildcard = certificateFor("*.example.org")
+        self.challenge = certificateFor("www.example.org")
+        self.certificates = CertificatesByName(
+            self.default,
+            {"www.example.org": self.site, "*.example.org": self.wildcard},
+            acceptableProtocols=PROTOCOLS,
+        )
+        self.certificates.addChallenge("WWW.example.org", self.challenge)
+
+    async def listen(self) -> int:
+        return await listen(self, self.certificates)
+
+    async def test_the_validation_server_gets_the_challenge_and_acme_tls_1(self) -> None:
+        port = await self.listen()
+        received = await deferToThread(handshake, port, "www.example.org", ["acme-tls/1"])
+        self.assertEqual(received, (der(self.challenge), "acme-tls/1"))
+
+    async def test_other_clients_of_the_name_meanwhile_get_its_certificate_and_h2(
+        self,
+    ) -> None:
+        port = await self.listen()
+        validating = await deferToThread(connect, port, "www.example.org", ["acme-tls/1"])
+        self.addCleanup(validating.close)
+        received = await deferToThread(handshake, port, "www.example.org")
+        self.assertEqual(received, (der(self.site), "h2"))
+        received = await deferToThread(handshake, port, "www.example.org", ["http/1.1"])
+        self.assertEqual(received, (der(self.site), "http/1.1"))
+        self.assertEqual(validating.getpeercert(binary_form=True), der(self.challenge))
+
+    async def test_acme_tls_1_for_a_name_without_a_challenge_is_refused(self) -> None:
+        port = await self.listen()
+        for name in ("shop.example.org", "unknown.test", None):
+            with self.assertRaises(ssl.SSLError):
+                await deferToThread(handshake, port, name, ["acme-tls/1"])
+
+    async def test_a_removed_challenge_is_served_no_more(self) -> None:
+        port = await self.listen()
+        self.certificates.removeChallenge("www.example.org")
+        with self.assertRaises(ssl.SSLError):
+            await deferToThread(handshake, port, "www.example.org", ["acme-tls/1"])
+        received = await deferToThread(handshake, port, "www.example.org")
+        self.assertEqual(received, (der(self.site), "h2"))
+
+    async def test_a_challenge_outlasts_a_renewal_or_a_reload(self) -> None:
+        port = await self.listen()
+        renewed = certificateFor("www.example.org")
+        self.certificates.update({"www.example.org": renewed})
+        self.certificates.replace(self.default, {"www.example.org": renewed})
+        received = await deferToThread(handshake, port, "www.example.org", ["acme-tls/1"])
+        self.assertEqual(received, (der(self.challenge), "acme-tls/1"))
+        received = await deferToThread(handshake, port, "www.example.org")
+        self.assertEqual(received, (der(renewed), "h2"))

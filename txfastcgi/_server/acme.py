@@ -1,7 +1,9 @@
 """
 Certificates obtained and renewed by ACME (RFC 8555: Let's Encrypt and
 the like) for the sites with C{acme = true}, proved by the HTTP-01
-challenge, kept in the C{[acme] state} directory.
+challenge (RFC 8555) where the server has a plain listener, or by
+TLS-ALPN-01 (RFC 8737) where it has only TLS ones, kept in the C{[acme]
+state} directory.
 
 The C{acme} library's client blocks (C{requests}, and C{time.sleep}
 while it polls), so every call to it runs in a thread; what the reactor
@@ -9,32 +11,37 @@ runs only schedules, stores and tells.
 
 Usage::
 
-    answers = HTTP01Answers()        # consulted by the port 80 front
+    answers = challengeAnswers(plainListener=...)
     certificates = ACMECertificates(
         settings, [site.hosts for site in acmeSites], answers,
         issued=lambda hosts, certificate: sni.update(dict.fromkeys(hosts, certificate)),
     )
     certificates.setServiceParent(application)
 
-The fronts answer C{GET /.well-known/acme-challenge/TOKEN} with
-C{answers.forPath(path)} where that is not C{None}
-(L{txfastcgi._http.sites.Sites} does).
+The answers decide the challenge. L{HTTP01Answers}: the fronts answer
+C{GET /.well-known/acme-challenge/TOKEN} with C{answers.forPath(path)}
+where that is not C{None} (L{txfastcgi._http.sites.Sites} does).
+L{TLSALPN01Answers}: each TLS listener's certificates are given to
+C{answers.serveOn}, and serve the challenge certificates to the CA.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import cast
+from typing import ClassVar, Union, cast
 
 from acme import challenges, client, crypto_util, errors, messages
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID, ObjectIdentifier
+from josepy.b64 import b64encode
 from josepy.jwa import ES256
-from josepy.jwk import JWKEC
+from josepy.jwk import JWK, JWKEC
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredLock, ensureDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -43,10 +50,17 @@ from twisted.logger import Logger
 
 from txfastcgi._http.sites import ACME_CHALLENGE_PATH
 from txfastcgi._server.sitefile import ACMESettings
-from txfastcgi._server.sni import PEMCertificate
+from txfastcgi._server.sni import CertificatesByName, PEMCertificate
 from txfastcgi._version import __version__
 
-__all__ = ["ACMECertificates", "HTTP01Answers"]
+__all__ = [
+    "ACMECertificates",
+    "Answers",
+    "HTTP01Answers",
+    "TLSALPN01Answers",
+    "challengeAnswers",
+    "tlsALPN01Certificate",
+]
 
 RENEW_WHEN_LEFT = 1 / 3
 """
@@ -74,6 +88,8 @@ class HTTP01Answers:
     to believe we serve C{HOST}.
     """
 
+    challengeType: ClassVar[str] = "http-01"
+
     def __init__(self) -> None:
         self._byToken: dict[str, bytes] = {}
 
@@ -91,11 +107,111 @@ class HTTP01Answers:
             return None
         return self.answer(path[len(ACME_CHALLENGE_PATH) :].decode("ascii", "replace"))
 
-    def add(self, token: str, keyAuthorization: bytes) -> None:
-        self._byToken[token] = keyAuthorization
+    def begin(self, name: str, token: str, keyAuthorization: str) -> None:
+        """Answer the challenge of C{token}, for C{name}, until L{end}."""
+        self._byToken[token] = keyAuthorization.encode("ascii")
 
-    def remove(self, token: str) -> None:
+    def end(self, name: str, token: str) -> None:
         self._byToken.pop(token, None)
+
+
+ACME_IDENTIFIER = ObjectIdentifier("1.3.6.1.5.5.7.1.31")
+"""The acmeIdentifier certificate extension of TLS-ALPN-01 (RFC 8737, 3)."""
+
+
+def tlsALPN01Certificate(name: str, keyAuthorization: str) -> PEMCertificate:
+    """
+    The certificate that answers a TLS-ALPN-01 challenge for C{name}
+    (RFC 8737, 3): self-signed, naming C{name} alone, with the SHA-256 of
+    the key authorization in a critical acmeIdentifier extension, whose
+    value is that digest as a DER OCTET STRING.
+    """
+    digest = hashlib.sha256(keyAuthorization.encode("ascii")).digest()
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(
+            x509.UnrecognizedExtension(ACME_IDENTIFIER, bytes([0x04, len(digest)]) + digest),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return PEMCertificate(
+        certificate.public_bytes(serialization.Encoding.PEM),
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+
+
+class TLSALPN01Answers:
+    """
+    The answers to the TLS-ALPN-01 challenges in progress: the certificate
+    the CA must receive when it asks a TLS listener for C{HOST} (on port
+    443) with ALPN's C{acme-tls/1}, to believe we serve C{HOST}. Every
+    listener given to L{serveOn} serves them.
+    """
+
+    challengeType: ClassVar[str] = "tls-alpn-01"
+
+    def __init__(self) -> None:
+        self._byName: dict[str, PEMCertificate] = {}
+        self._listeners: list[CertificatesByName] = []
+
+    def serveOn(self, certificates: CertificatesByName) -> None:
+        """Serve the challenges in progress, and the ones to come, with C{certificates}."""
+        self._listeners.append(certificates)
+        for name, certificate in self._byName.items():
+            certificates.addChallenge(name, certificate)
+
+    def begin(self, name: str, token: str, keyAuthorization: str) -> None:
+        """Answer the challenge for C{name} until L{end}."""
+        certificate = tlsALPN01Certificate(name, keyAuthorization)
+        self._byName[name] = certificate
+        for listener in self._listeners:
+            listener.addChallenge(name, certificate)
+
+    def end(self, name: str, token: str) -> None:
+        self._byName.pop(name, None)
+        for listener in self._listeners:
+            listener.removeChallenge(name)
+
+
+Answers = Union[HTTP01Answers, TLSALPN01Answers]
+
+
+def challengeAnswers(plainListener: bool) -> Answers:
+    """
+    Where to answer the challenges: over HTTP (HTTP-01) if the server has
+    a C{plainListener}, as the CA will connect to port 80; else over TLS
+    (TLS-ALPN-01), which port 443 answers alone.
+    """
+    return HTTP01Answers() if plainListener else TLSALPN01Answers()
+
+
+class _Ready(challenges.KeyAuthorizationChallengeResponse):
+    """
+    What tells the CA that a challenge's answer is in place, whatever its
+    type: an empty object (RFC 8555, 7.5.1), as the C{acme} library's own
+    responses send (they drop their key authorization from the JSON). Not
+    registered with the library, whose TLS-ALPN-01 classes are deprecated
+    (4.x) or gone (5.x). The key authorization is kept nonetheless: the
+    library posts a response with no fields as an empty body, which the CA
+    takes for a mere read of the challenge (POST-as-GET).
+    """
+
+    typ = "ready"
 
 
 def _writePrivately(path: Path, data: bytes) -> None:
@@ -260,40 +376,50 @@ class _Account:
         csr = crypto_util.make_csr(key, list(hosts))
         return self._registered().new_order(csr), key
 
-    def http01Challenges(
-        self, order: messages.OrderResource
-    ) -> list[tuple[messages.ChallengeBody, str, bytes]]:
+    def challenges(
+        self, order: messages.OrderResource, challengeType: str
+    ) -> list[tuple[messages.ChallengeBody, str, str, str]]:
         """
-        The HTTP-01 challenges of C{order}'s pending authorizations, with
-        each one's token and answer (an authorization already valid, that
-        the CA reused, has none).
+        The challenges of C{challengeType} of C{order}'s pending
+        authorizations, with each one's name, token and key authorization
+        (an authorization already valid, that the CA reused, has none).
+
+        The type and token are read from the challenge's JSON, the same
+        whether the C{acme} library knows the type (HTTP-01; TLS-ALPN-01 in
+        4.x) or decodes it as an C{UnrecognizedChallenge} (TLS-ALPN-01 in 5.x).
         """
-        acme = self._registered()
+        key = self._registered().net.key
+        assert key is not None, "the client signs with the account's key"
         found = []
         for authorization in order.authorizations:
             if authorization.body.status == messages.STATUS_VALID:
                 continue
+            name = authorization.body.identifier.value
             for challenge in authorization.body.challenges:
-                if isinstance(challenge.chall, challenges.HTTP01):
-                    answer = challenge.chall.validation(acme.net.key)
-                    found.append((challenge, challenge.chall.encode("token"), answer.encode()))
+                fields = challenge.chall.to_partial_json()
+                if fields.get("type") == challengeType:
+                    token = fields["token"]
+                    found.append((challenge, name, token, _keyAuthorization(token, key)))
                     break
             else:
-                raise errors.Error(
-                    f"{authorization.body.identifier.value}: the CA offers no HTTP-01 challenge"
-                )
+                raise errors.Error(f"{name}: the CA offers no {challengeType} challenge")
         return found
 
-    def answer(self, challenge: messages.ChallengeBody) -> None:
+    def answer(self, challenge: messages.ChallengeBody, keyAuthorization: str) -> None:
         """Tell the CA that the answer to C{challenge} is in place."""
-        acme = self._registered()
-        acme.answer_challenge(challenge, challenge.chall.response(acme.net.key))
+        self._registered().answer_challenge(challenge, _Ready(key_authorization=keyAuthorization))
 
     def finish(self, order: messages.OrderResource, key: bytes) -> PEMCertificate:
         """Wait for the CA to validate C{order}, then for its certificate."""
         deadline = datetime.datetime.now() + ORDER_TIMEOUT
         finished = self._registered().poll_and_finalize(order, deadline)
         return PEMCertificate(finished.fullchain_pem.encode("ascii"), key)
+
+
+def _keyAuthorization(token: str, key: JWK) -> str:
+    """What proves that the account of C{key} got C{token} (RFC 8555, 8.1)."""
+    thumbprint = b64encode(key.thumbprint(hash_function=hashes.SHA256)).decode("ascii")
+    return f"{token}.{thumbprint}"
 
 
 class ACMECertificates(Service):
@@ -307,8 +433,10 @@ class ACMECertificates(Service):
     @param settings: the C{[acme]} table.
     @param sites: each site's host names, one certificate each; its first
         name names its files in the state directory.
-    @param answers: where the HTTP-01 answers go while a challenge is in
-        progress, for the port 80 front to serve.
+    @param answers: where the answers go while a challenge is in
+        progress, which also says which challenge: L{HTTP01Answers} for
+        the port 80 front to serve, L{TLSALPN01Answers} for the TLS
+        listeners (see L{challengeAnswers}).
     @param issued: called with a site's host names and the certificate to
         serve for them: for each stored certificate when the service
         starts, and for each one issued since.
@@ -323,7 +451,7 @@ class ACMECertificates(Service):
         self,
         settings: ACMESettings,
         sites: Iterable[Sequence[str]],
-        answers: HTTP01Answers,
+        answers: Answers,
         issued: Issued,
         clock: IReactorTime | None = None,
     ) -> None:
@@ -414,13 +542,13 @@ class ACMECertificates(Service):
     async def _prove(self, hosts: tuple[str, ...]) -> PEMCertificate:
         """Order a certificate for C{hosts}, and answer its challenges until it is issued."""
         order, key = await deferToThread(self._account.order, hosts)
-        pending = await deferToThread(self._account.http01Challenges, order)
+        pending = await deferToThread(self._account.challenges, order, self._answers.challengeType)
         try:
-            for challenge, token, answer in pending:
-                self._answers.add(token, answer)
-                await deferToThread(self._account.answer, challenge)
+            for challenge, name, token, keyAuthorization in pending:
+                self._answers.begin(name, token, keyAuthorization)
+                await deferToThread(self._account.answer, challenge, keyAuthorization)
             certificate: PEMCertificate = await deferToThread(self._account.finish, order, key)
         finally:
-            for _, token, _ in pending:
-                self._answers.remove(token)
+            for _, name, token, _ in pending:
+                self._answers.end(name, token)
         return certificate

@@ -18,14 +18,20 @@ Twisted sets the listening factory's ALPN protocols (C{h2}, C{http/1.1}:
 L{txfastcgi._http.alpn}) on the context each connection starts with only.
 Whether the context SNI switches to keeps that choice depends on the
 OpenSSL and pyOpenSSL underneath (CPython's wheels here do, PyPy 3.9's
-pyOpenSSL 25.1 does not), so every context offers C{acceptableProtocols}
-itself.
+pyOpenSSL 25.1 does not), so every context chooses among
+C{acceptableProtocols} itself.
+
+TLS-ALPN-01 (RFC 8737), the ACME challenge answered on port 443: while
+L{CertificatesByName.addChallenge} has a challenge certificate for a name,
+a client that asks for that name and offers ALPN's C{acme-tls/1} (the
+CA's validation server) gets that certificate and C{acme-tls/1}; every
+other client gets the name's certificate as usual.
 """
 
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +47,12 @@ from zope.interface import implementer
 
 from txfastcgi._server.sitefile import TLSFiles
 
-__all__ = ["CertificatesByName", "PEMCertificate", "selfSignedCertificate"]
+__all__ = ["ACME_TLS_1", "CertificatesByName", "PEMCertificate", "selfSignedCertificate"]
+
+ACME_TLS_1 = b"acme-tls/1"
+"""The ALPN protocol of TLS-ALPN-01 validation (RFC 8737)."""
+
+_SelectProtocol = Callable[[SSL.Connection, list[bytes]], bytes]
 
 
 @dataclass(frozen=True)
@@ -96,17 +107,20 @@ def selfSignedCertificate(
     )
 
 
-def _context(certificate: PEMCertificate, acceptableProtocols: Sequence[bytes]) -> SSL.Context:
+def _context(certificate: PEMCertificate, selectProtocol: _SelectProtocol) -> SSL.Context:
     """
     A server context for C{certificate}, with Twisted's defaults for
-    everything else (protocol versions, ciphers), as C{ssl:} listeners have.
+    everything else (protocol versions, ciphers), as C{ssl:} listeners have,
+    and C{selectProtocol} choosing the ALPN protocol: it replaces the
+    callback Twisted's own ALPN setup installs, and nothing sets another
+    later, since a connection creator's connections are used as made.
     Loading it here, not at the first handshake, makes a broken pair of
     files an error for whoever supplies it.
     """
     leaf, *intermediates = x509.load_pem_x509_certificates(certificate.chain)
     key = serialization.load_pem_private_key(certificate.key, password=None)
-    options = CertificateOptions(acceptableProtocols=list(acceptableProtocols) or None)
-    context: SSL.Context = options.getContext()
+    context: SSL.Context = CertificateOptions().getContext()
+    context.set_alpn_select_callback(selectProtocol)
     context.use_certificate(leaf)
     for intermediate in intermediates:
         context.add_extra_chain_cert(intermediate)
@@ -128,13 +142,13 @@ class _Contexts:
         self,
         default: PEMCertificate,
         byName: Mapping[str, PEMCertificate],
-        acceptableProtocols: Sequence[bytes],
+        selectProtocol: _SelectProtocol,
     ) -> None:
         # One context per certificate, however many names share it.
         contexts: dict[PEMCertificate, SSL.Context] = {}
         for certificate in (default, *byName.values()):
             if certificate not in contexts:
-                contexts[certificate] = _context(certificate, acceptableProtocols)
+                contexts[certificate] = _context(certificate, selectProtocol)
         self.default = contexts[default]
         self._exact: dict[str, SSL.Context] = {}
         self._wildcards: dict[str, SSL.Context] = {}
@@ -179,7 +193,7 @@ class CertificatesByName:
         subdomains) and their certificates; an exact name wins over a
         wildcard, and names compare without case.
     @param acceptableProtocols: what ALPN offers, as the listening factory's
-        C{acceptableProtocols()} says.
+        C{acceptableProtocols()} says, preferred first.
     """
 
     def __init__(
@@ -191,6 +205,7 @@ class CertificatesByName:
     ) -> None:
         self._acceptableProtocols = tuple(acceptableProtocols)
         self._byName: dict[str, PEMCertificate] = {}
+        self._challenges: dict[str, SSL.Context] = {}
         self.replace(default, byName or {})
 
     def replace(self, default: PEMCertificate, byName: Mapping[str, PEMCertificate]) -> None:
@@ -202,7 +217,7 @@ class CertificatesByName:
         @raise OpenSSL.SSL.Error: a key that is not the certificate's.
             Either way the current certificates stay.
         """
-        contexts = _Contexts(default, byName, self._acceptableProtocols)
+        contexts = _Contexts(default, byName, self._selectProtocol)
         contexts.default.set_tlsext_servername_callback(self._chooseByName)
         self._default = default
         self._byName = dict(byName)
@@ -214,6 +229,20 @@ class CertificatesByName:
         renewal).
         """
         self.replace(self._default, {**self._byName, **byName})
+
+    def addChallenge(self, name: str, certificate: PEMCertificate) -> None:
+        """
+        Serve C{certificate}, a TLS-ALPN-01 challenge's, to the clients that
+        ask for C{name} (exactly: the challenge has no wildcards) and offer
+        C{acme-tls/1}, until L{removeChallenge}.
+
+        @raise ValueError: a certificate or a key that does not load.
+        """
+        self._challenges[_normalized(name)] = _context(certificate, self._selectProtocol)
+
+    def removeChallenge(self, name: str) -> None:
+        """The challenge for C{name} is over: C{acme-tls/1} gets nothing more for it."""
+        self._challenges.pop(_normalized(name), None)
 
     def serverConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
         return SSL.Connection(self._contexts.default, None)
@@ -230,3 +259,30 @@ class CertificatesByName:
             connection.set_context(
                 self._contexts.forName(_normalized(name.decode("ascii", "replace")))
             )
+
+    def _selectProtocol(self, connection: SSL.Connection, offered: list[bytes]) -> bytes:
+        """
+        The client offered these ALPN protocols: choose the first of ours it
+        offers, as Twisted does (an empty choice where there is none), or
+        C{acme-tls/1} for a name with a challenge in progress.
+
+        ALPN is chosen after SNI, and before the certificate is sent, so
+        this is where a challenge's certificate can take over. The
+        connection switches to the challenge's own context rather than
+        taking the certificate on (C{use_certificate}): that keeps the
+        site's certificate beside it if their key types differ, and
+        OpenSSL serves that one with C{acme-tls/1} to a client whose
+        signature algorithms leave out the challenge's key type (seen with
+        an RSA site and C{openssl s_client -sigalgs rsa_pss_rsae_sha256}).
+        """
+        if ACME_TLS_1 in offered:
+            name = connection.get_servername()
+            if name is not None:
+                challenge = self._challenges.get(_normalized(name.decode("ascii", "replace")))
+                if challenge is not None:
+                    connection.set_context(challenge)
+                    return ACME_TLS_1
+        for protocol in self._acceptableProtocols:
+            if protocol in offered:
+                return protocol
+        return b""
