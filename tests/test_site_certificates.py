@@ -247,6 +247,25 @@ class AutomaticHTTPSTests(TestCase):
         self.start()
         self.assertEqual(served(self.tlsPort, "a.test", root), ("a.test", b"hello\n"))
 
+    async def test_with_only_a_tls_listener_the_ca_is_answered_over_tls(self) -> None:
+        """No plain listener: TLS-ALPN-01, on the port the CA validates it on (443)."""
+        self.pebble.start()
+        self.addCleanup(self.pebble.stop)
+        self.tlsPort = self.pebble.tlsPort
+        proxy = startSites(
+            self.directory,
+            f'[server]\nlisten = "ssl:{self.tlsPort}:interface=127.0.0.1"\n'
+            f'[[site]]\nhosts = ["a.test", "www.a.test"]\nroot = "{self.root}"\n'
+            'php_fpm = "unix:/nonexistent.sock"\nacme = true\n'
+            f'[acme]\nemail = "admin@a.test"\ndirectory = "{self.pebble.directory}"\n'
+            f'state = "{self.state}"\nca_bundle = "{self.pebble.caBundle}"\n',
+            self.tlsPort,
+        )
+        self.addCleanup(stopProxy, proxy)
+        root = self.pebble.root()
+        self.assertEqual(await self.issued(root, "www.a.test"), ("a.test", b"hello\n"))
+        self.assertNotIn("/.well-known/acme-challenge/", (self.directory / "twist.log").read_text())
+
     async def test_a_certificate_is_renewed_before_it_runs_out(self) -> None:
         # Valid for 9 s: renewed once 3 s are left.
         self.pebble = Pebble(self.directory, self.dnsPort, validity=9)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from OpenSSL import SSL
 from twisted.internet import endpoints
@@ -61,6 +61,13 @@ __all__ = ["Front", "HTTP2Site"]
 _PoolSettings = tuple[str, int, float, float, float, float]
 
 
+class TLSChallenges(Protocol):
+    """The ACME TLS-ALPN-01 challenges (L{txfastcgi._server.acme.TLSALPN01Answers})."""
+
+    def serveOn(self, certificates: CertificatesByName) -> None:
+        """Serve the challenges with the certificates of a TLS listener."""
+
+
 class Front:
     """
     What every listener of one process serves: the dedicated HTTP/1.1 front
@@ -85,13 +92,15 @@ class Front:
     cost nothing.
 
     Sites with certificates of their own (C{tls} files, or C{acme}) have
-    them served on the TLS listeners by SNI (L{tlsFactory}); the HTTP-01
-    challenges of C{challenges} are answered for every site.
+    them served on the TLS listeners by SNI (L{tlsFactory}); ACME's
+    challenges are answered for every site, HTTP-01 by L{Sites} and
+    TLS-ALPN-01 by the TLS listeners.
 
     @param phpFPMs: the php-fpms this process spawned, whose restarts are
         counted.
-    @param challenges: the ACME HTTP-01 challenges in progress, if any site
-        gets its certificates by ACME.
+    @param httpChallenges: the ACME HTTP-01 challenges in progress, if
+        sites get their certificates that way.
+    @param tlsChallenges: the TLS-ALPN-01 ones, if that way.
     @param acme: what gets them, whose failures the metrics count.
     """
 
@@ -102,10 +111,12 @@ class Front:
         configuration: Configuration,
         reactor: IReactorTime,
         phpFPMs: Sequence[PHPFPMService] = (),
-        challenges: Challenges | None = None,
+        httpChallenges: Challenges | None = None,
+        tlsChallenges: TLSChallenges | None = None,
         acme: ACMEFailures | None = None,
     ) -> None:
         self._reactor = reactor
+        self._tlsChallenges = tlsChallenges
         self.configuration = configuration
         self._pools: dict[_PoolSettings, ConnectionPool] = {}
         self._balancers: dict[tuple[ConnectionPool, ...], Balancer] = {}
@@ -124,13 +135,13 @@ class Front:
         server = configuration.server
         self.sites: Sites | None = None
         handler: Handler
-        if configuration.path is None and challenges is None:
+        if configuration.path is None and httpChallenges is None:
             ((_, _, core),) = self._cores
             handler = core.proxy
             resource: IResource = core
         else:
             self.sites = Sites(
-                hosted, refuseUnknown=server.unknown_host == "refuse", challenges=challenges
+                hosted, refuseUnknown=server.unknown_host == "refuse", challenges=httpChallenges
             )
             handler = self.sites
             resource = CoreResource(self.sites)
@@ -331,6 +342,8 @@ class Front:
             acceptableProtocols=self._tls.acceptableProtocols(),
         )
         self._certificates.append((certificates, default))
+        if self._tlsChallenges is not None:
+            self._tlsChallenges.serveOn(certificates)
         return TLSMemoryBIOFactory(certificates, False, self._tls)
 
     def certificateIssued(self, hosts: tuple[str, ...], certificate: PEMCertificate) -> None:

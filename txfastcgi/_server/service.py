@@ -41,6 +41,7 @@ from txfastcgi._server.phpfpm import PHPFPMService
 from txfastcgi._server.sitefile import SiteFileError, loadSiteFile
 
 if TYPE_CHECKING:
+    from txfastcgi._server.acme import HTTP01Answers, TLSALPN01Answers
     from txfastcgi._server.workers import WorkerProcesses
 
 
@@ -218,17 +219,25 @@ def processLifecycle(
     @param reopenEventLog: opens the event log's file again, on SIGHUP or
         SIGUSR1, if it is a file.
     @param obtainCertificates: get the certificates of the sites with
-        C{acme} (the main process, which alone answers their challenges).
+        C{acme} (the main process, which alone answers their challenges):
+        by HTTP-01 if a listener is a plain one, else by TLS-ALPN-01.
     """
-    challenges = certificates = None
+    certificates = None
+    httpChallenges: HTTP01Answers | None = None
+    tlsChallenges: TLSALPN01Answers | None = None
     if obtainCertificates:
         # Imported here: the acme library and requests cost a process that
         # gets no certificates about 5 MB.
-        from txfastcgi._server.acme import ACMECertificates, HTTP01Answers
+        from txfastcgi._server.acme import ACMECertificates, HTTP01Answers, challengeAnswers
 
         settings = configuration.siteFile.acme
         assert settings is not None, "the site file's check asks for [acme]"
-        challenges = HTTP01Answers()
+        plain = any(not isTLS(description) for description in configuration.server.listen)
+        challenges = challengeAnswers(plainListener=plain)
+        if isinstance(challenges, HTTP01Answers):
+            httpChallenges = challenges
+        else:
+            tlsChallenges = challenges
         certificates = ACMECertificates(
             settings,
             [site.hosts for site in configuration.sites if site.acme],
@@ -236,7 +245,7 @@ def processLifecycle(
             lambda hosts, certificate: front.certificateIssued(hosts, certificate),
             reactor,
         )
-    front = Front(configuration, reactor, phpFPMs, challenges, certificates)
+    front = Front(configuration, reactor, phpFPMs, httpChallenges, tlsChallenges, certificates)
     metrics = front.metrics
     obtaining = [] if certificates is None else [certificates]
 
