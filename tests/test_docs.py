@@ -53,7 +53,7 @@ TESTED_EXAMPLES = {
     "wordpress/txfastcgi-rewrite.php",
     "wordpress/uploads.ini",
 }
-TESTED_BY_END_TO_END = {"blog.tac", "proxy.tac"}
+TESTED_BY_END_TO_END = {"blog.tac", "proxy.tac", "sites.tac"}
 # Run under systemd-socket-activate by tests/test_operations_systemd.py.
 TESTED_BY_OPERATIONS = {"txfastcgi.service", "txfastcgi.socket"}
 

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -200,13 +201,20 @@ class AutomaticHTTPSTests(TestCase):
         self.addCleanup(stopProxy, proxy)
         self.assertEqual(await self.issued(self.pebble.root(), "a.test"), ("a.test", b"hello\n"))
 
-    def start(self) -> Proxy:
-        """The proxy of one site with acme = true, on pebble's HTTP-01 port and a TLS port."""
+    def start(self, *server: str) -> Proxy:
+        """
+        The proxy of one site with acme = true, on pebble's HTTP-01 port and
+        a TLS port, with C{server}'s lines in its C{[server]}.
+        """
+        listen = (
+            f'listen = ["tcp:{self.pebble.httpPort}:interface=127.0.0.1",'
+            f' "ssl:{self.tlsPort}:interface=127.0.0.1"]'
+        )
         proxy = startSites(
             self.directory,
-            f'[server]\nlisten = ["tcp:{self.pebble.httpPort}:interface=127.0.0.1",'
-            f' "ssl:{self.tlsPort}:interface=127.0.0.1"]\n'
-            f'[[site]]\nhosts = ["a.test", "www.a.test"]\nroot = "{self.root}"\n'
+            "[server]\n"
+            + "".join(f"{line}\n" for line in (listen, *server))
+            + f'[[site]]\nhosts = ["a.test", "www.a.test"]\nroot = "{self.root}"\n'
             'php_fpm = "unix:/nonexistent.sock"\nacme = true\n'
             f'[acme]\nemail = "admin@a.test"\ndirectory = "{self.pebble.directory}"\n'
             f'state = "{self.state}"\nca_bundle = "{self.pebble.caBundle}"\n',
@@ -288,7 +296,7 @@ class AutomaticHTTPSTests(TestCase):
         self.assertEqual(log.count("ACME: new certificate for a.test www.a.test"), 2)
 
     async def test_with_the_ca_down_the_site_is_served_and_the_log_says_why(self) -> None:
-        self.start()
+        self.start('metrics_path = "/metrics"')
         self.assertEqual(served(self.tlsPort, "a.test"), ("txfastcgi.invalid", b"hello\n"))
         log = self.directory / "twist.log"
 
@@ -301,6 +309,9 @@ class AutomaticHTTPSTests(TestCase):
         await deferToThread(failed)
         self.assertIn("the last one stays, retry in 3600", log.read_text())
         self.assertEqual(served(self.tlsPort, "a.test")[1], b"hello\n")
+        metrics = f"http://127.0.0.1:{self.pebble.httpPort}/metrics"
+        with urllib.request.urlopen(metrics, timeout=10) as response:
+            self.assertIn(b"\ntxfastcgi_acme_failures_total 1.0\n", response.read())
 
 
 @pytest.mark.parametrize(

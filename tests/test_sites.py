@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PHPFPMPool
-from tests.processes import Proxy, freePort, startServer, stopProxy
+from tests.processes import REPOSITORY, TWISTD, Proxy, freePort, startServer, stopProxy
 from tests.test_https import curl, makeCertificate
 
 WHOAMI = "<?php echo getenv('SITE'), ' ', $_SERVER['SERVER_NAME'], ' ', getenv('VERSION') ?: '';\n"
@@ -402,3 +402,29 @@ def test_a_reload_keeps_the_connections_of_the_backends_that_stay(
         assert kept() == {backend: 1, refusing: 0}
         assert ask(proxy, "alpha.test")[2] == "alpha alpha.test "
         assert kept()[backend] == 1
+
+
+def test_a_tac_file_serves_sites_built_in_python(
+    tmp_path: Path, roots: Callable[[str], Path], php_fpm: PHPFPMPool
+) -> None:
+    """docs/examples/sites.tac: the site file's dataclasses, built by hand."""
+    port = freePort()
+    blog, shop = roots("blog"), roots("shop")
+    environment = {
+        "PHP_FPM": php_fpm.endpointDescription,
+        "LISTEN": f"tcp:{port}:interface=127.0.0.1",
+        "BLOG_ROOT": str(blog),
+        "SHOP_ROOT": str(shop),
+    }
+    tac = REPOSITORY / "docs/examples/sites.tac"
+    server = startServer([*TWISTD, "-ny", str(tac)], port, tmp_path / "twistd.log", environment)
+    try:
+        (shop / "env.php").write_text("<?php echo getenv('APP_ENV') ?: 'none', ' ', __DIR__;\n")
+        (shop / "env.php").chmod(0o644)
+        (blog / "env.php").write_text((shop / "env.php").read_text())
+        (blog / "env.php").chmod(0o644)
+        assert ask(server, "eu.shop.example.org", "/env.php")[2] == f"production {shop}"
+        assert ask(server, "blog.example.org", "/env.php")[2] == f"none {blog}"
+        assert ask(server, "example.org", "/env.php")[0] == 421
+    finally:
+        stopProxy(server)

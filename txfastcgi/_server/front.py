@@ -135,7 +135,7 @@ class Front:
         server = configuration.server
         self.sites: Sites | None = None
         handler: Handler
-        if configuration.path is None and httpChallenges is None:
+        if not _routed(configuration) and httpChallenges is None:
             ((_, _, core),) = self._cores
             handler = core.proxy
             resource: IResource = core
@@ -381,6 +381,18 @@ class Front:
         self.backends.close()
         closing = gatherResults([self.http1.closeConnections(), self.site.closeConnections()])
         return closing.addCallback(lambda _: self.accessLog.close())
+
+
+def _routed(configuration: Configuration) -> bool:
+    """
+    Whether requests go through L{Sites}: for several sites, sites by name,
+    a site with redirects or HSTS, or a site file, which a reload may
+    change; the command line's one site is answered by its core directly.
+    """
+    if configuration.path is not None or len(configuration.sites) > 1:
+        return True
+    (site,) = configuration.sites
+    return bool(site.hosts) or site.https_redirect or site.hsts is not None
 
 
 def _acmeHosts(configuration: Configuration) -> tuple[object, ...]:

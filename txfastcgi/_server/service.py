@@ -37,15 +37,21 @@ from txfastcgi._server.front import Front
 from txfastcgi._server.lifecycle import Lifecycle, Step, onLogRotation
 from txfastcgi._server.listeners import Listen, Listeners
 from txfastcgi._server.options import Options
-from txfastcgi._server.phpfpm import PHPFPMService
-from txfastcgi._server.sitefile import SiteFileError, loadSiteFile
+from txfastcgi._server.phpfpm import PHPFPMService, findPHPFPM
+from txfastcgi._server.sitefile import SPAWN, SiteFile, SiteFileError, loadSiteFile
 
 if TYPE_CHECKING:
     from txfastcgi._server.acme import HTTP01Answers, TLSALPN01Answers
     from txfastcgi._server.workers import WorkerProcesses
 
 
-__all__ = ["makeService", "makeWorkerService", "processLifecycle", "reloadSiteFile"]
+__all__ = [
+    "makeService",
+    "makeSitesService",
+    "makeWorkerService",
+    "processLifecycle",
+    "reloadSiteFile",
+]
 
 _log = Logger(namespace="txfastcgi")
 
@@ -57,12 +63,34 @@ def makeService(options: Options) -> IService:
     """
     from twisted.internet import reactor
 
+    eventLog = _eventLogFiles(options, cast(IReactorCore, reactor))
+    configuration = Configuration.fromOptions(options)
+    return _mainProcess(configuration, _twistLogFileReopener(options, eventLog))
+
+
+def makeSitesService(siteFile: SiteFile) -> IService:
+    """
+    The proxy serving C{siteFile}, built in Python (a C{.tac} file), as
+    C{--config} serves a site file; there being no file, SIGHUP only
+    reopens the logs.
+    """
+    spawns = any(SPAWN in site.php_fpm for site in siteFile.sites)
+    return _mainProcess(Configuration(siteFile, phpFPMBinary=findPHPFPM() if spawns else None))
+
+
+def _mainProcess(
+    configuration: Configuration, reopenEventLog: Callable[[], None] | None = None
+) -> IService:
+    """
+    The main process serving C{configuration}: a php-fpm to spawn for each
+    site that asks, the fronts (see L{Front}), its listeners and, with
+    C{--workers}, the worker processes that it hands connections to.
+    """
+    from twisted.internet import reactor
+
     # Imported here: it imports procmon, which installs the global reactor.
     from txfastcgi._server.workers import WorkerProcesses
 
-    eventLog = _eventLogFiles(options, cast(IReactorCore, reactor))
-
-    configuration = Configuration.fromOptions(options)
     phpFPMs = []
     for site in configuration.spawning:
         phpFPM = PHPFPMService(
@@ -101,7 +129,7 @@ def makeService(options: Options) -> IService:
         phpFPMs,
         workers,
         announce=True,
-        reopenEventLog=_twistLogFileReopener(options, eventLog),
+        reopenEventLog=reopenEventLog,
         obtainCertificates=any(site.acme for site in configuration.sites),
     )
 
