@@ -150,6 +150,11 @@ class _Contexts:
             if certificate not in contexts:
                 contexts[certificate] = _context(certificate, selectProtocol)
         self.default = contexts[default]
+        # What a connection starts with, apart from every context SNI
+        # switches to: Twisted 25.5 (PyPy's) puts its own ALPN choice on the
+        # context a connection starts with, which knows nothing of
+        # acme-tls/1, and a client that names a host always leaves it.
+        self.initial = _context(default, selectProtocol)
         self._exact: dict[str, SSL.Context] = {}
         self._wildcards: dict[str, SSL.Context] = {}
         for name, certificate in byName.items():
@@ -218,7 +223,7 @@ class CertificatesByName:
             Either way the current certificates stay.
         """
         contexts = _Contexts(default, byName, self._selectProtocol)
-        contexts.default.set_tlsext_servername_callback(self._chooseByName)
+        contexts.initial.set_tlsext_servername_callback(self._chooseByName)
         self._default = default
         self._byName = dict(byName)
         self._contexts = contexts
@@ -245,7 +250,7 @@ class CertificatesByName:
         self._challenges.pop(_normalized(name), None)
 
     def serverConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
-        return SSL.Connection(self._contexts.default, None)
+        return SSL.Connection(self._contexts.initial, None)
 
     def _chooseByName(self, connection: SSL.Connection) -> None:
         """
