@@ -414,7 +414,7 @@ def test_a_tac_file_serves_sites_built_in_python(
         "PHP_FPM": php_fpm.endpointDescription,
         "LISTEN": f"tcp:{port}:interface=127.0.0.1",
         "BLOG_ROOT": str(blog),
-        "SHOP_ROOT": str(shop),
+        "SITE_ROOT": str(shop),
     }
     tac = REPOSITORY / "docs/examples/sites.tac"
     server = startServer([*TWISTD, "-ny", str(tac)], port, tmp_path / "twistd.log", environment)

@@ -22,7 +22,7 @@ sites = SiteFile(
             php_fpm=(backend,),
         ),
         Site(
-            root=os.environ.get("SHOP_ROOT", "/srv/shop"),
+            root=os.environ.get("SITE_ROOT", "/srv/shop"),
             hosts=("shop.example.org", "*.shop.example.org"),
             php_fpm=(backend,),
             params={"APP_ENV": "production"},
