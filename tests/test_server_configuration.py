@@ -57,3 +57,11 @@ def test_a_worker_gets_the_same_configuration_through_its_environment() -> None:
     encoded = started.encode()
     assert encoded.isascii() and "\n" not in encoded
     assert Configuration.decode(encoded) == started
+
+
+def test_a_system_php_fpm_beside_a_spawned_one_keeps_its_own_default() -> None:
+    configuration = configured(
+        "--php-fpm", "spawn", "--php-fpm", "tcp:127.0.0.1:9000", "--spawn-children", "3"
+    )
+    started = configuration.withSpawned(configuration.sites[0].root, "unix:/run/tx/php.sock")
+    assert started.connectionLimits == {"unix:/run/tx/php.sock": 3, "tcp:127.0.0.1:9000": 4}

@@ -38,7 +38,7 @@ from acme import challenges, client, crypto_util, errors, messages
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID, ObjectIdentifier
+from cryptography.x509.oid import ObjectIdentifier
 from josepy.b64 import b64encode
 from josepy.jwa import ES256
 from josepy.jwk import JWK, JWKEC
@@ -50,7 +50,7 @@ from twisted.logger import Logger
 
 from txfastcgi._http.sites import ACME_CHALLENGE_PATH
 from txfastcgi._server.sitefile import ACMESettings
-from txfastcgi._server.sni import CertificatesByName, PEMCertificate
+from txfastcgi._server.sni import CertificatesByName, PEMCertificate, selfSignedCertificate
 from txfastcgi._version import __version__
 
 __all__ = [
@@ -127,32 +127,8 @@ def tlsALPN01Certificate(name: str, keyAuthorization: str) -> PEMCertificate:
     value is that digest as a DER OCTET STRING.
     """
     digest = hashlib.sha256(keyAuthorization.encode("ascii")).digest()
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .add_extension(
-            x509.UnrecognizedExtension(ACME_IDENTIFIER, bytes([0x04, len(digest)]) + digest),
-            critical=True,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    return PEMCertificate(
-        certificate.public_bytes(serialization.Encoding.PEM),
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-    )
+    identifier = x509.UnrecognizedExtension(ACME_IDENTIFIER, bytes([0x04, len(digest)]) + digest)
+    return selfSignedCertificate(name, extensions=[(identifier, True)])
 
 
 class TLSALPN01Answers:

@@ -75,18 +75,22 @@ class PEMCertificate:
 
 
 def selfSignedCertificate(
-    hostName: str, lifetime: datetime.timedelta = datetime.timedelta(days=1)
+    hostName: str,
+    lifetime: datetime.timedelta = datetime.timedelta(days=1),
+    extensions: Sequence[tuple[x509.ExtensionType, bool]] = (),
 ) -> PEMCertificate:
     """
     A certificate for C{hostName} that no client trusts: what a TLS
     listener serves to names it has no certificate for yet (a site whose
     ACME certificate is not issued yet, a client that sends no SNI), so
-    that it can listen before the first certificate comes, as Caddy does.
+    that it can listen before the first certificate comes, as Caddy does;
+    with C{extensions} (each with whether it is critical), a TLS-ALPN-01
+    challenge's.
     """
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostName)])
     now = datetime.datetime.now(datetime.timezone.utc)
-    certificate = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
@@ -95,8 +99,10 @@ def selfSignedCertificate(
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + lifetime)
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostName)]), critical=False)
-        .sign(key, hashes.SHA256())
     )
+    for extension, critical in extensions:
+        builder = builder.add_extension(extension, critical=critical)
+    certificate = builder.sign(key, hashes.SHA256())
     return PEMCertificate(
         certificate.public_bytes(serialization.Encoding.PEM),
         key.private_bytes(
