@@ -151,6 +151,22 @@ class _SenderTests:
         return self.send(8 * MiB - 1, 1)
 
     @inlineCallbacks
+    def test_a_drained_transport_gets_the_file_at_once(
+        self,
+    ) -> Generator[Deferred[Any], Any, None]:
+        """
+        Told that the transport holds nothing yet to write, the sender makes
+        its first sendfile call at once, not a reactor turn later.
+        """
+        transport, client = yield self.connection()
+        file = self.open()
+        done = FileSender(transport, file, 0, 1000).start(drained=True)
+        self.assertEqual(self.sendfileCalls > 0, self.usesSendfile)
+        yield done
+        transport.loseConnection()
+        self.assertEqual((yield client.closed), self.content[:1000])
+
+    @inlineCallbacks
     def test_nothing_to_send(self) -> Generator[Deferred[Any], Any, None]:
         transport, client = yield self.connection()
         file = self.open()

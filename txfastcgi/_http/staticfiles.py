@@ -623,7 +623,7 @@ class FileSender:
     descriptor for the same fd would replace the transport's own) nor the
     transport's private buffer, it waits one reactor turn before its first
     C{os.sendfile}, for whatever the transport still holds (the response's
-    headers) to be written first.
+    headers) to be written first, unless told that it holds nothing.
 
     @ivar sent: how many bytes of the file went to the socket (or, without
         sendfile, to the transport) so far.
@@ -643,14 +643,16 @@ class FileSender:
         self._registering = False
         self._finished = False
 
-    def start(self) -> Deferred[None]:
+    def start(self, drained: bool = False) -> Deferred[None]:
         """
-        Start sending. The result fires with L{None} once every byte has
-        been handed to the transport or the kernel, so that the connection
-        can go on with its next response; or fails with L{ConnectionLost} if
-        the connection went first, or with the L{OSError} that stopped the
-        sending (the connection is then closed: the client must not take the
-        short body as complete).
+        Start sending: at once if C{drained} says the transport holds no
+        bytes yet to be written, else once it has written them. The result
+        fires with L{None} once every byte has been handed to the transport
+        or the kernel, so that the connection can go on with its next
+        response; or fails with L{ConnectionLost} if the connection went
+        first, or with the L{OSError} that stopped the sending (the
+        connection is then closed: the client must not take the short body
+        as complete).
         """
         if not self._remaining:
             self._finish(None)
@@ -659,7 +661,7 @@ class FileSender:
         # A transport calls a pull producer at once when it is registered,
         # whatever its buffer still holds: the first sendfile waits for the
         # transport's first drain instead.
-        self._registering = True
+        self._registering = not drained
         self._consumer.registerProducer(self, False)
         self._registering = False
         return self._done
