@@ -11,6 +11,7 @@ C{test_http_timeouts.py}, C{test_http_responses.py} and the security tests.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from twisted.internet.error import ConnectionLost
 
 from tests.fronts import Client, FakeCore, InMemoryFront
 from tests.test_http_timeouts import GET
+from txfastcgi._http import http1
 from txfastcgi._http.framing import BodyFraming, Delimiter
 from txfastcgi._http.http1 import HTTP1Factory, Response, ServeStaticFile
 from txfastcgi._http.served import Served
@@ -150,3 +152,31 @@ def test_a_response_whose_end_comes_with_its_start_leaves_in_one_write() -> None
     assert len(writes) == 1
     assert writes[0].endswith(b"Content-Length: 6\r\n\r\nhello\n")
     client.close()
+
+
+def test_bodies_up_to_a_mebibyte_are_held_in_memory_within_the_budget(monkeypatch: Any) -> None:
+    """
+    A Content-Length body over 100 000 bytes and up to 1 MiB is held in
+    memory while the factory's bodies held that way come to at most
+    MEMORY_BODIES, and spooled to a temporary file beyond; the memory is
+    given back as each request is answered, or its client goes.
+    """
+    monkeypatch.setattr(http1, "MEMORY_BODIES", 3 * 400_000)
+    served = InMemoryFront("http1", FakeCore(answerAtOnce=False))
+    assert isinstance(served.factory, HTTP1Factory)
+    body = b"x" * 400_000
+    clients = [served.connect() for _ in range(4)]
+    for client in clients:
+        client.send(
+            b"POST /up.php HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+    exchanges = served.core.exchanges
+    assert [isinstance(e.request.body, io.BytesIO) for e in exchanges] == [True, True, True, False]
+    assert [e.body for e in exchanges] == [body] * 4
+    assert served.factory.bodyMemory == 3 * 400_000
+    exchanges[0].answer()
+    clients[1].close()
+    assert served.factory.bodyMemory == 400_000
+    exchanges[2].answer()
+    exchanges[3].answer()
+    assert served.factory.bodyMemory == 0
