@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from twisted.runner.procmon import ProcessMonitor
 
 from txfastcgi._emptied import Emptied
-from txfastcgi._server.child import moduleCommand
+from txfastcgi._server.child import moduleCommand, withPyPyNursery
 from txfastcgi._server.dispatch import CHANNEL_DESCRIPTOR, Dispatcher
 from txfastcgi._server.eventlog import eventFromJSONLine
 
@@ -147,6 +147,7 @@ class WorkerProcesses:
         self._monitor.killTime = self._killTime
         for number in range(1, self._count + 1):
             command, environment = moduleCommand(WORKER_MODULE, [])
+            withPyPyNursery(environment)
             # The configuration in the environment, not on the command line
             # that any user can read: params may hold secrets.
             environment[WORKER_OPTIONS_VARIABLE] = self._configuration

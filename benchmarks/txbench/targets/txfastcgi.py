@@ -22,6 +22,10 @@ EMBEDDED_SCRIPT = BENCHMARKS / "embedded_site.py"
 BARE_SCRIPT = BENCHMARKS / "bare_site.py"
 
 
+# txfastcgi._server.child.PYPY_NURSERY, which this package does not import.
+PYPY_NURSERY = "32M"
+
+
 def txfastcgiEnvironment(repo: Path) -> dict[str, str]:
     """The environment that makes C{python -m twisted} find the checkout's plugin."""
     env = dict(os.environ)
@@ -110,9 +114,13 @@ def startProxy(
     # "python -m" puts the working directory first on sys.path: run in the
     # checkout measured, or another checkout's txfastcgi would be imported.
     env = txfastcgiEnvironment(checkout)
-    process = context.processes.start(name, argv, context.log(name), env=env, cwd=checkout)
     kind = implementation(interpreter)
     label = f"twist fastcgi-proxy, {workers} process{'es' if workers > 1 else ''}, {kind}"
+    if kind == "PyPy":
+        # As the docs' getting-started page tells PyPy users to run it.
+        env.setdefault("PYPY_GC_NURSERY", PYPY_NURSERY)
+        label += f" with PYPY_GC_NURSERY={env['PYPY_GC_NURSERY']}"
+    process = context.processes.start(name, argv, context.log(name), env=env, cwd=checkout)
     if repo is not None:
         label += f", from {repo}"
     if context.proxyArgs:
