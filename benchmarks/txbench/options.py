@@ -51,8 +51,8 @@ def parseArguments(argv: Sequence[str] | None) -> argparse.Namespace:
         type=float,
         default=15.0,
         metavar="S",
-        help="seconds of tiny-c32 load on Jetty before the rounds, for its JIT (default 15;"
-        " the others get 2)",
+        help="seconds of tiny-c32 load on Jetty and on txfastcgi-pypy before the rounds, for"
+        " their JITs (default 15; the others get 2)",
     )
     parser.add_argument(
         "--scenarios", help=f"comma-separated, from {','.join(s.name for s in SCENARIOS)}"

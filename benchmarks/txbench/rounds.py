@@ -75,21 +75,26 @@ def runRounds(
     return runs
 
 
+# The targets that compile their hot paths as they run: warmed up for --jetty-warm-up.
+JIT_TARGETS = frozenset({"jetty", "txfastcgi-pypy"})
+
+
 def warmUp(
     context: Context, running: dict[str, Target], jettyWarmUp: float, machine: dict[str, str]
 ) -> None:
     """
     2 s of tiny-c32 on every front-end before the rounds, and longer on
-    Jetty: the issue compares against Jetty once its JIT has compiled the
-    hot paths, after some thousands of requests.
+    those with a JIT, Jetty and PyPy: the issue compares against Jetty once
+    its JIT has compiled the hot paths, after some thousands of requests,
+    and PyPy's first seconds are as slow (5 100 req/s cold, 11 500 warm).
     """
     print(f"\nwarming up {', '.join(running)}")
     warm = next(s for s in SCENARIOS if s.name == "tiny-c32")
     for name, target in running.items():
-        seconds = max(WARM_UP, jettyWarmUp) if name == "jetty" else WARM_UP
+        seconds = max(WARM_UP, jettyWarmUp) if name in JIT_TARGETS else WARM_UP
         run = runLoad(context.tools, context.work, warm, target, seconds, 0)
-        if name == "jetty":
-            machine["jetty warm-up"] = (
+        if name in JIT_TARGETS:
+            machine[f"{name} warm-up"] = (
                 f"{seconds:g} s of wrk -t1 -c32 on hello.php before the rounds"
                 f" ({run.rps:.0f} req/s; the others: {WARM_UP:g} s)"
             )
