@@ -4,6 +4,7 @@ The CGI layer: request params out, response headers in. Pure functions, no I/O.
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import pytest
@@ -276,3 +277,51 @@ def test_the_head_parser_raises_nothing_but_malformed_response(output: bytes) ->
 )
 def test_a_header_block_may_mix_crlf_and_bare_line_feeds(block: bytes) -> None:
     assert parseResponseHead(block).headers == ((b"A", b"1"), (b"B", b"2"), (b"C", b"3"))
+
+
+# The header grammar as one regular expression: the parser reads lines as it does.
+_HEADER_LINE_GRAMMAR = re.compile(
+    rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+)[ \t]*:[ \t]*([^\x00\r]*?)[ \t]*\Z"
+)
+# One line (an empty block has none).
+_LINE_BYTES = st.binary(min_size=1, max_size=12).map(lambda b: b.replace(b"\n", b"x")) | st.lists(
+    st.sampled_from([b"X-A", b"x", b":", b" ", b"\t", b"\x00", b"\r", b"v", b"a b", b"\x80"]),
+    min_size=1,
+).map(b"".join)
+
+
+@given(_LINE_BYTES)
+def test_a_header_line_is_read_as_the_grammar_says(line: bytes) -> None:
+    match = _HEADER_LINE_GRAMMAR.match(line)
+    special = match is not None and match.group(1).lower() in (b"status", b"content-length")
+    if match is None:
+        with pytest.raises(MalformedResponse):
+            parseResponseHead(line)
+    elif not special:
+        head = parseResponseHead(line)
+        assert head.headers == (match.groups(),) or head.headers == ()
+
+
+_OUTPUTS = st.lists(
+    st.sampled_from([b"X-A: 1", b"Status: 404 Gone", b"\r\n", b"\n", b"\r", b"body", b": x"]),
+    max_size=10,
+).map(b"".join)
+
+
+@given(_OUTPUTS, st.integers(min_value=1, max_value=7))
+def test_the_header_block_is_found_alike_whole_or_in_pieces(output: bytes, size: int) -> None:
+    def parsed(pieces: list[bytes]) -> object:
+        parser = ResponseHeadParser()
+        try:
+            for index, piece in enumerate(pieces):
+                result = parser.feed(piece)
+                if result is not None:
+                    head, rest = result
+                    return head, rest + b"".join(pieces[index + 1 :])
+        except MalformedResponse:
+            return "malformed"
+        return None
+
+    whole = parsed([output])
+    cut = parsed([output[i : i + size] for i in range(0, len(output), size)])
+    assert whole == cut

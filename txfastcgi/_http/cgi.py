@@ -293,7 +293,7 @@ _HOP_BY_HOP = frozenset(
 
 # A value may not hold a NUL or a bare CR: RFC 9110 calls them dangerous,
 # and a client or cache that reads a CR as a line end would see another header.
-_HEADER_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+)[ \t]*:[ \t]*([^\x00\r]*?)[ \t]*\Z")
+_HEADER_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 # A final status: a 1xx would tell the client that another response follows,
 # and the body would be read as that response. The reason phrase is written
 # into the status line as it is, so it may hold no control character.
@@ -326,10 +326,12 @@ def parseResponseHead(block: bytes) -> CGIResponseHead:
         # Some line ends with a bare LF.
         lines = _LINE_END.split(block)
     for line in lines:
-        match = _HEADER_LINE.match(line)
-        if match is None:
+        # A token, optional blanks, a colon, the value between optional blanks.
+        name, colon, value = line.partition(b":")
+        name = name.rstrip(b" \t")
+        value = value.strip(b" \t")
+        if not colon or _HEADER_NAME.fullmatch(name) is None or b"\x00" in value or b"\r" in value:
             raise MalformedResponse(f"invalid header line from the script: {line[:80]!r}")
-        name, value = match.groups()
         lowerName = name.lower()
         if lowerName == b"status":
             status = _STATUS_VALUE.match(value)
@@ -380,6 +382,14 @@ class ResponseHeadParser:
             head and the body bytes that followed it in C{data}.
         @raise MalformedResponse: the block is invalid or longer than allowed.
         """
+        if not self._buffer:
+            # The whole block in the first piece, its lines all ending in
+            # CRLF, as php-fpm sends it: no regular expression to run.
+            blank = data.find(b"\r\n\r\n")
+            if 0 <= blank <= self._maxSize and data.count(b"\n", 0, blank) == data.count(
+                b"\r\n", 0, blank
+            ):
+                return parseResponseHead(data[:blank]), data[blank + 4 :]
         # Search only the new bytes plus enough of the old ones to find a
         # terminator that straddles the two.
         searchFrom = max(len(self._buffer) - 3, 0)
