@@ -180,3 +180,17 @@ def test_bodies_up_to_a_mebibyte_are_held_in_memory_within_the_budget(monkeypatc
     exchanges[2].answer()
     exchanges[3].answer()
     assert served.factory.bodyMemory == 0
+
+
+def test_a_request_body_is_freed_once_its_response_is_done() -> None:
+    """
+    Not when the garbage collector gets to the request: a collection of the
+    oldest generation can be far off, and uploads pile up meanwhile.
+    """
+    client, core = connect()
+    client.send(b"POST /up.php HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
+    body = core.exchanges[0].request.body
+    assert not body.closed
+    core.exchanges[0].answer()
+    assert body.closed
+    assert client.statuses() == [200]

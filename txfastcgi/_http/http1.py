@@ -929,6 +929,10 @@ class HTTP1Connection(TwistedProtocol):
         if response is not self._response:
             return
         self._response = self._producer = None
+        # Freed now, not when the garbage collector finds the exchange and
+        # this response, which refer to each other: a collection of the
+        # oldest generation can be far off, and a megabyte body waits for it.
+        response.request.body.close()
         self._releaseBodyMemory()
         if not keepAlive or self.factory.closing:
             self.close()
